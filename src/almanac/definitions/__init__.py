@@ -1,0 +1,40 @@
+"""What users write: entities, sources, feature views and services, and their types."""
+
+from almanac.definitions.base import Definition, format_duration, parse_duration
+from almanac.definitions.entity import Entity
+from almanac.definitions.feature_service import FeatureService
+from almanac.definitions.feature_view import FeatureView, Field
+from almanac.definitions.sources import FileSource, PushSource, SqlSource
+from almanac.definitions.types import (
+    Array,
+    Bool,
+    Bytes,
+    Float32,
+    Float64,
+    Int32,
+    Int64,
+    String,
+    Timestamp,
+)
+
+__all__ = [
+    "Array",
+    "Bool",
+    "Bytes",
+    "Definition",
+    "Entity",
+    "FeatureService",
+    "FeatureView",
+    "Field",
+    "FileSource",
+    "Float32",
+    "Float64",
+    "Int32",
+    "Int64",
+    "PushSource",
+    "SqlSource",
+    "String",
+    "Timestamp",
+    "format_duration",
+    "parse_duration",
+]

@@ -1,0 +1,54 @@
+"""The errors Almanac raises for things a user can fix.
+
+Every user-facing error derives from `AlmanacError`; the CLI prints its message on one
+line and exits 2, the HTTP service maps it to a 4xx/503. Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AlmanacError(Exception):
+    """A problem the user can fix; the message says what and where."""
+
+
+class DefinitionError(AlmanacError):
+    """A definition (entity, source, view, service) is invalid."""
+
+
+class ConfigError(AlmanacError):
+    """`almanac.yaml` or an environment override is invalid."""
+
+
+class RepoError(AlmanacError):
+    """The feature repo cannot be loaded (missing file, module that fails on import)."""
+
+
+class RegistryError(AlmanacError):
+    """The registry refused a change (for example deleting an object still in use)."""
+
+
+class ConcurrentApplyError(RegistryError):
+    """Another apply changed the registry while this one was being prepared."""
+
+
+class NotFoundError(AlmanacError):
+    """An unknown feature, view, service or entity was referenced."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str] = ()) -> None:
+        self.kind, self.name = kind, name
+        message = f"unknown {kind} '{name}'"
+        close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+        if close:
+            message += "; did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
+        super().__init__(message)
+
+
+class InputError(AlmanacError):
+    """Data handed to Almanac (entity rows, pushed rows, a time range) is invalid."""
+
+
+class StoreUnavailableError(AlmanacError):
+    """A backing store (online store, registry database) cannot be reached."""

@@ -1,0 +1,234 @@
+"""The catalog: one consistent, immutable set of definitions.
+
+A `Catalog` is what a repo declares and what the registry holds at one version. It
+validates the set as a whole (references resolve, names are unique, join keys are not
+features) and resolves feature references for retrieval — the one place where
+`"view:feature"`, whole views and feature services become concrete columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from almanac.definitions import Entity, FeatureService, FeatureView
+from almanac.definitions.base import Definition
+from almanac.definitions.feature_view import Field, check_join_keys_not_features
+from almanac.definitions.sources import FileSource, PushSource, SqlSource, source_from_spec
+from almanac.errors import DefinitionError, InputError, NotFoundError
+
+Source = FileSource | SqlSource | PushSource
+
+# Registry kinds in dependency order: an object may refer only to kinds before it.
+KINDS: tuple[str, ...] = ("entity", "source", "feature_view", "feature_service")
+
+
+def definition_from_spec(kind: str, spec: dict[str, Any]) -> Definition:
+    if kind == "entity":
+        return Entity.from_spec(spec)
+    if kind == "source":
+        return source_from_spec(spec)
+    if kind == "feature_view":
+        return FeatureView.from_spec(spec)
+    if kind == "feature_service":
+        return FeatureService.from_spec(spec)
+    raise ValueError(f"unknown registry kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """One resolved feature: its view, its field, and the output column name."""
+
+    view: str
+    field: Field
+    output_name: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.view}:{self.field.name}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    entities: dict[str, Entity] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    views: dict[str, FeatureView] = field(default_factory=dict)
+    services: dict[str, FeatureService] = field(default_factory=dict)
+    version: int = 0
+
+    # ---- building -------------------------------------------------------------------
+
+    @classmethod
+    def from_definitions(cls, objects: Iterable[Definition], version: int = 0) -> Catalog:
+        """Collect definitions (plus the entities and sources views were built from) and
+        validate the set. Duplicate names of one kind are an error."""
+        buckets: dict[str, dict[str, Definition]] = {kind: {} for kind in KINDS}
+
+        def add(obj: Definition) -> None:
+            bucket = buckets[obj.kind]
+            existing = bucket.get(obj.name)  # type: ignore[attr-defined]
+            if existing is not None and existing != obj:
+                raise DefinitionError(
+                    f"two different {obj.kind.replace('_', ' ')}s are named '{obj.name}'"  # type: ignore[attr-defined]
+                )
+            bucket[obj.name] = obj  # type: ignore[attr-defined]
+
+        for obj in objects:
+            if isinstance(obj, FeatureView):
+                for entity in obj.entity_objects:
+                    add(entity)
+                if obj.source_object is not None:
+                    add(obj.source_object)
+            if obj.kind == "source" and getattr(obj, "name", None) is None:
+                continue  # an unnamed source only counts through the view that uses it
+            add(obj)
+        catalog = cls(
+            entities=buckets["entity"],  # type: ignore[arg-type]
+            sources=buckets["source"],  # type: ignore[arg-type]
+            views=buckets["feature_view"],  # type: ignore[arg-type]
+            services=buckets["feature_service"],  # type: ignore[arg-type]
+            version=version,
+        )
+        catalog.validate()
+        return catalog
+
+    @classmethod
+    def from_specs(cls, specs: dict[str, dict[str, dict[str, Any]]], version: int = 0) -> Catalog:
+        """Rebuild from the registry's stored JSON: ``{kind: {name: spec}}``."""
+        objects = [
+            definition_from_spec(kind, spec)
+            for kind in KINDS
+            for spec in specs.get(kind, {}).values()
+        ]
+        return cls.from_definitions(objects, version=version)
+
+    def to_specs(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {kind: {name: obj.to_spec() for name, obj in self.of_kind(kind).items()} for kind in KINDS}
+
+    def of_kind(self, kind: str) -> dict[str, Any]:
+        return {
+            "entity": self.entities,
+            "source": self.sources,
+            "feature_view": self.views,
+            "feature_service": self.services,
+        }[kind]
+
+    # ---- validation of the whole set ------------------------------------------------
+
+    def validate(self) -> None:
+        for view in self.views.values():
+            label = f"FeatureView '{view.name}'"
+            for entity_name in view.entities:
+                if entity_name not in self.entities:
+                    raise DefinitionError(
+                        f"{label}: field 'entities': {NotFoundError('entity', entity_name, self.entities)}"
+                    )
+            if view.source not in self.sources:
+                raise DefinitionError(
+                    f"{label}: field 'source': {NotFoundError('source', view.source, self.sources)}"
+                )
+            entities = [self.entities[name] for name in view.entities]
+            check_join_keys_not_features(view, entities)
+            keys = [key for entity in entities for key in entity.join_keys]
+            if len(set(keys)) != len(keys):
+                raise DefinitionError(f"{label}: field 'entities': two entities share a join key")
+            source = self.sources[view.source]
+            reserved = {source.timestamp_field, source.created_timestamp_field}
+            for feature in view.feature_names:
+                if feature in reserved:
+                    raise DefinitionError(
+                        f"{label}: field 'schema': '{feature}' is a timestamp column of source "
+                        f"'{source.name}', not a feature"
+                    )
+        for service in self.services.values():
+            for ref in service.features:
+                try:
+                    self.resolve([ref])
+                except NotFoundError as error:
+                    raise DefinitionError(
+                        f"FeatureService '{service.name}': field 'features': {error}"
+                    ) from None
+
+    def users_of(self, kind: str, name: str) -> list[str]:
+        """Objects that refer to (kind, name): what blocks deleting it."""
+        users: list[str] = []
+        if kind == "entity":
+            users += [f"feature view '{v.name}'" for v in self.views.values() if name in v.entities]
+        if kind == "source":
+            users += [f"feature view '{v.name}'" for v in self.views.values() if v.source == name]
+        if kind == "feature_view":
+            users += [
+                f"feature service '{s.name}'" for s in self.services.values() if name in s.views
+            ]
+        return users
+
+    # ---- lookups used by retrieval --------------------------------------------------
+
+    def view(self, name: str) -> FeatureView:
+        try:
+            return self.views[name]
+        except KeyError:
+            raise NotFoundError("feature view", name, self.views) from None
+
+    def service(self, name: str) -> FeatureService:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise NotFoundError("feature service", name, self.services) from None
+
+    def source_of(self, view: str | FeatureView) -> Source:
+        view = self.view(view) if isinstance(view, str) else view
+        return self.sources[view.source]
+
+    def join_keys(self, view: str | FeatureView) -> dict[str, str]:
+        """The view's join keys and their dtypes, in declaration order."""
+        view = self.view(view) if isinstance(view, str) else view
+        keys: dict[str, str] = {}
+        for entity_name in view.entities:
+            keys.update(self.entities[entity_name].join_keys)
+        return keys
+
+    def resolve(
+        self,
+        features: Sequence[str] | None = None,
+        service: str | None = None,
+        full_feature_names: bool = False,
+    ) -> list[FeatureRef]:
+        """Turn feature references (or a service name) into concrete features.
+
+        A reference is ``view:feature`` or a whole ``view``. Output names are the feature
+        names, or ``view__feature`` with `full_feature_names`; two features that would get
+        the same output name are an error that says how to fix it.
+        """
+        if (features is None) == (service is None):
+            raise InputError("give either features or a feature service, not both or neither")
+        refs = list(self.service(service).features) if service is not None else list(features or [])
+        if not refs:
+            raise InputError("no features requested")
+        resolved: list[FeatureRef] = []
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise InputError(f"feature reference must be text like 'view:feature', got {ref!r}")
+            view_name, _, feature_name = ref.partition(":")
+            view = self.view(view_name)
+            fields = view.features
+            if feature_name:
+                fields = [f for f in fields if f.name == feature_name]
+                if not fields:
+                    raise NotFoundError(
+                        "feature", ref, [f"{view.name}:{f}" for f in view.feature_names]
+                    )
+            for f in fields:
+                name = f"{view.name}__{f.name}" if full_feature_names else f.name
+                resolved.append(FeatureRef(view=view.name, field=f, output_name=name))
+        seen: dict[str, str] = {}
+        for item in resolved:
+            if item.output_name in seen and seen[item.output_name] != item.ref:
+                raise InputError(
+                    f"features '{seen[item.output_name]}' and '{item.ref}' would both be named "
+                    f"'{item.output_name}'; pass full_feature_names=True"
+                )
+            seen[item.output_name] = item.ref
+        # The same feature asked for twice is returned once.
+        return list({item.ref: item for item in resolved}.values())

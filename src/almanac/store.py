@@ -1,0 +1,147 @@
+"""`FeatureStore`: the one object users hold.
+
+It reads the repo's config, keeps a cached view of the registry, and hands each verb to
+the module that owns it: definitions and the registry (`plan`, `apply`), the offline
+engine (`get_historical_features`, `write_to_offline_store`), the online store
+(`get_online_features`), materialization and ingestion. Backends are created lazily,
+so a command only connects to what it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from almanac.config import RepoConfig, load_config
+from almanac.registry.catalog import Catalog
+
+if TYPE_CHECKING:
+    from almanac.offline.engine import OfflineEngine, RetrievalJob
+    from almanac.online.base import OnlineStore
+    from almanac.online.response import OnlineResponse
+    from almanac.registry.diff import Plan
+    from almanac.registry.store import CachedRegistry
+
+
+class FeatureStore:
+    def __init__(self, repo_path: str | Path = ".", *, config: RepoConfig | None = None) -> None:
+        self.config = config or load_config(repo_path)
+        self.repo_path = self.config.repo_path
+        self.project = self.config.project
+
+    # ---- registry --------------------------------------------------------------------
+
+    @cached_property
+    def registry(self) -> CachedRegistry:
+        from almanac.registry.store import CachedRegistry, open_registry
+
+        backend = open_registry(self.config.resolve_url(self.config.registry.url), self.project)
+        return CachedRegistry(backend, refresh_seconds=self.config.registry.refresh_seconds)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The applied definitions (refreshed when another process applies)."""
+        return self.registry.catalog()
+
+    def load_repo(self) -> Catalog:
+        """The definitions the repo's Python modules declare now (not yet applied)."""
+        from almanac.repo import load_definitions
+
+        return load_definitions(self.repo_path, self.config.definitions)
+
+    def plan(self) -> Plan:
+        from almanac.registry.diff import make_plan
+
+        return make_plan(self.registry.catalog(fresh=True), self.load_repo())
+
+    def apply(self, plan: Plan | None = None) -> Plan:
+        """Apply the repo's definitions atomically; returns what changed."""
+        plan = plan or self.plan()
+        self.registry.apply(plan)
+        return plan
+
+    # ---- offline -----------------------------------------------------------------------
+
+    @cached_property
+    def offline(self) -> OfflineEngine:
+        from almanac.offline.engine import open_offline_engine
+
+        return open_offline_engine(self.config)
+
+    def get_historical_features(
+        self,
+        entity_df: Any,
+        features: Sequence[str] | None = None,
+        *,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        timestamp_field: str = "event_timestamp",
+    ) -> RetrievalJob:
+        """Point-in-time correct feature values for each row of `entity_df`.
+
+        `entity_df` is pandas, Polars, Arrow, a Parquet path or SQL text, with the
+        entities' join keys and an `event_timestamp` column (or the one named
+        `timestamp_field`). Its other columns (labels) pass through untouched.
+        """
+        catalog = self.catalog
+        refs = catalog.resolve(features, feature_service, full_feature_names)
+        return self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
+
+    def write_to_offline_store(self, view: str, df: Any) -> int:
+        """Append rows to a view's offline dataset (atomic; schema checked first)."""
+        return self.offline.write(self.catalog, self.catalog.view(view), df)
+
+    # ---- online ------------------------------------------------------------------------
+
+    @cached_property
+    def online(self) -> OnlineStore:
+        from almanac.online import open_online_store
+
+        return open_online_store(self.config)
+
+    def get_online_features(
+        self,
+        features: Sequence[str] | None = None,
+        entity_rows: Sequence[dict[str, Any]] | dict[str, Sequence[Any]] | None = None,
+        *,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+    ) -> OnlineResponse:
+        """Latest values for each entity row, with statuses and event timestamps."""
+        from almanac.online.retrieval import get_online_features
+
+        return get_online_features(
+            self, features, entity_rows, feature_service=feature_service,
+            full_feature_names=full_feature_names,
+        )  # fmt: skip
+
+    # ---- materialization -----------------------------------------------------------------
+
+    def materialize(
+        self, start: datetime, end: datetime, views: Sequence[str] | None = None, **options: Any
+    ) -> Any:
+        from almanac.materialize.jobs import materialize
+
+        return materialize(self, start, end, views, **options)
+
+    def materialize_incremental(
+        self, end: datetime, views: Sequence[str] | None = None, **options: Any
+    ) -> Any:
+        from almanac.materialize.jobs import materialize_incremental
+
+        return materialize_incremental(self, end, views, **options)
+
+    def close(self) -> None:
+        for name in ("online", "offline", "registry"):
+            backend = self.__dict__.pop(name, None)
+            if backend is not None:
+                backend.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
