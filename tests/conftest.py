@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+
 from servers import PostgresServer, RedisServer, start_postgres, start_redis
 
 _counter = itertools.count()

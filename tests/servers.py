@@ -68,13 +68,17 @@ class RedisServer:
 
 
 def start_redis() -> RedisServer:
-    return RedisServer(port=free_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-"))).start()
+    return RedisServer(
+        port=free_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-"))
+    ).start()
 
 
 def _postgres_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        raise RuntimeError("PostgreSQL binaries are not installed: run `make test`, which installs them")
+        raise RuntimeError(
+            "PostgreSQL binaries are not installed: run `make test`, which installs them"
+        )
     return Path(found[-1]).parent
 
 
@@ -100,16 +104,37 @@ class PostgresServer:
             user = pwd.getpwnam("postgres")
             os.chown(self.folder, user.pw_uid, user.pw_gid)
         data = self.folder / "data"
-        self._run(str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run(
+            str(binaries / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        )
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(self.folder / "log"), "start")
+        self._run(
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(self.folder / "log"),
+            "start",
+        )
         wait_for_port(self.port)
         return self
 
     def stop(self) -> None:
         binaries = _postgres_bin()
         try:
-            self._run(str(binaries / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop")
+            self._run(
+                str(binaries / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"
+            )
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -1,0 +1,46 @@
+"""Almanac: a feature store. Declare features once; train and serve them without skew."""
+
+from almanac.definitions import (
+    Array,
+    Bool,
+    Bytes,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    Float32,
+    Float64,
+    Int32,
+    Int64,
+    PushSource,
+    SqlSource,
+    String,
+    Timestamp,
+)
+from almanac.errors import AlmanacError
+from almanac.store import FeatureStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlmanacError",
+    "Array",
+    "Bool",
+    "Bytes",
+    "Entity",
+    "FeatureService",
+    "FeatureStore",
+    "FeatureView",
+    "Field",
+    "FileSource",
+    "Float32",
+    "Float64",
+    "Int32",
+    "Int64",
+    "PushSource",
+    "SqlSource",
+    "String",
+    "Timestamp",
+    "__version__",
+]

@@ -83,7 +83,7 @@ class FeatureView(Definition):
             check_join_keys_not_features(self, entity_objects)
 
     @property
-    def schema(self) -> list[Field]:  # noqa: D102 - `schema` shadows a deprecated BaseModel name
+    def schema(self) -> list[Field]:
         return self.schema_
 
     @property

@@ -79,7 +79,11 @@ class PushSource(_SourceBase):
 
 
 Source = Annotated[FileSource | SqlSource | PushSource, PydanticField(discriminator="type")]
-SOURCE_TYPES: dict[str, type[_SourceBase]] = {"file": FileSource, "sql": SqlSource, "push": PushSource}
+SOURCE_TYPES: dict[str, type[_SourceBase]] = {
+    "file": FileSource,
+    "sql": SqlSource,
+    "push": PushSource,
+}
 SourceBase = _SourceBase
 
 

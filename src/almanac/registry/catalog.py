@@ -60,7 +60,9 @@ class Catalog:
     # ---- building -------------------------------------------------------------------
 
     @classmethod
-    def from_definitions(cls, objects: Iterable[Definition], version: int = 0) -> Catalog:
+    def from_definitions(
+        cls, objects: Iterable[Definition], version: int = 0, validate: bool = True
+    ) -> Catalog:
         """Collect definitions (plus the entities and sources views were built from) and
         validate the set. Duplicate names of one kind are an error."""
         buckets: dict[str, dict[str, Definition]] = {kind: {} for kind in KINDS}
@@ -90,7 +92,8 @@ class Catalog:
             services=buckets["feature_service"],  # type: ignore[arg-type]
             version=version,
         )
-        catalog.validate()
+        if validate:
+            catalog.validate()
         return catalog
 
     @classmethod
@@ -104,7 +107,10 @@ class Catalog:
         return cls.from_definitions(objects, version=version)
 
     def to_specs(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return {kind: {name: obj.to_spec() for name, obj in self.of_kind(kind).items()} for kind in KINDS}
+        return {
+            kind: {name: obj.to_spec() for name, obj in self.of_kind(kind).items()}
+            for kind in KINDS
+        }
 
     def of_kind(self, kind: str) -> dict[str, Any]:
         return {

@@ -1,0 +1,50 @@
+# The two set-up commands are `make demo` and `make test`; each installs what it needs.
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+PYTHON ?= python3
+UV := .tools/bin/uv
+VENV := .venv
+RUN := $(VENV)/bin/python
+
+.PHONY: demo test bench lint format install system-deps clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+# The venv is rebuilt from the lock file whenever the lock changes.
+$(VENV)/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --quiet
+	touch $@
+
+install: $(VENV)/.installed
+
+# Integration tests start their own redis-server and PostgreSQL; install them if missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: install
+	$(RUN) -m almanac.demo
+
+test: install system-deps
+	$(RUN) -m pytest -n 2 -q
+
+bench: install system-deps
+	$(RUN) benchmarks/run.py $(if $(SIZES),--sizes $(SIZES),)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache benchmarks/.data

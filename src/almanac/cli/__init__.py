@@ -1,0 +1,65 @@
+"""The `almanac` command line. Each area's commands live in their own module."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from almanac import __version__
+from almanac.cli import registry_commands  # noqa: F401 - registers its commands
+from almanac.cli.app import app, err_console, state
+from almanac.errors import AlmanacError
+
+for _module in ("offline_commands", "online_commands", "serve_commands"):
+    # Areas register their commands when their module is present.
+    try:
+        __import__(f"almanac.cli.{_module}")
+    except ModuleNotFoundError as _error:
+        if _error.name != f"almanac.cli.{_module}":
+            raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"almanac {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    repo: Annotated[
+        Path, typer.Option("--repo", "-r", help="Feature repo folder.", envvar="ALMANAC_REPO")
+    ] = Path("."),
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    state.repo = repo
+    state.debug = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one line and exit 2 (traceback with --debug)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except AlmanacError as error:
+        if state.debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # click's usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(2)
+        raise

@@ -1,0 +1,121 @@
+"""Commands that fill and read the online store: materialize, materialize-incremental,
+get-online."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from almanac.cli.app import app, console, open_store
+from almanac.errors import InputError, NotFoundError
+from almanac.materialize.jobs import MaterializeResult
+from almanac.registry.catalog import Catalog
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=False,
+    )  # fmt: skip
+
+
+def _run_with_progress(job: callable) -> MaterializeResult:  # type: ignore[valid-type]
+    tasks: dict[str, int] = {}
+    with _progress() as progress:
+
+        def on_batch(view: str, rows: int) -> None:
+            if view not in tasks:
+                tasks[view] = progress.add_task(view, total=None, rate="")
+            task = progress.tasks[tasks[view]]
+            elapsed = task.elapsed or 0
+            rate = f"{(task.completed + rows) / elapsed:,.0f} rows/s" if elapsed > 0 else ""
+            progress.update(tasks[view], advance=rows, rate=rate)
+
+        result = job(on_batch)
+    _summary(result)
+    return result
+
+
+def _summary(result: MaterializeResult) -> None:
+    table = Table(title="materialized")
+    for column in ("view", "from", "to", "rows", "seconds", "rows/s"):
+        table.add_column(column)
+    for run in result.runs:
+        table.add_row(
+            run.view, run.start.isoformat() if run.start else "(first row)", run.end.isoformat(),
+            run.skipped or f"{run.rows:,}", f"{run.seconds:.2f}", f"{run.rows_per_second:,.0f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def materialize(
+    start: Annotated[str, typer.Argument(help="Start time (ISO 8601, UTC if no zone).")],
+    end: Annotated[str, typer.Argument(help="End time (ISO 8601, UTC if no zone).")],
+    views: Annotated[
+        list[str] | None, typer.Option("--views", "-v", help="Views (default: all online).")
+    ] = None,
+) -> None:
+    """Write the latest value per entity with event time in [START, END] to the online store."""
+    store = open_store()
+    _run_with_progress(lambda on_batch: store.materialize(start, end, views, progress=on_batch))
+
+
+@app.command("materialize-incremental")
+def materialize_incremental(
+    end: Annotated[str | None, typer.Argument(help="End time (ISO 8601); default now.")] = None,
+    views: Annotated[
+        list[str] | None, typer.Option("--views", "-v", help="Views (default: all online).")
+    ] = None,
+) -> None:
+    """Materialize each view from its watermark up to END."""
+    store = open_store()
+    until = end or datetime.now(UTC).isoformat()
+    _run_with_progress(
+        lambda on_batch: store.materialize_incremental(until, views, progress=on_batch)
+    )
+
+
+def parse_keys(items: list[str], catalog: Catalog) -> dict[str, object]:
+    """`user_id=8a2f` pairs, typed by the entities' declared key types."""
+    dtypes = {k: t for entity in catalog.entities.values() for k, t in entity.join_keys.items()}
+    row: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--key '{item}' is not name=value")
+        if name not in dtypes:
+            raise NotFoundError("join key", name, dtypes)
+        if dtypes[name] == "int64":
+            try:
+                row[name] = int(value)
+            except ValueError:
+                raise InputError(f"--key {name}: '{value}' is not an int64") from None
+        else:
+            row[name] = value
+    return row
+
+
+@app.command("get-online")
+def get_online(
+    key: Annotated[
+        list[str],
+        typer.Option("--key", "-k", help="Join key: name=value (repeat for composite keys)."),
+    ],
+    features: Annotated[
+        list[str] | None, typer.Option("--features", "-f", help="view:feature or view.")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", "-s", help="A feature service.")
+    ] = None,
+) -> None:
+    """Read one entity's online features, with statuses and event times."""
+    store = open_store()
+    row = parse_keys(key, store.catalog)
+    response = store.get_online_features(features, [row], feature_service=service)
+    typer.echo(json.dumps(response.to_dict(include_statuses=True), indent=2, default=str))

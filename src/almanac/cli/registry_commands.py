@@ -1,0 +1,243 @@
+"""Commands for definitions and the registry: init, plan, apply, list, describe, history."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from almanac.cli.app import app, console, open_store
+from almanac.definitions.base import format_duration
+from almanac.errors import NotFoundError
+from almanac.registry.catalog import KINDS, Catalog
+from almanac.registry.diff import Plan
+
+_ACTION_STYLE = {
+    "create": "[green]+ create[/]",
+    "update": "[yellow]~ update[/]",
+    "delete": "[red]- delete[/]",
+}
+
+
+def _show(value: Any) -> str:
+    return "∅" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+def render_plan(plan: Plan) -> None:
+    if plan.empty:
+        console.print("No changes: the registry matches the repo.")
+        return
+    tree = Tree(f"Plan against registry version {plan.base_version}")
+    for change in plan.changes:
+        node = tree.add(
+            f"{_ACTION_STYLE[change.action]} {change.kind.replace('_', ' ')} [bold]{change.name}[/]"
+        )
+        for field in change.fields:
+            node.add(
+                f"{field.path}: [red]{_show(field.before)}[/] → [green]{_show(field.after)}[/]"
+            )
+    console.print(tree, highlight=False)
+    counts = plan.counts()
+    console.print(
+        f"{counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete."
+    )
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Folder to create.")] = Path("demo_repo"),
+    users: Annotated[int, typer.Option(help="Users in the generated sample data.")] = 3000,
+    events: Annotated[int, typer.Option(help="Watch events in the sample data.")] = 300_000,
+) -> None:
+    """Create a starter feature repo (a streaming platform) with generated sample data."""
+    from almanac.starter import create_starter_repo
+
+    create_starter_repo(path, users=users, events=events)
+    console.print(
+        f"Created feature repo [bold]{path}[/] with sample data. Next: cd {path} && almanac plan"
+    )
+
+
+@app.command()
+def plan(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show what `apply` would change, field by field. Writes nothing."""
+    result = open_store().plan()
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        render_plan(result)
+
+
+@app.command()
+def apply(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Register the repo's definitions: one atomic, versioned change."""
+    store = open_store()
+    result = store.apply()
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    render_plan(result)
+    if not result.empty:
+        console.print(f"Applied: registry version {store.catalog.version}.")
+
+
+class Listing(StrEnum):
+    entities = "entities"
+    sources = "sources"
+    views = "views"
+    features = "features"
+    services = "services"
+
+
+def listing_rows(catalog: Catalog, what: Listing) -> list[dict[str, Any]]:
+    if what is Listing.entities:
+        return [
+            {"entity": e.name, "join_keys": ", ".join(f"{k} ({t})" for k, t in e.join_keys.items()),
+             "owner": e.owner, "description": e.description}
+            for e in catalog.entities.values()
+        ]  # fmt: skip
+    if what is Listing.sources:
+        return [
+            {"source": s.name, "type": s.type, "location": getattr(s, "path", None) or getattr(s, "query", "") or "(pushed rows)",
+             "timestamp": s.timestamp_field}
+            for s in catalog.sources.values()
+        ]  # fmt: skip
+    if what is Listing.views:
+        return [
+            {"view": v.name, "entities": ", ".join(v.entities), "features": len(v.features),
+             "source": v.source, "ttl": format_duration(v.ttl) if v.ttl else "", "online": v.online,
+             "owner": v.owner}
+            for v in catalog.views.values()
+        ]  # fmt: skip
+    if what is Listing.features:
+        return [
+            {"view": v.name, "feature": f.name, "type": f.dtype, "entity": ", ".join(v.entities),
+             "owner": v.owner, "description": f.description}
+            for v in catalog.views.values() for f in v.features
+        ]  # fmt: skip
+    return [
+        {"service": s.name, "features": ", ".join(s.features), "owner": s.owner, "description": s.description}
+        for s in catalog.services.values()
+    ]  # fmt: skip
+
+
+def print_rows(rows: list[dict[str, Any]], title: str) -> None:
+    if not rows:
+        console.print(f"No {title} registered yet (run `almanac apply`).")
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command("list")
+def list_objects(
+    what: Annotated[Listing, typer.Argument(help="What to list.")] = Listing.features,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List registered entities, sources, views, features or services."""
+    rows = listing_rows(open_store().catalog, what)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_rows(rows, what.value)
+
+
+def _find(catalog: Catalog, name: str) -> tuple[str, Any]:
+    for kind in ("feature_view", "feature_service", "entity", "source"):
+        if name in catalog.of_kind(kind):
+            return kind, catalog.of_kind(kind)[name]
+    known = [n for kind in KINDS for n in catalog.of_kind(kind)]
+    raise NotFoundError("object", name, known)
+
+
+@app.command()
+def describe(
+    name: Annotated[str, typer.Argument(help="A view, service, entity or source.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one object: its definition and its version history."""
+    store = open_store()
+    kind, obj = _find(store.catalog, name)
+    history = store.registry.history(name, kind)
+    if as_json:
+        versions = [{"version": h.version, "action": h.action, "author": h.author,
+                     "applied_at": h.applied_at.isoformat()} for h in history]  # fmt: skip
+        typer.echo(
+            json.dumps({"kind": kind, "spec": obj.to_spec(), "versions": versions}, indent=2)
+        )
+        return
+    spec = obj.to_spec()
+    console.print(
+        f"[bold]{name}[/] ({kind.replace('_', ' ')}, version {history[-1].version if history else '?'})"
+    )
+    if kind == "feature_view":
+        source = store.catalog.source_of(obj)
+        keys = store.catalog.join_keys(obj)
+        console.print(
+            f"  entities: {', '.join(obj.entities)} (keys: {', '.join(f'{k} {t}' for k, t in keys.items())})"
+        )
+        console.print(
+            f"  source: {source.name} ({source.type}: {getattr(source, 'path', None) or getattr(source, 'query', None) or 'pushed rows'}), time column {source.timestamp_field}"
+        )
+        console.print(f"  ttl: {format_duration(obj.ttl) if obj.ttl else 'none'}   online: {obj.online}   "
+                      f"materialize every: {format_duration(obj.materialize_every) if obj.materialize_every else '-'}")  # fmt: skip
+        console.print(f"  owner: {obj.owner or '-'}   tags: {obj.tags or '-'}")
+        if obj.description:
+            console.print(f"  {obj.description}")
+        print_rows(
+            [
+                {"feature": f.name, "type": f.dtype, "description": f.description}
+                for f in obj.features
+            ],
+            "schema",
+        )
+    else:
+        for key, value in spec.items():
+            if key != "name":
+                console.print(f"  {key}: {_show(value)}", highlight=False)
+    _print_history(history)
+
+
+def _print_history(history: list[Any]) -> None:
+    table = Table(title="versions")
+    for column in ("version", "action", "applied at", "author", "changes"):
+        table.add_column(column)
+    for h in history:
+        changes = "; ".join(
+            f"{d['path']}: {_show(d['before'])} → {_show(d['after'])}" for d in h.diff
+        )
+        table.add_row(
+            str(h.version), h.action, h.applied_at.strftime("%Y-%m-%d %H:%M:%S"), h.author, changes
+        )
+    console.print(table, highlight=False)
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="A view, service, entity or source.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every version of one object, with the field-level diff of each."""
+    store = open_store()
+    records = store.registry.history(name)
+    if not records:
+        known = [n for kind in KINDS for n in store.catalog.of_kind(kind)]
+        raise NotFoundError("object", name, known)
+    if as_json:
+        typer.echo(json.dumps([
+            {"kind": h.kind, "version": h.version, "registry_version": h.registry_version,
+             "action": h.action, "author": h.author, "applied_at": h.applied_at.isoformat(),
+             "diff": h.diff, "spec": h.spec}
+            for h in records
+        ], indent=2))  # fmt: skip
+        return
+    _print_history(records)

@@ -1,0 +1,155 @@
+"""Materialization: copy each view's latest values from the offline store to the online
+store, and move the view's watermark only once all of its rows are written.
+
+For every entity, the row written is the one that wins the point-in-time rule at `end`
+among rows with event time in `[start, end]` (the offline engine computes it, set-based).
+The online store's monotonic write rule makes every run idempotent: re-running a window,
+or running windows out of order, can never put an older value over a newer one. If a run
+dies half-way (the online store goes away), the watermark has not moved and the next run
+writes the same rows again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from almanac.errors import InputError
+
+if TYPE_CHECKING:
+    from almanac.definitions import FeatureView
+    from almanac.store import FeatureStore
+
+# Clock skew between this machine and the data's producers: an end this far ahead of
+# now is still accepted.
+FUTURE_TOLERANCE = timedelta(seconds=5)
+
+ProgressCallback = Callable[[str, int], None]
+
+
+@dataclass
+class ViewRun:
+    view: str
+    start: datetime | None
+    end: datetime
+    rows: int = 0
+    seconds: float = 0.0
+    skipped: str = ""
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class MaterializeResult:
+    runs: list[ViewRun] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(run.rows for run in self.runs)
+
+
+def to_utc(value: datetime | str, name: str) -> datetime:
+    """Naive datetimes are UTC (rule 1); text is ISO 8601."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InputError(
+                f"{name}: '{value}' is not an ISO 8601 time (e.g. 2026-06-01T00:00)"
+            ) from None
+    if not isinstance(value, datetime):
+        raise InputError(f"{name}: expected a datetime, got {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _views(store: FeatureStore, names: Sequence[str] | None) -> list[FeatureView]:
+    catalog = store.catalog
+    if not names:
+        return [view for view in catalog.views.values() if view.online]
+    views = [catalog.view(name) for name in names]
+    for view in views:
+        if not view.online:
+            raise InputError(f"feature view '{view.name}' has online=False; it is not materialized")
+    return views
+
+
+def _check_end(end: datetime) -> None:
+    now = datetime.now(UTC)
+    if end > now + FUTURE_TOLERANCE:
+        raise InputError(
+            f"end time {end.isoformat()} is in the future (now is {now.isoformat(timespec='seconds')}); "
+            "materializing the future would move watermarks past data that has not arrived yet"
+        )
+
+
+def _run_view(
+    store: FeatureStore, view: FeatureView, start: datetime | None, end: datetime,
+    progress: ProgressCallback | None,
+) -> ViewRun:  # fmt: skip
+    run = ViewRun(view=view.name, start=start, end=end)
+    catalog = store.catalog
+    join_keys = list(catalog.join_keys(view))
+    features = view.feature_names
+    started = time.perf_counter()
+    reader = store.offline.latest_rows(catalog, view, start, end)
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        store.online.write_batch(
+            store.project, view.name, join_keys, features, pa.Table.from_batches([batch])
+        )
+        run.rows += batch.num_rows
+        if progress is not None:
+            progress(view.name, batch.num_rows)
+    # Only now, with every batch written, does the watermark move.
+    store.registry.set_watermark(view.name, end)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def materialize(
+    store: FeatureStore,
+    start: datetime | str | None,
+    end: datetime | str,
+    views: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> MaterializeResult:
+    """Write the latest value per entity with event time in `[start, end]` to the online
+    store, for the named views (default: every view with `online=True`)."""
+    end = to_utc(end, "end")
+    start = to_utc(start, "start") if start is not None else None
+    if start is not None and start > end:
+        raise InputError(f"start {start.isoformat()} is after end {end.isoformat()}")
+    _check_end(end)
+    result = MaterializeResult()
+    for view in _views(store, views):
+        result.runs.append(_run_view(store, view, start, end, progress))
+    return result
+
+
+def materialize_incremental(
+    store: FeatureStore,
+    end: datetime | str,
+    views: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> MaterializeResult:
+    """Materialize each view from its watermark (from its first row, the first time) to `end`."""
+    end = to_utc(end, "end")
+    _check_end(end)
+    result = MaterializeResult()
+    for view in _views(store, views):
+        start = store.registry.get_watermark(view.name)
+        if start is not None and start >= end:
+            result.runs.append(
+                ViewRun(view.name, start, end, skipped="already materialized to end")
+            )
+            continue
+        result.runs.append(_run_view(store, view, start, end, progress))
+    return result

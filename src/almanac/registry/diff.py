@@ -1,0 +1,127 @@
+"""`plan`: what `apply` would change, object by object and field by field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from almanac.errors import RegistryError
+from almanac.registry.catalog import KINDS, Catalog
+
+Action = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str  # e.g. "schema[watch_count_30d].dtype", "ttl"
+    before: Any
+    after: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "before": self.before, "after": self.after}
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    action: Action
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    fields: list[FieldChange] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "fields": [f.to_json() for f in self.fields],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The changes from the registry's catalog (at `base_version`) to the repo's."""
+
+    base_version: int
+    changes: list[Change]
+    target: Catalog
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def counts(self) -> dict[str, int]:
+        return {a: sum(c.action == a for c in self.changes) for a in ("create", "update", "delete")}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base_version": self.base_version, "changes": [c.to_json() for c in self.changes]}
+
+
+def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
+    """Field-level differences between two JSON values. Lists of named objects (a view's
+    schema) are compared by name, so adding one field does not shift the others."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes: list[FieldChange] = []
+        for key in [*before, *(k for k in after if k not in before)]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in after:
+                changes.append(FieldChange(sub, before[key], None))
+            elif key not in before:
+                changes.append(FieldChange(sub, None, after[key]))
+            else:
+                changes += diff_specs(before[key], after[key], sub)
+        return changes
+    if _named_list(before) and _named_list(after):
+        old = {item["name"]: item for item in before}
+        new = {item["name"]: item for item in after}
+        changes = []
+        for name in [*old, *(n for n in new if n not in old)]:
+            sub = f"{path}[{name}]"
+            if name not in new:
+                changes.append(FieldChange(sub, old[name], None))
+            elif name not in old:
+                changes.append(FieldChange(sub, None, new[name]))
+            else:
+                changes += diff_specs(old[name], new[name], sub)
+        if not changes and [i["name"] for i in before] != [i["name"] for i in after]:
+            changes.append(
+                FieldChange(
+                    f"{path} (order)", [i["name"] for i in before], [i["name"] for i in after]
+                )
+            )
+        return changes
+    return [] if before == after else [FieldChange(path, before, after)]
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+def make_plan(current: Catalog, target: Catalog) -> Plan:
+    """Compare the applied catalog with the repo's; refuse deleting what is still used.
+
+    Deletions are checked before the target is validated as a whole, so that removing a
+    view a service still lists gets the message that says so."""
+    changes: list[Change] = []
+    for kind in KINDS:
+        old, new = current.of_kind(kind), target.of_kind(kind)
+        for name in sorted(set(old) | set(new)):
+            before = old[name].to_spec() if name in old else None
+            after = new[name].to_spec() if name in new else None
+            if before is None:
+                changes.append(Change(kind, name, "create", None, after))
+            elif after is None:
+                users = target.users_of(kind, name)
+                if users:
+                    raise RegistryError(
+                        f"cannot delete {kind.replace('_', ' ')} '{name}': "
+                        f"{', '.join(users)} still uses it"
+                    )
+                changes.append(Change(kind, name, "delete", before, None))
+            elif before != after:
+                changes.append(
+                    Change(kind, name, "update", before, after, diff_specs(before, after))
+                )
+    target.validate()
+    return Plan(base_version=current.version, changes=changes, target=target)
