@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,8 +13,10 @@ from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
 from almanac.errors import InputError, NotFoundError
-from almanac.materialize.jobs import MaterializeResult
 from almanac.registry.catalog import Catalog
+
+if TYPE_CHECKING:
+    from almanac.materialize.jobs import MaterializeResult
 
 
 def _progress() -> Progress:

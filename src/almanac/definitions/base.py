@@ -23,7 +23,7 @@ _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 def check_name(value: str) -> str:
     """Names end up in SQL and Redis keys: they must be plain identifiers."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use letters, digits and underscores, "
             "starting with a letter or underscore (at most 63 characters)"
@@ -32,21 +32,33 @@ def check_name(value: str) -> str:
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Accept a timedelta, a number of seconds, or text such as '30d', '1h30m', '90s'."""
+    """Accept a timedelta, a number of seconds, or text such as '30d', '1h30m', '90s'.
+
+    Durations are whole seconds, so that their text form (`format_duration`) is exact."""
+    duration = _as_timedelta(value)
+    if duration is None:
+        raise ValueError(f"{value!r} is not a duration (examples: '30d', '12h', '1h30m', 3600)")
+    if duration % timedelta(seconds=1):
+        raise ValueError(f"{value!r} is not a whole number of seconds")
+    return duration
+
+
+def _as_timedelta(value: Any) -> timedelta | None:
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        sign = -1 if text.startswith("-") else 1
-        body = text.lstrip("-")
-        parts = _DURATION.findall(body)
-        if parts and "".join(n + u for n, u in parts) == body:
-            return sign * timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
-    raise ValueError(f"{value!r} is not a duration (examples: '30d', '12h', '1h30m', 3600)")
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            text = value.strip().lower()
+            sign = -1 if text.startswith("-") else 1
+            body = text.lstrip("-")
+            parts = _DURATION.findall(body)
+            if parts and "".join(n + u for n, u in parts) == body:
+                return sign * timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+    except (OverflowError, ValueError):  # too large for a timedelta, or NaN
+        return None
+    return None
 
 
 def format_duration(value: timedelta) -> str:

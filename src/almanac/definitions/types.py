@@ -7,7 +7,11 @@ import; `parse_dtype` validates and canonicalizes anything else.
 
 from __future__ import annotations
 
-import pyarrow as pa
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pyarrow is imported on first use: the CLI starts faster without it
+    import pyarrow as pa
 
 Bool = "bool"
 Int32 = "int32"
@@ -18,16 +22,7 @@ String = "string"
 Bytes = "bytes"
 Timestamp = "timestamp"
 
-SCALAR_DTYPES: dict[str, pa.DataType] = {
-    Bool: pa.bool_(),
-    Int32: pa.int32(),
-    Int64: pa.int64(),
-    Float32: pa.float32(),
-    Float64: pa.float64(),
-    String: pa.string(),
-    Bytes: pa.binary(),
-    Timestamp: pa.timestamp("us", tz="UTC"),
-}
+SCALAR_DTYPES: tuple[str, ...] = (Bool, Int32, Int64, Float32, Float64, String, Bytes, Timestamp)
 KEY_DTYPES = (Int64, String)
 NUMERIC_DTYPES = (Int32, Int64, Float32, Float64)
 
@@ -44,7 +39,7 @@ _ALIASES = {
 }
 
 
-def Array(item: str) -> str:
+def Array(item: str) -> str:  # noqa: N802 - reads like a type: Array(Float32)
     """A list-of dtype, e.g. ``Array(Float32)`` for an embedding vector."""
     item = parse_dtype(item)
     if item.startswith("list<"):
@@ -67,12 +62,24 @@ def parse_dtype(value: str) -> str:
     raise ValueError(f"unknown dtype '{value}' (known: {known})")
 
 
+@cache
 def arrow_type(dtype: str) -> pa.DataType:
     """The Arrow type that carries values of `dtype`."""
+    import pyarrow as pa
+
     dtype = parse_dtype(dtype)
     if dtype.startswith("list<"):
-        return pa.list_(SCALAR_DTYPES[dtype[5:-1]])
-    return SCALAR_DTYPES[dtype]
+        return pa.list_(arrow_type(dtype[5:-1]))
+    return {
+        Bool: pa.bool_(),
+        Int32: pa.int32(),
+        Int64: pa.int64(),
+        Float32: pa.float32(),
+        Float64: pa.float64(),
+        String: pa.string(),
+        Bytes: pa.binary(),
+        Timestamp: pa.timestamp("us", tz="UTC"),
+    }[dtype]
 
 
 def duckdb_type(dtype: str) -> str:

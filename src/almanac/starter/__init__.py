@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 from almanac.errors import RepoError
@@ -11,7 +12,10 @@ from almanac.starter.sample_data import generate
 TEMPLATE = Path(__file__).parent / "template"
 
 
-def create_starter_repo(path: str | Path, users: int = 3000, events: int = 300_000) -> Path:
+def create_starter_repo(
+    path: str | Path, users: int = 3000, events: int = 300_000, end: datetime | None = None
+) -> Path:
+    """Write the template repo and its sample data (ending at `end`, default today 00:00 UTC)."""
     repo = Path(path)
     if repo.exists() and any(repo.iterdir()):
         raise RepoError(f"{repo} already exists and is not empty; choose another folder")
@@ -22,5 +26,5 @@ def create_starter_repo(path: str | Path, users: int = 3000, events: int = 300_0
         if item.is_file():
             shutil.copy(item, repo / item.name)
     (repo / ".gitignore").write_text(".almanac/\ndata/offline/\n")
-    generate(repo / "data", users=users, events=events)
+    generate(repo / "data", users=users, events=events, end=end)
     return repo

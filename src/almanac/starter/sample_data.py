@@ -13,16 +13,27 @@ import pyarrow.parquet as pq
 
 GENRES = ["drama", "comedy", "documentary", "thriller", "animation", "sci-fi", "romance", "horror"]
 SEGMENTS = ["casual", "binger", "family", "cinephile", "new"]
-# Fixed so the sample data (and every test that reads it) is the same on every machine.
-END = datetime(2026, 6, 1, tzinfo=UTC)
 DAYS = 90
 
 
-def generate(folder: Path, users: int = 3000, events: int = 300_000, seed: int = 7) -> None:
-    """Write users' segments (daily), watch events, hourly 30-day watch counts and labels."""
+def default_end() -> datetime:
+    """Today, 00:00 UTC: the data ends just before now, so online values are fresh."""
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def generate(
+    folder: Path,
+    users: int = 3000,
+    events: int = 300_000,
+    seed: int = 7,
+    end: datetime | None = None,
+) -> None:
+    """Write users' segments (daily), watch events, hourly 30-day watch counts and labels
+    over the `DAYS` days before `end`. The same seed and end give the same data."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    start = END - timedelta(days=DAYS)
+    end = end or default_end()
+    start = end - timedelta(days=DAYS)
     ids = np.array([f"{i:04x}" for i in rng.choice(16**4, size=users, replace=False)])
 
     # Watch events: heavy users watch a lot, each has a favourite genre.
@@ -59,7 +70,8 @@ def generate(folder: Path, users: int = 3000, events: int = 300_000, seed: int =
     # (an event arrives or ages out), the count of events in (hour - 30d, hour].
     # Exact and linear: the count at hour h is the sum of +1 at each event and -1 when it
     # ages out (event + 30d), over the change points at or before h.
-    stats = con.sql("""
+    stats = con.sql(
+        """
         WITH deltas AS (
             SELECT user_id, event_timestamp AS changed_at, 1 AS delta FROM events
             UNION ALL
@@ -75,9 +87,11 @@ def generate(folder: Path, users: int = 3000, events: int = 300_000, seed: int =
                    (sum(delta) OVER (PARTITION BY user_id ORDER BY hour))::BIGINT AS watch_count_30d
             FROM per_hour
         )
-        SELECT * FROM counts WHERE event_timestamp <= TIMESTAMPTZ '2026-06-01 00:00:00+00'
+        SELECT * FROM counts WHERE event_timestamp <= $end
         ORDER BY event_timestamp, user_id
-    """).arrow()
+    """,
+        params={"end": end},
+    ).arrow()
     pq.write_table(_table(stats), folder / "user_watch_stats.parquet")
 
     # Labels for a training set: did the user watch anything in the week after T?
