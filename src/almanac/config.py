@@ -86,25 +86,35 @@ class RepoConfig(_Section):
         return url
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Map ALMANAC_SECTION_KEY variables onto the config's nested fields."""
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Map ALMANAC_SECTION_KEY variables onto the config's nested fields; also return which
+    variable set each setting (``{"offline.threads": "ALMANAC_OFFLINE_THREADS"}``)."""
     overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for name, field in RepoConfig.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, _Section):
-            for key in annotation.model_fields:
+            for key, sub in annotation.model_fields.items():
                 var = f"{ENV_PREFIX}{name}_{key}".upper()
                 if var in environ:
-                    overrides.setdefault(name, {})[key] = _env_value(environ[var])
+                    overrides.setdefault(name, {})[key] = _env_value(environ[var], sub.annotation)
+                    origins[f"{name}.{key}"] = var
         elif name != "repo_path":
             var = f"{ENV_PREFIX}{name}".upper()
             if var in environ:
-                overrides[name] = _env_value(environ[var])
-    return overrides
+                overrides[name] = _env_value(environ[var], annotation)
+                origins[name] = var
+    return overrides, origins
 
 
-def _env_value(text: str) -> Any:
-    # YAML parsing gives numbers, booleans and lists their types ("[a, b]", "2.5", "null").
+def _env_value(text: str, annotation: Any) -> Any:
+    # A text setting takes the variable as it is (a placeholder of "0", a URL with "#");
+    # an optional one is unset by "" or "null".
+    if annotation is str:
+        return text
+    if annotation == str | None:
+        return None if text.strip() in ("", "null") else text
+    # Otherwise YAML parsing gives numbers, booleans and lists their types ("[a, b]", "2.5").
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -130,10 +140,15 @@ def load_config(repo_path: str | Path, environ: Mapping[str, str] | None = None)
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+        # One line, pointing at the place: "almanac.yaml:3:7: not valid YAML: <problem>".
+        mark = getattr(error, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        problem = getattr(error, "problem", None) or str(error).replace("\n", " ")
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping of settings at the top level")
-    raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
+    overrides, origins = _env_overrides(os.environ if environ is None else environ)
+    raw = _merge(raw, overrides)
     try:
         config = RepoConfig(**raw)
     except ValidationError as error:
@@ -141,6 +156,11 @@ def load_config(repo_path: str | Path, environ: Mapping[str, str] | None = None)
         for problem in error.errors():
             key = ".".join(str(part) for part in problem["loc"])
             message = "unknown setting" if problem["type"] == "extra_forbidden" else problem["msg"]
-            problems.append(f"'{key}': {message}")
+            origin = next(
+                (v for k, v in origins.items() if key == k or key.startswith(k + ".")), None
+            )
+            problems.append(
+                f"'{key}' (set by {origin}): {message}" if origin else f"'{key}': {message}"
+            )
         raise ConfigError(f"{file}: " + "; ".join(problems)) from None
     return config.model_copy(update={"repo_path": repo})

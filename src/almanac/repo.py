@@ -31,13 +31,15 @@ def definition_files(repo: Path, modules: list[str] | None = None) -> list[Path]
         if missing:
             raise RepoError(f"definitions: no such file {', '.join(missing)}")
         return files
-    found = []
-    for path in sorted(repo.rglob("*.py")):
-        parts = path.relative_to(repo).parts[:-1]
-        if any(p in _SKIP_DIRS or p.startswith(".") for p in parts):
-            continue
-        found.append(path)
-    return found
+    return [path for path in sorted(repo.rglob("*.py")) if _is_repo_code(path, repo)]
+
+
+def _is_repo_code(path: Path, repo: Path) -> bool:
+    """A file of the repo itself, not of its data, hidden or virtualenv folders."""
+    if not path.is_relative_to(repo):
+        return False
+    parts = path.relative_to(repo).parts[:-1]
+    return not any(p in _SKIP_DIRS or p.startswith(".") or p == "site-packages" for p in parts)
 
 
 def _import(path: Path, repo: Path) -> ModuleType:
@@ -51,22 +53,31 @@ def _import(path: Path, repo: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as error:
-        raise RepoError(_import_failure(path, error)) from error
+        raise RepoError(_import_failure(path, repo, error)) from error
     finally:
         sys.path.remove(str(repo))
     return module
 
 
-def _import_failure(path: Path, error: Exception) -> str:
-    """'<file>:<line>: <error>' pointing at the deepest frame inside the repo module."""
-    line = None
+def _import_failure(path: Path, repo: Path, error: Exception) -> str:
+    """'<file>:<line>: <error>' pointing at the deepest frame in the repo's own code (the
+    module itself, or a repo module it imports)."""
+    where = str(path)
     for frame in traceback.extract_tb(error.__traceback__):
-        if Path(frame.filename) == path:
-            line = frame.lineno
-    if isinstance(error, SyntaxError) and error.lineno:
-        line = error.lineno
-    where = f"{path}:{line}" if line else str(path)
+        if frame.filename == str(path) or _is_repo_code(Path(frame.filename), repo):
+            where = f"{frame.filename}:{frame.lineno}"
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        where = f"{error.filename}:{error.lineno}"
     return f"{where}: {type(error).__name__}: {error}"
+
+
+def _forget_repo_modules(repo: Path, keep: set[str]) -> None:
+    """Drop the repo modules that repo files imported (`import common`), so that the next
+    load reads them afresh instead of reusing what an earlier load (or repo) cached."""
+    for name in set(sys.modules) - keep:
+        file = getattr(sys.modules[name], "__file__", None)
+        if file and _is_repo_code(Path(file).resolve(), repo):
+            del sys.modules[name]
 
 
 def _module_definitions(module: ModuleType) -> Iterator[tuple[str, Definition]]:
@@ -80,8 +91,12 @@ def load_definitions(repo_path: str | Path, modules: list[str] | None = None) ->
     validated as a set (`make_plan` validates it after checking deletions)."""
     repo = Path(repo_path).resolve()
     found: list[tuple[str, Definition]] = []
-    for path in definition_files(repo, modules):
-        found.extend(_module_definitions(_import(path, repo)))
+    already_imported = set(sys.modules)
+    try:
+        for path in definition_files(repo, modules):
+            found.extend(_module_definitions(_import(path, repo)))
+    finally:
+        _forget_repo_modules(repo, already_imported)
     # An unnamed source passed to a view is named after the view (`<view>_source`);
     # the same object at module level is that source, not a second one.
     inline = [

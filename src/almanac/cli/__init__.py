@@ -43,23 +43,13 @@ def _options(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line and exit 2 (traceback with --debug)."""
+    """Entry point: user errors print one line and exit 2 (traceback with --debug).
+
+    Typer's standalone mode handles usage errors itself (usage line, exit 2)."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="almanac")
     except AlmanacError as error:
         if state.debug:
             raise
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(1)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except Exception as error:  # click's usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(2)
-        raise

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -25,7 +27,9 @@ _ACTION_STYLE = {
 
 
 def _show(value: Any) -> str:
-    return "∅" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    """A value as text, escaped so that rich prints brackets (`schema[x]`) as they are."""
+    text = "∅" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    return escape(text)
 
 
 def render_plan(plan: Plan) -> None:
@@ -39,7 +43,8 @@ def render_plan(plan: Plan) -> None:
         )
         for field in change.fields:
             node.add(
-                f"{field.path}: [red]{_show(field.before)}[/] → [green]{_show(field.after)}[/]"
+                f"{_show(field.path)}: [red]{_show(field.before)}[/] → "
+                f"[green]{_show(field.after)}[/]"
             )
     console.print(tree, highlight=False)
     counts = plan.counts()
@@ -134,8 +139,18 @@ def print_rows(rows: list[dict[str, Any]], title: str) -> None:
     for column in rows[0]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
+        table.add_row(*(escape(str(v)) for v in row.values()))
+    print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """Fit a table to the terminal; in a pipe or a log, print it whole so no name is cut."""
+    if console.is_terminal:
+        console.print(table, highlight=False)
+    else:
+        natural = console.measure(table, options=console.options.update_width(10_000))
+        width = max(console.width, natural.maximum)
+        Console(file=console.file, width=width, color_system=None).print(table, highlight=False)
 
 
 @app.command("list")
@@ -185,14 +200,16 @@ def describe(
         console.print(
             f"  entities: {', '.join(obj.entities)} (keys: {', '.join(f'{k} {t}' for k, t in keys.items())})"
         )
+        location = getattr(source, "path", None) or getattr(source, "query", None) or "pushed rows"
         console.print(
-            f"  source: {source.name} ({source.type}: {getattr(source, 'path', None) or getattr(source, 'query', None) or 'pushed rows'}), time column {source.timestamp_field}"
+            f"  source: {source.name} ({source.type}: {escape(location)}), time column {source.timestamp_field}",
+            highlight=False,
         )
         console.print(f"  ttl: {format_duration(obj.ttl) if obj.ttl else 'none'}   online: {obj.online}   "
                       f"materialize every: {format_duration(obj.materialize_every) if obj.materialize_every else '-'}")  # fmt: skip
-        console.print(f"  owner: {obj.owner or '-'}   tags: {obj.tags or '-'}")
+        console.print(f"  owner: {escape(obj.owner or '-')}   tags: {_show(obj.tags or '-')}")
         if obj.description:
-            console.print(f"  {obj.description}")
+            console.print(f"  {escape(obj.description)}", highlight=False)
         print_rows(
             [
                 {"feature": f.name, "type": f.dtype, "description": f.description}
@@ -213,12 +230,12 @@ def _print_history(history: list[Any]) -> None:
         table.add_column(column)
     for h in history:
         changes = "; ".join(
-            f"{d['path']}: {_show(d['before'])} → {_show(d['after'])}" for d in h.diff
+            f"{_show(d['path'])}: {_show(d['before'])} → {_show(d['after'])}" for d in h.diff
         )
         table.add_row(
             str(h.version), h.action, h.applied_at.strftime("%Y-%m-%d %H:%M:%S"), h.author, changes
         )
-    console.print(table, highlight=False)
+    print_table(table)
 
 
 @app.command()

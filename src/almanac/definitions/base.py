@@ -80,9 +80,14 @@ Duration = Annotated[
 ]
 
 
+def _label(kind: str, name: Any) -> str:
+    """`FeatureView 'x'`: the name quoted by repr, so even a bad name stays on one line."""
+    return f"{kind} {name!r}" if isinstance(name, str) else kind
+
+
 def describe_validation_error(kind: str, name: Any, error: ValidationError) -> str:
     """One line per problem: `FeatureView 'x': field 'ttl': must not be negative`."""
-    label = f"{kind} '{name}'" if isinstance(name, str) else kind
+    label = _label(kind, name)
     lines = []
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"] if part != "__root__")
@@ -105,6 +110,10 @@ class Definition(BaseModel):
         except ValidationError as error:
             raise DefinitionError(
                 describe_validation_error(type(self).__name__, data.get("name"), error)
+            ) from None
+        except DefinitionError as error:  # a nested definition, e.g. a schema entry as a dict
+            raise DefinitionError(
+                f"{_label(type(self).__name__, data.get('name'))}: {error}"
             ) from None
 
     def to_spec(self) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class Catalog:
             existing = bucket.get(obj.name)  # type: ignore[attr-defined]
             if existing is not None and existing != obj:
                 raise DefinitionError(
-                    f"two different {obj.kind.replace('_', ' ')}s are named '{obj.name}'"  # type: ignore[attr-defined]
+                    f"two different {obj.kind.replace('_', ' ')} definitions are named '{obj.name}'"  # type: ignore[attr-defined]
                 )
             bucket[obj.name] = obj  # type: ignore[attr-defined]
 
@@ -136,9 +136,15 @@ class Catalog:
                 )
             entities = [self.entities[name] for name in view.entities]
             check_join_keys_not_features(view, entities)
-            keys = [key for entity in entities for key in entity.join_keys]
-            if len(set(keys)) != len(keys):
-                raise DefinitionError(f"{label}: field 'entities': two entities share a join key")
+            owners: dict[str, str] = {}
+            for entity in entities:
+                for key in entity.join_keys:
+                    if key in owners:
+                        raise DefinitionError(
+                            f"{label}: field 'entities': entities '{owners[key]}' and "
+                            f"'{entity.name}' share the join key '{key}'"
+                        )
+                    owners[key] = entity.name
             source = self.sources[view.source]
             reserved = {source.timestamp_field, source.created_timestamp_field}
             for feature in view.feature_names:

@@ -77,6 +77,7 @@ class SqlRegistry:
         with self._lock:
             self._begin_write()
             try:
+                self._lock_schema()
                 for statement in _SCHEMA:
                     self._execute(statement)
                 self._execute(
@@ -99,6 +100,9 @@ class SqlRegistry:
 
     def _lock_registry_row(self) -> None:
         """Serialize applies of this project (the SQLite backend locks at BEGIN)."""
+
+    def _lock_schema(self) -> None:
+        """Serialize creating the tables (the SQLite backend locks at BEGIN)."""
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         if self.placeholder != "?":
@@ -331,6 +335,11 @@ class PostgresRegistry(SqlRegistry):
         self._execute(
             "SELECT version FROM almanac_registry WHERE project = ? FOR UPDATE", (self.project,)
         )
+
+    def _lock_schema(self) -> None:
+        # CREATE TABLE IF NOT EXISTS is not safe against a concurrent CREATE in PostgreSQL:
+        # two processes opening a new registry at once would fail on a unique violation.
+        self._execute("SELECT pg_advisory_xact_lock(hashtext('almanac_registry_schema'))")
 
     def _begin_write(self) -> None:
         self._execute("BEGIN")
