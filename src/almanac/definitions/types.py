@@ -39,7 +39,7 @@ _ALIASES = {
 }
 
 
-def Array(item: str) -> str:  # noqa: N802 - reads like a type: Array(Float32)
+def Array(item: str) -> str:
     """A list-of dtype, e.g. ``Array(Float32)`` for an embedding vector."""
     item = parse_dtype(item)
     if item.startswith("list<"):
