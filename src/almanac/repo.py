@@ -97,18 +97,18 @@ def load_definitions(repo_path: str | Path, modules: list[str] | None = None) ->
             found.extend(_module_definitions(_import(path, repo)))
     finally:
         _forget_repo_modules(repo, already_imported)
-    # An unnamed source passed to a view is named after the view (`<view>_source`);
-    # the same object at module level is that source, not a second one.
-    inline = [
-        obj.source_object.model_copy(update={"name": None})
-        for _, obj in found
-        if isinstance(obj, FeatureView) and obj.source_object is not None
-    ]
+    # An unnamed module-level source is named after its variable, also in the views it
+    # was passed to (which would otherwise call it `<view>_source`).
+    variables = {
+        id(obj): variable
+        for variable, obj in found
+        if isinstance(obj, SourceBase) and obj.name is None
+    }
     objects: list[Definition] = []
     for variable, obj in found:
         if isinstance(obj, SourceBase) and obj.name is None:
-            if obj in inline:
-                continue
             obj = obj.model_copy(update={"name": variable})
+        elif isinstance(obj, FeatureView) and id(obj._unnamed_source) in variables:
+            obj = obj.with_source_name(variables[id(obj._unnamed_source)])
         objects.append(obj)
     return Catalog.from_definitions(objects, validate=False)

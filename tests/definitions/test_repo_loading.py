@@ -115,6 +115,26 @@ def test_an_unnamed_module_level_source_is_named_after_its_variable(tmp_path) ->
     catalog.validate()
 
 
+def test_an_unnamed_source_passed_to_views_keeps_its_variable_name(tmp_path) -> None:
+    text = HEADER + textwrap.dedent(
+        """
+        user = Entity(name="user", join_keys=["user_id"])
+        transactions = FileSource(path="data/transactions.parquet", timestamp_field="ts")
+        spend = FeatureView(
+            name="spend", entities=[user], source=transactions, schema=[Field("amount", Int64)]
+        )
+        merchants = FeatureView(
+            name="merchants", entities=[user], source=transactions, schema=[Field("merchant", String)]
+        )
+        """
+    )
+    catalog = load_definitions(write(tmp_path, {"features.py": text}))
+    assert set(catalog.sources) == {"transactions"}
+    assert catalog.sources["transactions"].timestamp_field == "ts"
+    assert catalog.views["spend"].source == catalog.views["merchants"].source == "transactions"
+    catalog.validate()
+
+
 def test_an_unnamed_inline_source_is_named_after_its_view(tmp_path) -> None:
     text = HEADER + textwrap.dedent(
         """

@@ -62,6 +62,8 @@ class FeatureView(Definition):
     # The objects the user passed, so a repo loader can register them too.
     _entity_objects: list[Entity] = PrivateAttr(default_factory=list)
     _source_object: SourceBase | None = PrivateAttr(default=None)
+    # The unnamed source object as passed, so a loader can name it after its variable.
+    _unnamed_source: SourceBase | None = PrivateAttr(default=None)
 
     model_config = Definition.model_config | {"populate_by_name": True}
 
@@ -77,6 +79,7 @@ class FeatureView(Definition):
         super().__init__(**data)
         self._entity_objects = entity_objects
         if source_object is not None and source_object.name is None:
+            self._unnamed_source = source_object
             source_object = source_object.model_copy(update={"name": self.source})
         self._source_object = source_object
         if entity_objects:
@@ -93,6 +96,13 @@ class FeatureView(Definition):
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.schema_]
+
+    def with_source_name(self, name: str) -> FeatureView:
+        """This view reading its (inline) source under another name."""
+        view = self.model_copy(update={"source": name})
+        if self._source_object is not None:
+            view._source_object = self._source_object.model_copy(update={"name": name})
+        return view
 
     @property
     def source_object(self) -> FileSource | SqlSource | PushSource | None:
