@@ -19,6 +19,7 @@ from almanac.config import RepoConfig, load_config
 from almanac.registry.catalog import Catalog
 
 if TYPE_CHECKING:
+    from almanac.context import Context
     from almanac.offline.engine import OfflineEngine, RetrievalJob
     from almanac.online.base import OnlineStore
     from almanac.online.response import OnlineResponse
@@ -117,6 +118,28 @@ class FeatureStore:
             self, features, entity_rows, feature_service=feature_service,
             full_feature_names=full_feature_names,
         )  # fmt: skip
+
+    def get_context(
+        self,
+        feature_service: str,
+        entity: dict[str, Any],
+        *,
+        placeholder: str | None = None,
+    ) -> Context:
+        """One entity's features rendered by the service's prompt template, for an LLM."""
+        from almanac.context import get_context
+
+        return get_context(self, feature_service, entity, placeholder=placeholder)
+
+    # ---- ingestion -----------------------------------------------------------------------
+
+    def push(self, push_source: str, df: Any, to: str = "online") -> int:
+        """Validate rows sent to a push source and write them (all or nothing) to the
+        online store, the offline store, or both (`to`: online | offline |
+        online_and_offline). Returns the number of rows accepted."""
+        from almanac.ingest.push import push
+
+        return push(self, push_source, df, to)
 
     # ---- materialization -----------------------------------------------------------------
 

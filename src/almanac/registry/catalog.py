@@ -161,6 +161,24 @@ class Catalog:
                     raise DefinitionError(
                         f"FeatureService '{service.name}': field 'features': {error}"
                     ) from None
+            if service.prompt_template is not None:
+                self._check_prompt_template(service)
+
+    def _check_prompt_template(self, service: FeatureService) -> None:
+        """A prompt template may read the service's features and its entities' keys."""
+        from almanac.context import template_variables
+
+        label = f"FeatureService '{service.name}': field 'prompt_template'"
+        try:
+            names = template_variables(service.prompt_template or "")
+        except DefinitionError as error:
+            raise DefinitionError(f"{label}: {str(error).removeprefix('prompt_template: ')}") from None
+        known = {ref.output_name for ref in self.resolve(service=service.name)}
+        for view in service.views:
+            known.update(self.join_keys(view))
+        unknown = sorted(names - known)
+        if unknown:
+            raise DefinitionError(f"{label}: {NotFoundError('variable', unknown[0], known)}")
 
     def users_of(self, kind: str, name: str) -> list[str]:
         """Objects that refer to (kind, name): what blocks deleting it."""

@@ -1,0 +1,109 @@
+"""LLM context: a feature service's values for one entity, rendered for a prompt.
+
+A feature service may declare a Jinja2 `prompt_template` over its features. The result
+carries the rendered text, the raw values, their statuses and their ages, so an LLM
+application can both prompt with the text and reason about freshness. A value that is
+missing or past its TTL renders as a placeholder (never as "None").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import TemplateSyntaxError, meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from almanac.errors import DefinitionError, InputError
+
+if TYPE_CHECKING:
+    from jinja2 import Template
+
+    from almanac.store import FeatureStore
+
+# Templates come from the registry, written by other teams: render them sandboxed.
+_ENV = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False)
+
+
+@dataclass(frozen=True)
+class Context:
+    """One entity's context: `text` for the prompt, and what it was built from."""
+
+    service: str
+    entity: dict[str, Any]
+    text: str
+    values: dict[str, Any]
+    statuses: dict[str, str]
+    event_timestamps: dict[str, datetime | None]
+    ages_seconds: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "entity": self.entity,
+            "text": self.text,
+            "values": self.values,
+            "statuses": self.statuses,
+            "event_timestamps": {
+                k: v.isoformat() if v else None for k, v in self.event_timestamps.items()
+            },
+            "ages_seconds": self.ages_seconds,
+        }
+
+
+@lru_cache(maxsize=256)
+def compile_template(text: str) -> Template:
+    try:
+        return _ENV.from_string(text)
+    except TemplateSyntaxError as error:
+        raise DefinitionError(f"prompt_template: line {error.lineno}: {error.message}") from None
+
+
+def template_variables(text: str) -> set[str]:
+    """The names a template reads (to check them against the service's features)."""
+    try:
+        return meta.find_undeclared_variables(_ENV.parse(text))
+    except TemplateSyntaxError as error:
+        raise DefinitionError(f"prompt_template: line {error.lineno}: {error.message}") from None
+
+
+def default_template(features: list[str]) -> str:
+    return "\n".join(f"{name}: {{{{ {name} }}}}" for name in features)
+
+
+def get_context(
+    store: FeatureStore,
+    feature_service: str,
+    entity: Mapping[str, Any],
+    *,
+    placeholder: str | None = None,
+    now: datetime | None = None,
+) -> Context:
+    """Read `feature_service`'s features for one entity and render its prompt template
+    (or a plain `name: value` list when the service has none)."""
+    if not isinstance(entity, Mapping) or not entity:
+        raise InputError("entity must be a mapping of join keys, e.g. {'user_id': '8a2f'}")
+    service = store.catalog.service(feature_service)
+    response = store.get_online_features(
+        entity_rows=[dict(entity)], feature_service=feature_service
+    )
+    missing = store.config.server.missing_placeholder if placeholder is None else placeholder
+    now = now or datetime.now(UTC)
+    values: dict[str, Any] = {}
+    statuses: dict[str, str] = {}
+    stamps: dict[str, datetime | None] = {}
+    ages: dict[str, float | None] = {}
+    rendered: dict[str, Any] = dict(entity)
+    for name in response.feature_names:
+        value = response.values[name][0]
+        status = str(response.statuses[name][0])
+        stamp = response.event_timestamps[name][0]
+        values[name], statuses[name], stamps[name] = value, status, stamp
+        ages[name] = (now - stamp).total_seconds() if stamp is not None else None
+        rendered[name] = value if status == "PRESENT" else missing
+    template = service.prompt_template or default_template(response.feature_names)
+    text = compile_template(template).render(rendered)
+    return Context(service.name, dict(entity), text, values, statuses, stamps, ages)

@@ -1,0 +1,88 @@
+"""The online-store interface: latest feature values per (project, view, entity key).
+
+A backend is a small class behind this interface. Two rules hold inside every backend,
+not in the caller (DESIGN.md, rule 3):
+
+* a write never replaces a newer event time with an older one for the same
+  (project, view, entity key); an equal event time overwrites, so replays are harmless;
+* the rule holds across concurrent writers (it is enforced by the store itself: a Lua
+  script on Redis, a conditional upsert on SQLite).
+
+Reads take every view and every entity of a request at once so that a backend can
+answer in one round trip. Statuses and TTLs are not the store's business: it returns
+raw values and event times, and `almanac.online.response` turns them into statuses.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+
+EVENT_TIMESTAMP = "event_timestamp"
+
+
+class ViewRead(NamedTuple):
+    """What to read from one view: the features of each entity row.
+
+    `key_columns[i]` holds the values of `join_keys[i]`, one per entity row (ints for
+    int64 keys, str for string keys, already validated). `dtypes[j]` is the dtype of
+    `features[j]`; backends that store untyped bytes need it to decode.
+    """
+
+    view: str
+    join_keys: list[str]
+    key_columns: list[list[Any]]
+    features: list[str]
+    dtypes: list[str]
+
+
+class ViewRows(NamedTuple):
+    """The answer for one `ViewRead`, one entry per requested entity row, in order.
+
+    `event_times[i]` is the stored event time of row i in microseconds since the Unix
+    epoch (UTC), or None when the store has no row for that entity. `columns[j][i]` is
+    the value of feature `ViewRead.features[j]` for row i (None when absent). Columns,
+    not rows: decoding runs one comprehension per feature and the response is
+    column-shaped too.
+    """
+
+    event_times: list[int | None]
+    columns: list[list[Any]]
+
+
+class OnlineStore(ABC):
+    """Latest values per (project, view, entity key); see the module docstring."""
+
+    @abstractmethod
+    def write_batch(
+        self, project: str, view: str, join_keys: list[str], features: list[str], table: pa.Table
+    ) -> int:
+        """Write rows (join keys, features, `event_timestamp`); return how many rows
+        changed the store (rows older than what is stored are skipped).
+
+        A batch that fails validation raises `InputError` before anything is written.
+        """
+
+    @abstractmethod
+    def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
+        """Read every request in one round trip; one `ViewRows` per request, in order."""
+
+    @abstractmethod
+    def delete_view(self, project: str, view: str) -> None:
+        """Forget every value of a view (for example when it is deleted or retyped)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Cheap health check: return when the store answers, else StoreUnavailableError."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

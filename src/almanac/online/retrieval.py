@@ -1,0 +1,248 @@
+"""`get_online_features`: the hot path of every inference request.
+
+Resolving feature references against the catalog is cached per catalog object, so a
+steady stream of identical requests only validates its keys, reads the store once
+(`OnlineStore.read`, one round trip for all views) and builds the response. No pandas,
+no per-request Arrow.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from almanac.errors import InputError
+from almanac.online.base import OnlineStore, ViewRead
+from almanac.online.codec import datetime_to_micros
+from almanac.online.response import OnlineResponse, build_response
+from almanac.registry.catalog import Catalog
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_PLAN_CACHE_SIZE = 256
+
+
+class StoreLike(Protocol):
+    """What retrieval needs from a `FeatureStore` (tests and the server may pass their own)."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def online(self) -> OnlineStore: ...
+    @property
+    def project(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _ViewPlan:
+    view: str
+    join_keys: list[str]
+    features: list[str]
+    dtypes: list[str]
+    ttl_micros: int | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    catalog: Catalog  # held so that the cache key's id() cannot be reused meanwhile
+    views: list[_ViewPlan]
+    join_keys: dict[str, str]  # every key the request needs → its dtype
+    key_users: dict[str, str]  # key → a view that needs it (for error messages)
+    outputs: list[tuple[str, int, int]]  # (output name, view index, feature index)
+    dtypes: dict[str, str]  # output column → dtype, keys included
+
+
+_plans: dict[tuple[Any, ...], _Plan] = {}
+
+
+def _plan(
+    catalog: Catalog,
+    features: Sequence[str] | None,
+    feature_service: str | None,
+    full_feature_names: bool,
+) -> _Plan:
+    if isinstance(features, str):
+        features = [features]
+    cache_key = (id(catalog), None if features is None else tuple(features), feature_service,
+                 full_feature_names)  # fmt: skip
+    try:
+        plan = _plans.get(cache_key)
+    except TypeError:  # unhashable references: let `resolve` say what is wrong
+        plan, cache_key = None, None
+    if plan is not None and plan.catalog is catalog:
+        return plan
+    refs = catalog.resolve(features, feature_service, full_feature_names)
+    views: list[_ViewPlan] = []
+    index_of: dict[str, int] = {}
+    join_keys: dict[str, str] = {}
+    key_users: dict[str, str] = {}
+    outputs: list[tuple[str, int, int]] = []
+    dtypes: dict[str, str] = {}
+    for ref in refs:
+        if ref.view not in index_of:
+            view = catalog.view(ref.view)
+            if not view.online:
+                raise InputError(
+                    f"feature view '{view.name}' is not served online (online=False); "
+                    "set online=True and materialize it, or drop it from the request"
+                )
+            keys = catalog.join_keys(view)
+            for key, dtype in keys.items():
+                if join_keys.setdefault(key, dtype) != dtype:
+                    raise InputError(
+                        f"join key '{key}' is {join_keys[key]} in view '{key_users[key]}' "
+                        f"but {dtype} in view '{view.name}'"
+                    )
+                key_users.setdefault(key, view.name)
+            ttl = None if view.ttl is None else view.ttl // timedelta(microseconds=1)
+            index_of[ref.view] = len(views)
+            views.append(_ViewPlan(view.name, list(keys), [], [], ttl))
+        view_plan = views[index_of[ref.view]]
+        outputs.append((ref.output_name, index_of[ref.view], len(view_plan.features)))
+        view_plan.features.append(ref.field.name)
+        view_plan.dtypes.append(ref.field.dtype)
+        dtypes[ref.output_name] = ref.field.dtype
+    plan = _Plan(catalog, views, join_keys, key_users, outputs, {**join_keys, **dtypes})
+    if cache_key is not None:
+        if len(_plans) >= _PLAN_CACHE_SIZE:
+            _plans.clear()
+        _plans[cache_key] = plan
+    return plan
+
+
+def get_online_features(
+    store: StoreLike,
+    features: Sequence[str] | None = None,
+    entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | None = None,
+    *,
+    feature_service: str | None = None,
+    full_feature_names: bool = False,
+    now: datetime | None = None,
+) -> OnlineResponse:
+    """Latest values of `features` (or a service's) for each entity row, in order.
+
+    `entity_rows` is a list of dicts (``[{"user_id": 1}, ...]``) or a dict of columns
+    (``{"user_id": [1, 2]}``); a pandas DataFrame or Arrow table also works. `now` (for
+    tests and replays) is the read time that TTLs are measured from.
+    """
+    plan = _plan(store.catalog, features, feature_service, full_feature_names)
+    if entity_rows is None:
+        raise InputError("no entity rows given: pass entity_rows=[{<join key>: <value>}, ...]")
+    keys = _key_columns(entity_rows, plan)
+    requests = [
+        ViewRead(v.view, v.join_keys, [keys[k] for k in v.join_keys], v.features, v.dtypes)
+        for v in plan.views
+    ]
+    rows = store.online.read(store.project, requests)
+    now_micros = time.time_ns() // 1000 if now is None else datetime_to_micros(now)
+    ttls = [v.ttl_micros for v in plan.views]
+    return build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes)
+
+
+# ---- entity keys ----------------------------------------------------------------------------
+
+
+def _key_columns(entity_rows: Any, plan: _Plan) -> dict[str, list[Any]]:
+    """The request's join-key columns, checked: present, one type, same lengths."""
+    if hasattr(entity_rows, "column_names") and hasattr(entity_rows, "to_pydict"):  # Arrow
+        entity_rows = {k: entity_rows.column(k).to_pylist() for k in entity_rows.column_names}
+    elif hasattr(entity_rows, "columns") and hasattr(entity_rows, "to_dict"):  # pandas, polars
+        entity_rows = {str(k): _series_list(entity_rows[k]) for k in entity_rows.columns}
+    if isinstance(entity_rows, Mapping):
+        columns = _from_columns(entity_rows, plan)
+    elif isinstance(entity_rows, Sequence) and not isinstance(entity_rows, str | bytes):
+        columns = _from_rows(entity_rows, plan)
+    else:
+        raise InputError(
+            "entity_rows must be a list of dicts or a dict of columns, "
+            f"got {type(entity_rows).__name__}"
+        )
+    return {key: _checked(key, dtype, columns[key], plan) for key, dtype in plan.join_keys.items()}
+
+
+def _series_list(series: Any) -> list[Any]:
+    # Plain Python values (not numpy scalars), so the keys pass the fast type check.
+    for method in ("tolist", "to_list"):
+        if hasattr(series, method):
+            return getattr(series, method)()
+    return list(series)
+
+
+def _from_rows(rows: Sequence[Any], plan: _Plan) -> dict[str, list[Any]]:
+    columns = {}
+    for key in plan.join_keys:
+        try:
+            columns[key] = [row[key] for row in rows]
+        except (KeyError, TypeError):
+            for index, row in enumerate(rows):
+                if not isinstance(row, Mapping):
+                    raise InputError(
+                        f"entity row {index} must be a dict of join keys, got {type(row).__name__}"
+                    ) from None
+                if key not in row:
+                    raise InputError(
+                        f"entity row {index} has no join key '{key}' (needed by view "
+                        f"'{plan.key_users[key]}'); it has: {', '.join(map(str, row)) or 'nothing'}"
+                    ) from None
+            raise
+    return columns
+
+
+def _from_columns(data: Mapping[str, Any], plan: _Plan) -> dict[str, list[Any]]:
+    columns = {}
+    for key in plan.join_keys:
+        if key not in data:
+            raise InputError(
+                f"entity rows have no join key '{key}' (needed by view '{plan.key_users[key]}'); "
+                f"columns given: {', '.join(map(str, data)) or 'none'}"
+            )
+        column = data[key]
+        if isinstance(column, str | bytes) or not hasattr(column, "__len__"):
+            raise InputError(f"entity column '{key}' must be a list of values, got {column!r}")
+        columns[key] = column if isinstance(column, list) else list(column)
+    lengths = {key: len(column) for key, column in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"entity columns have different lengths: {lengths}")
+    return columns
+
+
+def _checked(key: str, dtype: str, column: list[Any], plan: _Plan) -> list[Any]:
+    """The column itself when every value already has its key's type (the common case,
+    checked at C speed); otherwise a converted copy, or an InputError naming the row."""
+    if dtype == "int64":
+        if all(type(v) is int for v in column):
+            if column and (min(column) < INT64_MIN or max(column) > INT64_MAX):
+                bad = next(i for i, v in enumerate(column) if not INT64_MIN <= v <= INT64_MAX)
+                raise InputError(
+                    f"join key '{key}' must fit in int64, got {column[bad]} in entity row {bad}"
+                )
+            return column
+        return [_as_int(key, v, i) for i, v in enumerate(column)]
+    if all(type(v) is str for v in column):
+        return column
+    return [_as_str(key, v, i) for i, v in enumerate(column)]
+
+
+def _as_int(key: str, value: Any, row: int) -> int:
+    # numpy/pandas integers are fine; bools, floats and text are not (1.0 or "1" would
+    # silently address another entity than the caller meant).
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+        if INT64_MIN <= number <= INT64_MAX:
+            return number
+    raise InputError(
+        f"join key '{key}' must be an int64, got {type(value).__name__} {value!r} "
+        f"in entity row {row}"
+    )
+
+
+def _as_str(key: str, value: Any, row: int) -> str:
+    if isinstance(value, str):
+        return str(value)
+    raise InputError(
+        f"join key '{key}' must be a string, got {type(value).__name__} {value!r} "
+        f"in entity row {row}"
+    )

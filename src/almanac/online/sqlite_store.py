@@ -1,0 +1,334 @@
+"""The embedded online store: one SQLite file in WAL mode.
+
+Layout: one table per (project, view), named ``"<project>:<view>"`` (':' cannot occur
+in a name, so two pairs never share a table), with the join keys as a composite
+primary key (``WITHOUT ROWID``: the row lives in the key's B-tree, so a point lookup is
+one index descent), an ``@ts`` column (event time, int microseconds) and one column per
+feature. A table per view rather than one table of encoded values because SQLite then
+stores numbers and text natively (no decoding on the hot path for most dtypes), a
+lookup reads one row for all of a view's features, and deleting a view is DROP TABLE.
+
+Monotonic writes (rule 3) are one statement per row, run by SQLite itself:
+``INSERT ... ON CONFLICT (keys) DO UPDATE ... WHERE excluded."@ts" >= "@ts"``. SQLite
+serializes writers, so the rule holds across threads and processes; each batch is one
+transaction, so a failed batch writes nothing.
+
+Connections are per thread (sqlite3 objects must not be shared across threads while in
+use); readers never wait for writers in WAL mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from almanac.errors import InputError, StoreUnavailableError
+from almanac.online.base import OnlineStore, ViewRead, ViewRows
+from almanac.online.batch import NULL_DTYPE, PreparedBatch, prepare_batch
+from almanac.online.codec import sqlite_decoder, sqlite_values
+
+TS_COLUMN = '"@ts"'
+# Column affinities, so SQLite keeps each value's natural storage class.
+_AFFINITY = {
+    "bool": "INTEGER",
+    "int32": "INTEGER",
+    "int64": "INTEGER",
+    "timestamp": "INTEGER",
+    "float32": "REAL",
+    "float64": "REAL",
+    "string": "TEXT",
+    "bytes": "BLOB",
+}
+_KEY_AFFINITY = {"int64": "INTEGER", "string": "TEXT"}
+# Keys per SELECT ... IN (...): well below SQLite's limit on bound parameters.
+_KEYS_PER_QUERY = 500
+# How long a read keeps believing that a table or column is missing.
+_RECHECK_SECONDS = 1.0
+# Writers may wait this long for another writer's transaction to finish.
+_WRITE_BUSY_SECONDS = 60.0
+
+
+def _table(project: str, view: str) -> str:
+    return f'"{project}:{view}"'
+
+
+def _quote(name: str) -> str:
+    return f'"{name}"'
+
+
+class SqliteOnlineStore(OnlineStore):
+    def __init__(self, path: str | Path, *, timeout_seconds: float = 2.0, batch_size: int = 50_000):
+        self.path = Path(path)
+        self.timeout_seconds = timeout_seconds
+        self.batch_size = batch_size
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # Per (project, view, features, dtypes): how to read them (see `_layout`).
+        self._layouts: dict[tuple[Any, ...], _Layout] = {}
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection()
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailableError(
+                f"cannot open the SQLite online store at {self.path}: {error}"
+            ) from None
+
+    # ---- connections ----------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid():  # not a new thread nor a forked child
+            return local.connection
+        if self._closed:
+            raise StoreUnavailableError("the SQLite online store is closed")
+        connection = sqlite3.connect(
+            self.path,
+            timeout=max(self.timeout_seconds, _WRITE_BUSY_SECONDS),
+            isolation_level=None,  # autocommit; write_batch opens its own transaction
+            check_same_thread=False,  # only so that close() may close it from any thread
+            cached_statements=256,
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across application crashes in WAL mode; a power loss may
+        # lose the last transactions, which the next materialization rewrites anyway.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        local.connection, local.pid = connection, os.getpid()
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
+
+    def ping(self) -> None:
+        try:
+            self._connection().execute("SELECT 1").fetchone()
+        except sqlite3.Error as error:
+            raise StoreUnavailableError(f"SQLite online store at {self.path}: {error}") from None
+
+    # ---- schema ---------------------------------------------------------------------
+
+    def _table_columns(self, table: str) -> set[str] | None:
+        """Feature columns of a table (None when it does not exist)."""
+        rows = self._connection().execute(f"PRAGMA table_info({table})").fetchall()
+        return {row[1] for row in rows if row[5] == 0 and row[1] != "@ts"} if rows else None
+
+    def _ensure_table(
+        self, connection: sqlite3.Connection, table: str, batch: PreparedBatch
+    ) -> None:
+        """Create the view's table, or add columns for features it does not have yet.
+        Runs inside the write transaction, so concurrent writers agree on the schema."""
+        rows = connection.execute(f"PRAGMA table_info({table})").fetchall()
+        if not rows:
+            columns = [f"{_quote(k.name)} {_KEY_AFFINITY[k.dtype]} NOT NULL" for k in batch.keys]
+            columns.append(f"{TS_COLUMN} INTEGER NOT NULL")
+            columns += [
+                f"{_quote(f.name)} {_AFFINITY.get(f.dtype, 'BLOB')}"
+                if f.dtype != NULL_DTYPE
+                else _quote(f.name)
+                for f in batch.features
+            ]
+            primary = ", ".join(_quote(k.name) for k in batch.keys)
+            connection.execute(
+                f"CREATE TABLE {table} ({', '.join(columns)}, PRIMARY KEY ({primary})) "
+                "WITHOUT ROWID"
+            )
+        else:
+            # SQLite would quietly turn a text key '1' into 1 in an INTEGER column.
+            stored = [(r[1], r[2]) for r in sorted(rows, key=lambda r: r[5]) if r[5] > 0]
+            given = [(k.name, _KEY_AFFINITY[k.dtype]) for k in batch.keys]
+            if stored != given:
+                raise InputError(
+                    f"view '{batch.view}' is stored with join keys {stored}, not {given}; "
+                    "delete the view's online data first"
+                )
+            existing = {row[1] for row in rows}
+            missing = [f for f in batch.features if f.name not in existing]
+            if not missing:
+                return
+            for feature in missing:
+                affinity = _AFFINITY.get(feature.dtype, "BLOB")
+                connection.execute(
+                    f"ALTER TABLE {table} ADD COLUMN {_quote(feature.name)} {affinity}"
+                )
+        self._layouts.clear()
+
+    # ---- writes ---------------------------------------------------------------------
+
+    def write_batch(
+        self, project: str, view: str, join_keys: list[str], features: list[str], table: pa.Table
+    ) -> int:
+        batch = prepare_batch(view, table, join_keys, features)
+        if batch.num_rows == 0:
+            return 0
+        name = _table(project, view)
+        keys = [_quote(k) for k in join_keys]
+        columns = [*keys, TS_COLUMN, *(_quote(f) for f in features)]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[len(keys) :])
+        sql = (
+            f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
+            f"WHERE excluded.{TS_COLUMN} >= {name}.{TS_COLUMN}"
+        )
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._ensure_table(connection, name, batch)
+                before = connection.total_changes
+                for part in batch.slices(self.batch_size):
+                    python_columns = [
+                        k.values.to_numpy().tolist() if k.dtype == "int64" else k.values.to_pylist()
+                        for k in part.keys
+                    ]
+                    python_columns.append(part.event_times.to_numpy().tolist())
+                    python_columns += [sqlite_values(f) for f in part.features]
+                    connection.executemany(sql, zip(*python_columns, strict=True))
+                written = connection.total_changes - before
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailableError(f"SQLite online store at {self.path}: {error}") from None
+        return written
+
+    def delete_view(self, project: str, view: str) -> None:
+        table = _table(project, view)
+        self._connection().execute(f"DROP TABLE IF EXISTS {table}")
+        self._layouts.clear()
+
+    # ---- reads ----------------------------------------------------------------------
+
+    def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
+        connection = self._connection()
+        out = []
+        for request in requests:
+            try:
+                out.append(self._read_view(connection, project, request))
+            except sqlite3.OperationalError as error:
+                # A table or column dropped by another process since we last looked.
+                if "no such" not in str(error):
+                    raise StoreUnavailableError(f"SQLite online store: {error}") from None
+                self._layouts.clear()
+                out.append(self._read_view(connection, project, request))
+        return out
+
+    def _layout(self, project: str, request: ViewRead) -> _Layout:
+        """How to read a view: its table, the feature columns that exist, where each
+        requested feature sits in a selected row (-1: no such column yet, read as null),
+        and the decoders. A layout that misses the table or a column is looked at again
+        after a second, as another process may create them."""
+        cache_key = (project, request.view, tuple(request.features), tuple(request.dtypes))
+        layout = self._layouts.get(cache_key)
+        if layout is not None and (layout.complete or time.monotonic() < layout.recheck_at):
+            return layout
+        table = _table(project, request.view)
+        existing = self._table_columns(table)
+        present = [f for f in request.features if existing is not None and f in existing]
+        positions = [present.index(f) if f in present else -1 for f in request.features]
+        layout = _Layout(
+            table=table,
+            exists=existing is not None,
+            complete=existing is not None and len(present) == len(request.features),
+            recheck_at=time.monotonic() + _RECHECK_SECONDS,
+            keys=[_quote(k) for k in request.join_keys],
+            selected=", ".join([TS_COLUMN, *(_quote(f) for f in present)]),
+            positions=positions,
+            decoders=[sqlite_decoder(d) for d in request.dtypes],
+            statements={},
+        )
+        self._layouts[cache_key] = layout
+        return layout
+
+    def _read_view(
+        self, connection: sqlite3.Connection, project: str, request: ViewRead
+    ) -> ViewRows:
+        columns = request.key_columns
+        count = len(columns[0]) if columns else 0
+        layout = self._layout(project, request)
+        if not layout.exists:
+            return ViewRows([None] * count, [[None] * count for _ in request.features])
+        if count == 1:
+            found = connection.execute(layout.sql(1), [column[0] for column in columns]).fetchone()
+            return _to_view_rows([found], 0, layout)
+        # Many entities: SELECT ... IN (...) per chunk of distinct keys, then put rows
+        # back in request order (duplicates in the request get the same row). Chunks are
+        # padded to a power of two so that few distinct statements get prepared.
+        key_width = len(columns)
+        entity_keys = list(zip(*columns, strict=True)) if key_width > 1 else columns[0]
+        unique = list(dict.fromkeys(entity_keys))
+        by_key: dict[Any, tuple[Any, ...]] = {}
+        for start in range(0, len(unique), _KEYS_PER_QUERY):
+            chunk = unique[start : start + _KEYS_PER_QUERY]
+            size = min(1 << (len(chunk) - 1).bit_length(), _KEYS_PER_QUERY)
+            chunk += [chunk[-1]] * (size - len(chunk))
+            params = chunk if key_width == 1 else [v for key in chunk for v in key]
+            cursor = connection.execute(layout.sql(size), params)
+            if key_width == 1:
+                by_key.update((row[0], row) for row in cursor)
+            else:
+                by_key.update((row[:key_width], row) for row in cursor)
+        get = by_key.get
+        return _to_view_rows([get(key) for key in entity_keys], key_width, layout)
+
+
+def _to_view_rows(rows: list[tuple[Any, ...] | None], start: int, layout: _Layout) -> ViewRows:
+    """Selected rows (None: not found), each `start` key columns, then the event time
+    and the present features, as decoded columns."""
+    times = [None if row is None else row[start] for row in rows]
+    columns = []
+    for position, decode in zip(layout.positions, layout.decoders, strict=True):
+        if position < 0:
+            columns.append([None] * len(rows))
+            continue
+        at = start + 1 + position
+        column = [None if row is None else row[at] for row in rows]
+        columns.append(column if decode is None else decode(column))
+    return ViewRows(times, columns)
+
+
+@dataclass
+class _Layout:
+    table: str
+    exists: bool
+    complete: bool
+    recheck_at: float
+    keys: list[str]
+    selected: str
+    positions: list[int]
+    decoders: list[Any]
+    statements: dict[int, str]
+
+    def sql(self, key_count: int) -> str:
+        """The SELECT for `key_count` entities (with the keys first when more than one)."""
+        statement = self.statements.get(key_count)
+        if statement is None:
+            keys = self.keys
+            if key_count == 1:
+                where = " AND ".join(f"{k} = ?" for k in keys)
+                statement = f"SELECT {self.selected} FROM {self.table} WHERE {where}"
+            else:
+                if len(keys) == 1:
+                    where = f"{keys[0]} IN ({', '.join('?' * key_count)})"
+                else:
+                    row = "(" + ", ".join("?" * len(keys)) + ")"
+                    where = f"({', '.join(keys)}) IN (VALUES {', '.join([row] * key_count)})"
+                selected = ", ".join([*keys, self.selected])
+                statement = f"SELECT {selected} FROM {self.table} WHERE {where}"
+            self.statements[key_count] = statement
+        return statement

@@ -1,0 +1,37 @@
+"""Fixtures for the online-store tests: each store test runs on SQLite and on a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from online_helpers import StoreStub, catalog, make_config
+
+from almanac.config import RepoConfig
+from almanac.online import OnlineStore, open_online_store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty online store of each kind."""
+    if request.param == "sqlite":
+        return "sqlite:///online.db"  # relative: inside the test's repo folder (tmp_path)
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def config(backend_url: str, tmp_path: Path) -> RepoConfig:
+    return make_config(backend_url, tmp_path)
+
+
+@pytest.fixture
+def online(config: RepoConfig) -> Iterator[OnlineStore]:
+    store = open_online_store(config)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def store(online: OnlineStore, config: RepoConfig) -> StoreStub:
+    return StoreStub(catalog(), online, config)
