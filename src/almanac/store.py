@@ -59,8 +59,15 @@ class FeatureStore:
         return make_plan(self.registry.catalog(fresh=True), self.load_repo())
 
     def apply(self, plan: Plan | None = None) -> Plan:
-        """Apply the repo's definitions atomically; returns what changed."""
+        """Apply the repo's definitions atomically; returns what changed.
+
+        Online values of views that are deleted or change keys or feature types are
+        cleared first (with their watermarks), so that stale values of another layout are
+        never served; if the online store cannot be reached, nothing is applied."""
         plan = plan or self.plan()
+        for view in plan.views_with_stale_online_data():
+            self.online.delete_view(self.project, view)
+            self.registry.delete_watermark(view)
         self.registry.apply(plan)
         return plan
 

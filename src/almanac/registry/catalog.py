@@ -172,7 +172,9 @@ class Catalog:
         try:
             names = template_variables(service.prompt_template or "")
         except DefinitionError as error:
-            raise DefinitionError(f"{label}: {str(error).removeprefix('prompt_template: ')}") from None
+            raise DefinitionError(
+                f"{label}: {str(error).removeprefix('prompt_template: ')}"
+            ) from None
         known = {ref.output_name for ref in self.resolve(service=service.name)}
         for view in service.views:
             known.update(self.join_keys(view))

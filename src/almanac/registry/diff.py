@@ -57,6 +57,35 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"base_version": self.base_version, "changes": [c.to_json() for c in self.changes]}
 
+    def views_with_stale_online_data(self) -> list[str]:
+        """Views whose online values no longer fit their definition: deleted views, and
+        views whose join keys, feature names or dtypes change. Their online data and
+        watermark must be cleared before the change lands (the next materialization
+        then rewrites them from the offline store)."""
+        stale: set[str] = set()
+        for change in self.changes:
+            if change.kind == "feature_view" and change.action == "delete":
+                stale.add(change.name)
+            elif change.kind == "feature_view" and change.action == "update":
+                before, after = change.before or {}, change.after or {}
+                if _layout(before) != _layout(after):
+                    stale.add(change.name)
+            elif change.kind == "entity" and change.action == "update" and _keys_changed(change):
+                stale.update(
+                    v.name for v in self.target.views.values() if change.name in v.entities
+                )
+        return sorted(stale)
+
+
+def _keys_changed(change: Change) -> bool:
+    return (change.before or {}).get("join_keys") != (change.after or {}).get("join_keys")
+
+
+def _layout(view_spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What the online store's data depends on: keys, feature names and dtypes."""
+    fields = tuple((f["name"], f["dtype"]) for f in view_spec.get("schema", []))
+    return tuple(view_spec.get("entities", [])), fields
+
 
 def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
     """Field-level differences between two JSON values. Lists of named objects (a view's

@@ -286,6 +286,20 @@ class SqlRegistry:
                 self._rollback()
                 raise
 
+    def delete_watermark(self, view: str) -> None:
+        """Forget a view's watermark: its next incremental run starts from the first row."""
+        with self._lock:
+            self._begin_write()
+            try:
+                self._execute(
+                    "DELETE FROM almanac_watermarks WHERE project = ? AND view = ?",
+                    (self.project, view),
+                )
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -406,6 +420,9 @@ class CachedRegistry:
 
     def watermarks(self) -> dict[str, datetime]:
         return self.backend.watermarks()
+
+    def delete_watermark(self, view: str) -> None:
+        self.backend.delete_watermark(view)
 
     def close(self) -> None:
         self.backend.close()
