@@ -1,0 +1,100 @@
+"""`RetrievalJob`: a training set, computed on first use and handed out as Arrow.
+
+The engine computes only the feature columns, in the entity rows' order; the job puts
+them beside the caller's own columns, which never pass through the engine (so labels keep
+their exact types and values). Conversion to pandas or Polars happens only on request.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import polars as pl
+
+# Produces the feature columns for all spine rows, in spine order, in batches of about
+# the given number of rows.
+FeatureProducer = Callable[[int], pa.RecordBatchReader]
+DEFAULT_BATCH_ROWS = 128 * 1024
+
+
+class RetrievalJob:
+    def __init__(
+        self, entities: pa.Table, features: pa.Schema, produce: FeatureProducer | None
+    ) -> None:
+        self._entities = entities
+        self._features = features
+        self._produce = produce
+        self._table: pa.Table | None = None
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The result's columns: the entity rows' columns, then the features."""
+        return pa.schema([*self._entities.schema, *self._features])
+
+    @property
+    def feature_schema(self) -> pa.Schema:
+        """Only the feature columns (output names and declared types)."""
+        return self._features
+
+    def to_arrow(self) -> pa.Table:
+        """The whole result (computed once, then kept)."""
+        if self._table is None:
+            if self._produce is None or self._entities.num_rows == 0:
+                features = self._features.empty_table()
+            else:
+                features = self._produce(DEFAULT_BATCH_ROWS).read_all()
+            table = self._entities
+            for i, field in enumerate(self._features):
+                table = table.append_column(field, features.column(i))
+            self._table = table
+        return self._table
+
+    def to_arrow_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
+        """The result as a stream of record batches (bounded memory for the features)."""
+        if self._table is not None or self._produce is None or self._entities.num_rows == 0:
+            batches: Iterator[pa.RecordBatch] = iter(self.to_arrow().to_batches(batch_rows))
+        else:
+            batches = self._stitch(self._produce(batch_rows))
+        return pa.RecordBatchReader.from_batches(self.schema, batches)
+
+    def _stitch(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        offset = 0
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            left = self._entities.slice(offset, batch.num_rows).combine_chunks()
+            offset += batch.num_rows
+            columns = [column.combine_chunks() for column in left.columns]
+            yield pa.RecordBatch.from_arrays([*columns, *batch.columns], schema=self.schema)
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> pl.DataFrame:
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())  # type: ignore[return-value]
+
+    def to_parquet(self, path: str | Path, **options: Any) -> Path:
+        """Write the result to `path`, atomically: a temporary file in the same folder,
+        renamed into place when complete, so a failure never leaves a partial file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with pq.ParquetWriter(temp, self.schema, **options) as writer:
+                for batch in self.to_arrow_batches():
+                    writer.write_batch(batch)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        return path

@@ -1,0 +1,86 @@
+"""A small feature repo for the offline tests: one int64-keyed view over a Parquet folder,
+one string-keyed push view, each with a few rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from almanac.config import RepoConfig
+from almanac.definitions import (
+    Entity,
+    FeatureView,
+    Field,
+    FileSource,
+    Float64,
+    Int64,
+    PushSource,
+    String,
+)
+from almanac.offline.duckdb_engine import DuckDBEngine
+from almanac.offline.engine import open_offline_engine
+from almanac.registry.catalog import Catalog
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def ts(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+@dataclass
+class Repo:
+    path: Path
+    config: RepoConfig
+    catalog: Catalog
+    engine: DuckDBEngine
+
+    def view(self, name: str) -> FeatureView:
+        return self.catalog.view(name)
+
+
+user = Entity(name="user", join_keys=["user_id"], dtype=Int64)
+device = Entity(name="device", join_keys=["device_id"], dtype=String)
+stats = FeatureView(
+    name="stats",
+    entities=[user],
+    source=FileSource(name="stats_src", path="data/stats/", created_timestamp_field="created"),
+    schema=[Field("clicks", Int64), Field("score", Float64)],
+    ttl=timedelta(hours=10),
+)
+device_view = FeatureView(
+    name="device_info",
+    entities=[device],
+    source=PushSource(name="device_push"),
+    schema=[Field("os", String)],
+)
+
+
+def stats_rows() -> pa.Table:
+    times = pa.array([ts(0), ts(1), ts(1), ts(5)], pa.timestamp("us", tz="UTC"))
+    created = pa.array([ts(0), ts(3), ts(2), ts(5)], pa.timestamp("us", tz="UTC"))
+    return pa.table(
+        {
+            "user_id": pa.array([1, 1, 1, 2], pa.int64()),
+            "event_timestamp": times,
+            "created": created,
+            "clicks": pa.array([10, 11, 12, None], pa.int64()),
+            "score": pa.array([0.5, 0.6, 0.7, 0.8]),
+        }
+    )
+
+
+def make_repo(path: Path, **offline: object) -> Repo:
+    config = RepoConfig(project="t").model_copy(update={"repo_path": path})
+    if offline:
+        config = config.model_copy(update={"offline": config.offline.model_copy(update=offline)})
+    (path / "data" / "stats").mkdir(parents=True)
+    pq.write_table(stats_rows(), path / "data" / "stats" / "part-0.parquet")
+    catalog = Catalog.from_definitions([stats, device_view])
+    engine = open_offline_engine(config)
+    assert isinstance(engine, DuckDBEngine)
+    return Repo(path, config, catalog, engine)
