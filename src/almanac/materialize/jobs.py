@@ -99,15 +99,15 @@ def _run_view(
     features = view.feature_names
     started = time.perf_counter()
     reader = store.offline.latest_rows(catalog, view, start, end)
+    size = store.config.online.batch_size
     for batch in reader:
-        if batch.num_rows == 0:
-            continue
-        store.online.write_batch(
-            store.project, view.name, join_keys, features, pa.Table.from_batches([batch])
-        )
-        run.rows += batch.num_rows
-        if progress is not None:
-            progress(view.name, batch.num_rows)
+        # Bounded writes: one online round of at most `batch_size` rows at a time.
+        for offset in range(0, batch.num_rows, size):
+            chunk = pa.Table.from_batches([batch.slice(offset, size)])
+            store.online.write_batch(store.project, view.name, join_keys, features, chunk)
+            run.rows += chunk.num_rows
+            if progress is not None:
+                progress(view.name, chunk.num_rows)
     # Only now, with every batch written, does the watermark move.
     store.registry.set_watermark(view.name, end)
     run.seconds = time.perf_counter() - started
