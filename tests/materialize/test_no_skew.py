@@ -9,12 +9,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import TTLS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from almanac.online.retrieval import get_online_features
 from almanac.store import FeatureStore
+from conftest import TTLS
 
 BASE = datetime(2025, 3, 1, tzinfo=UTC)
 # Few distinct times, so that ties, exact TTL boundaries (30m, 2h) and rows after N are common.
