@@ -22,6 +22,8 @@ from almanac.errors import DefinitionError, InputError
 if TYPE_CHECKING:
     from jinja2 import Template
 
+    from almanac.definitions import FeatureService
+    from almanac.online.response import OnlineResponse
     from almanac.store import FeatureStore
 
 # Templates come from the registry, written by other teams: render them sandboxed.
@@ -84,26 +86,50 @@ def get_context(
 ) -> Context:
     """Read `feature_service`'s features for one entity and render its prompt template
     (or a plain `name: value` list when the service has none)."""
-    if not isinstance(entity, Mapping) or not entity:
-        raise InputError("entity must be a mapping of join keys, e.g. {'user_id': '8a2f'}")
+    check_entity(entity)
     service = store.catalog.service(feature_service)
     response = store.get_online_features(
         entity_rows=[dict(entity)], feature_service=feature_service
     )
     missing = store.config.server.missing_placeholder if placeholder is None else placeholder
+    return render_context(service, entity, response, missing, now)
+
+
+def check_entity(entity: Any) -> None:
+    if not isinstance(entity, Mapping) or not entity:
+        raise InputError("entity must be a mapping of join keys, e.g. {'user_id': '8a2f'}")
+
+
+def render_context(
+    service: FeatureService,
+    entity: Mapping[str, Any],
+    response: OnlineResponse,
+    placeholder: str,
+    now: datetime | None = None,
+) -> Context:
+    """The context of one entity from an online read of the service's features (first
+    row of `response`). Pure: the SDK and the async HTTP server both read the store
+    their own way and render here, so the two cannot disagree."""
     now = now or datetime.now(UTC)
     values: dict[str, Any] = {}
     statuses: dict[str, str] = {}
     stamps: dict[str, datetime | None] = {}
     ages: dict[str, float | None] = {}
     rendered: dict[str, Any] = dict(entity)
+    event_timestamps = response.event_timestamps
     for name in response.feature_names:
         value = response.values[name][0]
         status = str(response.statuses[name][0])
-        stamp = response.event_timestamps[name][0]
+        stamp = event_timestamps[name][0]
         values[name], statuses[name], stamps[name] = value, status, stamp
         ages[name] = (now - stamp).total_seconds() if stamp is not None else None
-        rendered[name] = value if status == "PRESENT" else missing
-    template = service.prompt_template or default_template(response.feature_names)
-    text = compile_template(template).render(rendered)
+        rendered[name] = value if status == "PRESENT" else placeholder
+    template = compile_template(service.prompt_template or default_template(response.feature_names))
+    try:
+        text = template.render(rendered)
+    except Exception as error:  # a template can fail on values (e.g. arithmetic on a placeholder)
+        raise DefinitionError(
+            f"prompt_template of feature service '{service.name}' failed to render for "
+            f"{dict(entity)}: {type(error).__name__}: {error}"
+        ) from None
     return Context(service.name, dict(entity), text, values, statuses, stamps, ages)

@@ -39,7 +39,7 @@ def test_an_unknown_view_names_close_ones(store: FeatureStore) -> None:
 
 
 def test_a_missing_source_file_names_its_path(store: FeatureStore) -> None:
-    with pytest.raises(InputError, match="events.parquet"):
+    with pytest.raises(InputError, match=r"events\.parquet"):
         store.materialize_incremental(datetime(2025, 1, 1))
     assert store.registry.watermarks() == {}
 

@@ -15,6 +15,7 @@ raw values and event times, and `almanac.online.response` turns them into status
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
@@ -68,6 +69,25 @@ class OnlineStore(ABC):
     @abstractmethod
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         """Read every request in one round trip; one `ViewRows` per request, in order."""
+
+    async def read_async(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
+        """`read` for an asyncio caller: must never block the event loop. The default
+        runs `read` in a worker thread; backends with a native async path override it."""
+        return await asyncio.to_thread(self.read, project, requests)
+
+    async def ping_async(self) -> None:
+        """`ping` without blocking the event loop."""
+        await asyncio.to_thread(self.ping)
+
+    async def aclose(self) -> None:
+        """Release what the running event loop holds (connections opened by
+        `read_async`); `close` still releases everything else."""
+        return None  # nothing by default: the default read_async holds no connection
+
+    @property
+    def backend(self) -> str:
+        """A short name for metrics and health reports ("sqlite", "redis")."""
+        return type(self).__name__
 
     @abstractmethod
     def delete_view(self, project: str, view: str) -> None:

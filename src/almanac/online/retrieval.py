@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from almanac.errors import InputError
-from almanac.online.base import OnlineStore, ViewRead
+from almanac.online.base import OnlineStore, ViewRead, ViewRows
 from almanac.online.codec import datetime_to_micros
 from almanac.online.response import OnlineResponse, build_response
 from almanac.registry.catalog import Catalog
@@ -128,7 +128,40 @@ def get_online_features(
     (``{"user_id": [1, 2]}``); a pandas DataFrame or Arrow table also works. `now` (for
     tests and replays) is the read time that TTLs are measured from.
     """
-    plan = _plan(store.catalog, features, feature_service, full_feature_names)
+    plan, keys, requests = prepare_read(
+        store.catalog, features, entity_rows, feature_service, full_feature_names
+    )
+    rows = store.online.read(store.project, requests)
+    return finish_read(plan, keys, rows, now)
+
+
+async def get_online_features_async(
+    store: StoreLike,
+    features: Sequence[str] | None = None,
+    entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | None = None,
+    *,
+    feature_service: str | None = None,
+    full_feature_names: bool = False,
+    now: datetime | None = None,
+) -> OnlineResponse:
+    """`get_online_features` for an asyncio caller (the HTTP server): the store is read
+    with `OnlineStore.read_async`, so the event loop never blocks on it."""
+    plan, keys, requests = prepare_read(
+        store.catalog, features, entity_rows, feature_service, full_feature_names
+    )
+    rows = await store.online.read_async(store.project, requests)
+    return finish_read(plan, keys, rows, now)
+
+
+def prepare_read(
+    catalog: Catalog,
+    features: Sequence[str] | None,
+    entity_rows: Any,
+    feature_service: str | None,
+    full_feature_names: bool,
+) -> tuple[_Plan, dict[str, list[Any]], list[ViewRead]]:
+    """Resolve the request (cached plan), check its keys, and say what to read."""
+    plan = _plan(catalog, features, feature_service, full_feature_names)
     if entity_rows is None:
         raise InputError("no entity rows given: pass entity_rows=[{<join key>: <value>}, ...]")
     keys = _key_columns(entity_rows, plan)
@@ -136,7 +169,12 @@ def get_online_features(
         ViewRead(v.view, v.join_keys, [keys[k] for k in v.join_keys], v.features, v.dtypes)
         for v in plan.views
     ]
-    rows = store.online.read(store.project, requests)
+    return plan, keys, requests
+
+
+def finish_read(
+    plan: _Plan, keys: dict[str, list[Any]], rows: list[ViewRows], now: datetime | None
+) -> OnlineResponse:
     now_micros = time.time_ns() // 1000 if now is None else datetime_to_micros(now)
     ttls = [v.ttl_micros for v in plan.views]
     return build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes)
