@@ -4,6 +4,8 @@ get-online."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,7 +18,7 @@ from almanac.errors import InputError, NotFoundError
 from almanac.registry.catalog import Catalog
 
 if TYPE_CHECKING:
-    from almanac.materialize.jobs import MaterializeResult
+    from almanac.materialize.jobs import MaterializeResult, ProgressCallback
 
 
 def _progress() -> Progress:
@@ -26,16 +28,21 @@ def _progress() -> Progress:
     )  # fmt: skip
 
 
-def _run_with_progress(job: callable) -> MaterializeResult:  # type: ignore[valid-type]
+def _run_with_progress(job: Callable[[ProgressCallback], MaterializeResult]) -> MaterializeResult:
     tasks: dict[str, int] = {}
+    started: dict[str, float] = {}
+    last_seen = [time.perf_counter()]
     with _progress() as progress:
 
         def on_batch(view: str, rows: int) -> None:
+            now = time.perf_counter()
             if view not in tasks:
                 tasks[view] = progress.add_task(view, total=None, rate="")
-            task = progress.tasks[tasks[view]]
-            elapsed = task.elapsed or 0
-            rate = f"{(task.completed + rows) / elapsed:,.0f} rows/s" if elapsed > 0 else ""
+                # The view's clock starts when the previous one ended: its query counts too.
+                started[view] = last_seen[0]
+            last_seen[0] = now
+            done = progress.tasks[tasks[view]].completed + rows
+            rate = f"{done / (now - started[view]):,.0f} rows/s" if now > started[view] else ""
             progress.update(tasks[view], advance=rows, rate=rate)
 
         result = job(on_batch)

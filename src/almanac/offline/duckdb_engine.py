@@ -65,7 +65,12 @@ class DuckDBEngine(OfflineEngine):
         temp = config.resolve_path(config.offline.temp_directory)
         # DuckDB creates only the last folder of the path when it first spills.
         temp.parent.mkdir(parents=True, exist_ok=True)
-        settings: dict[str, Any] = {"temp_directory": str(temp)}
+        # Relative paths in SQL sources (read_parquet('data/x.parquet')) are read from the
+        # repo folder, like FileSource paths, whatever the process's working directory.
+        settings: dict[str, Any] = {
+            "temp_directory": str(temp),
+            "file_search_path": str(config.repo_path),
+        }
         if config.offline.memory_limit:
             settings["memory_limit"] = config.offline.memory_limit
         if config.offline.threads:

@@ -1,0 +1,65 @@
+"""The starter repo that `almanac init` writes gives a sensible training set: checked by
+values against the raw sample data, read from another working directory."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from almanac import FeatureStore
+from almanac.starter import create_starter_repo
+
+END = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    repo = create_starter_repo(tmp_path_factory.mktemp("starter") / "repo", 60, 4000, end=END)
+    store = FeatureStore(repo)
+    store.apply()
+    frame = store.get_historical_features(
+        repo / "data" / "labels.parquet", feature_service="recommender_v1"
+    ).to_pandas()
+    store.close()
+    return repo, frame
+
+
+def test_the_training_set_keeps_the_labels_rows_and_order(training) -> None:
+    repo, frame = training
+    labels = pd.read_parquet(repo / "data" / "labels.parquet")
+    labels["event_timestamp"] = labels.event_timestamp.dt.tz_convert("UTC")
+    assert list(frame.columns[:3]) == list(labels.columns)
+    pd.testing.assert_frame_equal(frame[labels.columns].reset_index(drop=True), labels)
+    assert {"user_segment", "watch_count_30d", "last_genre"} <= set(frame.columns)
+
+
+def test_last_genre_is_the_latest_watch_at_or_before_the_label(training) -> None:
+    repo, frame = training
+    events = pd.read_parquet(repo / "data" / "watch_events.parquet")
+    for row in frame.sample(40, random_state=1).itertuples():
+        past = events[
+            (events.user_id == row.user_id)
+            & (events.event_timestamp <= row.event_timestamp)
+            & (events.event_timestamp >= row.event_timestamp - timedelta(days=90))
+        ]
+        expected = past.sort_values("event_timestamp").genre.iloc[-1] if len(past) else None
+        assert (row.last_genre if isinstance(row.last_genre, str) else None) == expected
+
+
+def test_watch_count_is_the_last_hourly_count_and_matches_the_events(training) -> None:
+    repo, frame = training
+    events = pd.read_parquet(repo / "data" / "watch_events.parquet")
+    for row in frame.sample(40, random_state=2).itertuples():
+        hour = row.event_timestamp.floor("h")  # the hourly job's latest run at or before T
+        window = events[
+            (events.user_id == row.user_id)
+            & (events.event_timestamp > hour - timedelta(days=30))
+            & (events.event_timestamp <= hour)
+        ]
+        if pd.isna(row.watch_count_30d):  # no hourly row within the 30-day TTL
+            assert len(window) == 0
+        else:
+            assert row.watch_count_30d == len(window)
