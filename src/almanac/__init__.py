@@ -1,6 +1,8 @@
 """Almanac: a feature store. Declare features once; train and serve them without skew."""
 
 from almanac.definitions import (
+    Aggregation,
+    AggregationView,
     Array,
     Bool,
     Bytes,
@@ -14,9 +16,12 @@ from almanac.definitions import (
     Int32,
     Int64,
     PushSource,
+    PythonTransformation,
     SqlSource,
+    SqlTransformation,
     String,
     Timestamp,
+    batch_transformation,
 )
 from almanac.errors import AlmanacError
 from almanac.store import FeatureStore
@@ -24,6 +29,8 @@ from almanac.store import FeatureStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregation",
+    "AggregationView",
     "AlmanacError",
     "Array",
     "Bool",
@@ -39,8 +46,11 @@ __all__ = [
     "Int32",
     "Int64",
     "PushSource",
+    "PythonTransformation",
     "SqlSource",
+    "SqlTransformation",
     "String",
     "Timestamp",
     "__version__",
+    "batch_transformation",
 ]

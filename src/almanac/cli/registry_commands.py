@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from almanac.cli.app import app, console, open_store
+from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.base import format_duration
 from almanac.errors import NotFoundError
 from almanac.registry.catalog import KINDS, Catalog
@@ -114,16 +115,16 @@ def listing_rows(catalog: Catalog, what: Listing) -> list[dict[str, Any]]:
         ]  # fmt: skip
     if what is Listing.views:
         return [
-            {"view": v.name, "entities": ", ".join(v.entities), "features": len(v.features),
-             "source": v.source, "ttl": format_duration(v.ttl) if v.ttl else "", "online": v.online,
-             "owner": v.owner}
-            for v in catalog.views.values()
+            {"view": v.name, "kind": v.kind.replace("_", " "), "entities": ", ".join(v.entities),
+             "features": len(v.features), "source": v.source,
+             "ttl": format_duration(v.ttl) if v.ttl else "", "online": v.online, "owner": v.owner}
+            for v in catalog.all_views().values()
         ]  # fmt: skip
     if what is Listing.features:
         return [
             {"view": v.name, "feature": f.name, "type": f.dtype, "entity": ", ".join(v.entities),
              "owner": v.owner, "description": f.description}
-            for v in catalog.views.values() for f in v.features
+            for v in catalog.all_views().values() for f in v.features
         ]  # fmt: skip
     return [
         {"service": s.name, "features": ", ".join(s.features), "owner": s.owner, "description": s.description}
@@ -167,7 +168,7 @@ def list_objects(
 
 
 def _find(catalog: Catalog, name: str) -> tuple[str, Any]:
-    for kind in ("feature_view", "feature_service", "entity", "source"):
+    for kind in ("feature_view", "aggregation_view", "feature_service", "entity", "source"):
         if name in catalog.of_kind(kind):
             return kind, catalog.of_kind(kind)[name]
     known = [n for kind in KINDS for n in catalog.of_kind(kind)]
@@ -194,7 +195,7 @@ def describe(
     console.print(
         f"[bold]{name}[/] ({kind.replace('_', ' ')}, version {history[-1].version if history else '?'})"
     )
-    if kind == "feature_view":
+    if kind in ("feature_view", "aggregation_view"):
         source = store.catalog.source_of(obj)
         keys = store.catalog.join_keys(obj)
         console.print(
@@ -210,6 +211,20 @@ def describe(
         console.print(f"  owner: {escape(obj.owner or '-')}   tags: {_show(obj.tags or '-')}")
         if obj.description:
             console.print(f"  {escape(obj.description)}", highlight=False)
+        if obj.transformation is not None:
+            console.print(f"  transformation: {_show(obj.transformation.to_spec())}", highlight=False)  # fmt: skip
+        if isinstance(obj, AggregationView):
+            console.print(f"  tile: {format_duration(obj.tile) if obj.tile else 'none (exact windows)'}")  # fmt: skip
+            print_rows(
+                [
+                    {"feature": f.name, "function": f.function, "column": f.column or "(rows)",
+                     "window": format_duration(f.window), "type": f.dtype}
+                    for f in obj.aggregate_features
+                ],
+                "aggregations",
+            )  # fmt: skip
+            _print_history(history)
+            return
         print_rows(
             [
                 {"feature": f.name, "type": f.dtype, "description": f.description}

@@ -1,10 +1,16 @@
 """What users write: entities, sources, feature views and services, and their types."""
 
+from almanac.definitions.aggregation import Aggregation, AggregationView
 from almanac.definitions.base import Definition, format_duration, parse_duration
 from almanac.definitions.entity import Entity
 from almanac.definitions.feature_service import FeatureService
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
+from almanac.definitions.transformations import (
+    PythonTransformation,
+    SqlTransformation,
+    batch_transformation,
+)
 from almanac.definitions.types import (
     Array,
     Bool,
@@ -18,6 +24,8 @@ from almanac.definitions.types import (
 )
 
 __all__ = [
+    "Aggregation",
+    "AggregationView",
     "Array",
     "Bool",
     "Bytes",
@@ -32,9 +40,12 @@ __all__ = [
     "Int32",
     "Int64",
     "PushSource",
+    "PythonTransformation",
     "SqlSource",
+    "SqlTransformation",
     "String",
     "Timestamp",
+    "batch_transformation",
     "format_duration",
     "parse_duration",
 ]

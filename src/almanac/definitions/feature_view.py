@@ -11,6 +11,7 @@ from pydantic import PrivateAttr, field_validator
 from almanac.definitions.base import Definition, Duration, Name, format_duration
 from almanac.definitions.entity import Entity
 from almanac.definitions.sources import FileSource, PushSource, SourceBase, SqlSource
+from almanac.definitions.transformations import Transformation, as_transformation
 from almanac.definitions.types import parse_dtype
 
 
@@ -58,6 +59,7 @@ class FeatureView(Definition):
     description: str = ""
     tags: dict[str, str] = {}
     materialize_every: Duration | None = None
+    transformation: Transformation | None = None
 
     # The objects the user passed, so a repo loader can register them too.
     _entity_objects: list[Entity] = PrivateAttr(default_factory=list)
@@ -76,6 +78,8 @@ class FeatureView(Definition):
         if source_object is not None:
             # An unnamed inline source is named after the view (`<view>_source`).
             data["source"] = source_object.name or f"{data.get('name')}_source"
+        if data.get("transformation") is not None:
+            data["transformation"] = as_transformation(data["transformation"])
         super().__init__(**data)
         self._entity_objects = entity_objects
         if source_object is not None and source_object.name is None:

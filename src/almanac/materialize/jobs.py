@@ -3,6 +3,9 @@ store, and move the view's watermark only once all of its rows are written.
 
 For every entity, the row written is the one that wins the point-in-time rule at `end`
 among rows with event time in `[start, end]` (the offline engine computes it, set-based).
+An aggregation view writes, instead, one blob of tiles per entity with events in
+`[start, end]`, covering its longest window at `end` (`almanac.online.tiles`); reads
+merge the tiles at read time, so values decay without re-materialization.
 The online store's monotonic write rule makes every run idempotent: re-running a window,
 or running windows out of order, can never put an older value over a newer one. If a run
 dies half-way (the online store goes away), the watermark has not moved and the next run
@@ -19,7 +22,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
+from almanac.online.tiles import TILES_FEATURE
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
@@ -72,7 +77,7 @@ def to_utc(value: datetime | str, name: str) -> datetime:
 def _views(store: FeatureStore, names: Sequence[str] | None) -> list[FeatureView]:
     catalog = store.catalog
     if not names:
-        return [view for view in catalog.views.values() if view.online]
+        return [view for view in catalog.all_views().values() if view.online]
     views = [catalog.view(name) for name in names]
     for view in views:
         if not view.online:
@@ -98,7 +103,11 @@ def _run_view(
     join_keys = list(catalog.join_keys(view))
     features = view.feature_names
     started = time.perf_counter()
-    reader = store.offline.latest_rows(catalog, view, start, end)
+    if isinstance(view, AggregationView):  # per-entity tiles instead of latest rows
+        features = [TILES_FEATURE]
+        reader = store.offline.aggregation_tiles(catalog, view, start, end)
+    else:
+        reader = store.offline.latest_rows(catalog, view, start, end)
     size = store.config.online.batch_size
     for batch in reader:
         # Bounded writes: one online round of at most `batch_size` rows at a time.

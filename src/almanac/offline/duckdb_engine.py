@@ -19,9 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from almanac.config import RepoConfig
+from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.types import Int64, arrow_type
 from almanac.errors import InputError
+from almanac.offline.aggregations import aggregation_part, tiles_reader
 from almanac.offline.engine import OfflineEngine
 from almanac.offline.frames import (
     UTC_US,
@@ -36,13 +38,14 @@ from almanac.offline.point_in_time import (
     SPINE,
     TS,
     JoinPart,
+    PointPart,
     historical_query,
     history_query,
     latest_query,
     view_rows,
 )
 from almanac.offline.retrieval import RetrievalJob
-from almanac.offline.sources import scan_source
+from almanac.offline.transformations import scan_view
 from almanac.offline.writer import prepare_batch, target_folder, write_parquet
 from almanac.registry.catalog import Catalog, FeatureRef
 
@@ -133,10 +136,14 @@ class DuckDBEngine(OfflineEngine):
         if table.num_rows == 0:
             return RetrievalJob(entities, schema, None)
         low, high = _time_range(narrow.column(TS))
-        parts = []
+        parts: list[JoinPart | PointPart] = []
         for view in views:
             source = catalog.source_of(view)
-            scan = scan_source(cursor, self.config, source)
+            scan = scan_view(cursor, self.config, source, view)
+            if isinstance(view, AggregationView):
+                keys = catalog.join_keys(view)
+                parts.append(aggregation_part(scan, source, view, keys, by_view[view.name], low, high))  # fmt: skip
+                continue
             wanted = [ref.field for ref in by_view[view.name]]
             lower = None if view.ttl is None or low is None else low - view.ttl
             rows = view_rows(scan, source, view, catalog.join_keys(view), wanted, lower, high)
@@ -167,13 +174,24 @@ class DuckDBEngine(OfflineEngine):
             )
         cursor = self._cursor()
         source = catalog.source_of(view)
-        rows = view_rows(scan_source(cursor, self.config, source), source, view, keys, None, start, end)  # fmt: skip
+        rows = view_rows(scan_view(cursor, self.config, source, view), source, view, keys, None, start, end)  # fmt: skip
         schema = pa.schema(
             [(k, arrow_type(t)) for k, t in keys.items()]
             + [(f.name, arrow_type(f.dtype)) for f in view.features]
             + [("event_timestamp", UTC_US)]
         )
         return _reader(cursor, latest_query(rows, start, end), schema, 128 * 1024, "latest_rows")
+
+    def aggregation_tiles(
+        self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
+    ) -> pa.RecordBatchReader:
+        end = as_utc(end)
+        start = None if start is None else as_utc(start)
+        cursor = self._cursor()
+        source = catalog.source_of(view)
+        scan = scan_view(cursor, self.config, source, view)
+        query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), start, end)
+        return _reader(cursor, query, schema, 16 * 1024, f"tiles of '{view.name}'")
 
     def value_history(
         self,
@@ -195,7 +213,7 @@ class DuckDBEngine(OfflineEngine):
         at = None if at is None else as_utc(at)
         cursor = self._cursor()
         source = catalog.source_of(view)
-        rows = view_rows(scan_source(cursor, self.config, source), source, view, keys)
+        rows = view_rows(scan_view(cursor, self.config, source, view), source, view, keys)
         fields = [pa.field("event_timestamp", UTC_US)]
         if rows.has_created:
             fields.append(pa.field("created_timestamp", UTC_US))

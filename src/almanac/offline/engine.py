@@ -1,12 +1,14 @@
 """The offline engine interface: what every backend (DuckDB now, Spark later) provides.
 
-An engine reads a view's full history (its source) and answers four questions, all with
-the semantics of DESIGN.md rule 2, implemented once in `point_in_time`:
+An engine reads a view's full history (its source) and answers these questions, all with
+the semantics of DESIGN.md rule 2, implemented once in `point_in_time` (aggregation
+views: windows, in `aggregations`):
 
 - `get_historical_features`: a training set (point-in-time join) for entity rows;
 - `latest_rows`: per entity, the winning row at a time (for materialization);
 - `value_history`: one entity's timeline (for audits and `almanac history-values`);
-- `write`: append a batch to a view's dataset (atomic, schema checked first).
+- `write`: append a batch to a view's dataset (atomic, schema checked first);
+- `aggregation_tiles`: an aggregation view's per-entity tiles (for materialization).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from almanac.config import RepoConfig
+from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.feature_view import FeatureView
 from almanac.errors import ConfigError
 from almanac.offline.retrieval import RetrievalJob
@@ -57,6 +60,15 @@ class OfflineEngine(ABC):
         """Per entity key, the row that wins rule 2 at `end` among rows with
         start <= event time <= end (no TTL). Columns: join keys, features,
         `event_timestamp` (UTC)."""
+
+    def aggregation_tiles(
+        self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
+    ) -> pa.RecordBatchReader:
+        """Per entity with events in [start, end] (all entities with events in the view's
+        longest window when `start` is None), the view's tiles at `end` for the online
+        store: join keys, `event_timestamp` (its latest event) and `tiles` (bytes; see
+        `almanac.offline.aggregations`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not compute aggregation tiles")
 
     @abstractmethod
     def value_history(

@@ -166,7 +166,18 @@ class JoinPart:
     outputs: list[tuple[str, str]]
 
 
-def historical_query(parts: list[JoinPart], order: list[str]) -> str:
+@dataclass(frozen=True)
+class PointPart:
+    """Values computed elsewhere per distinct (keys, TS) of the spine (aggregation views):
+    `sql` has the keys, TS and one column per feature; spine points it lacks get
+    `default` (count 0) per (column, output name, default)."""
+
+    sql: str
+    keys: list[str]
+    outputs: list[tuple[str, str, str | None]]
+
+
+def historical_query(parts: list[JoinPart | PointPart], order: list[str]) -> str:
     """Feature columns (named and ordered as `order`) for every spine row, in spine order.
 
     The spine relation SPINE has ROW_ID, the join keys and TS (UTC timestamps).
@@ -174,6 +185,16 @@ def historical_query(parts: list[JoinPart], order: list[str]) -> str:
     joins, select = [], {}
     for i, part in enumerate(parts):
         alias = f"v{i}"
+        if isinstance(part, PointPart):
+            on = [f"s.{quote(k)} = {alias}.{quote(k)}" for k in part.keys]
+            on.append(f"s.{TS} = {alias}.{TS}")
+            joins.append(f"LEFT JOIN ({part.sql}) AS {alias} ON {' AND '.join(on)}")
+            for column, output, default in part.outputs:
+                value = f"{alias}.{quote(column)}"
+                if default is not None:
+                    value = f"coalesce({value}, {default})"
+                select[output] = f"{value} AS {quote(output)}"
+            continue
         on = [f"s.{quote(k)} = {alias}.{quote(k)}" for k in part.rows.keys]
         on.append(f"{probe(part.rows, f's.{TS}')} >= {alias}.{SORT_KEY}")
         joins.append(f"ASOF LEFT JOIN ({part.rows.sql}) AS {alias} ON {' AND '.join(on)}")

@@ -152,13 +152,17 @@ def build_response(
     ttls: Sequence[int | None],
     now_micros: int,
     dtypes: Mapping[str, str],
+    defaults: Mapping[str, Any] | None = None,
 ) -> OnlineResponse:
     """Turn store rows into an `OnlineResponse`.
 
     `outputs` lists, in request order, each feature's output name, the index of its
     view's rows in `rows` and its position among that view's features; `ttls[i]` is
-    view i's TTL in microseconds (None: values never expire).
+    view i's TTL in microseconds (None: values never expire). `defaults` gives the
+    value of a feature for an entity the store does not have (status NOT_FOUND), where
+    it is not null: an aggregation view's counts are 0 for an entity with no events.
     """
+    defaults = defaults or {}
     # Per view: which rows count as found.
     fresh: list[list[bool] | None] = []  # None: every row found and fresh
     for view_rows, ttl in zip(rows, ttls, strict=True):
@@ -180,7 +184,11 @@ def build_response(
             values[name] = column if column.__class__ is list else list(column)
             statuses[name] = [NULL_VALUE if v is None else PRESENT for v in column]
         else:
-            values[name] = [v if good else None for v, good in zip(column, ok, strict=True)]
+            default = defaults.get(name)
+            values[name] = [
+                v if good else (default if t is None else None)
+                for v, good, t in zip(column, ok, times, strict=True)
+            ]
             statuses[name] = [
                 (NULL_VALUE if v is None else PRESENT)
                 if good

@@ -11,14 +11,16 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
 from almanac.online.base import OnlineStore, ViewRead, ViewRows
 from almanac.online.codec import datetime_to_micros
 from almanac.online.response import OnlineResponse, build_response
+from almanac.online.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
 from almanac.registry.catalog import Catalog
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -43,6 +45,14 @@ class _ViewPlan:
     features: list[str]
     dtypes: list[str]
     ttl_micros: int | None
+    tiles: TilePlan | None = None  # an aggregation view: read its tiles, merge them at `now`
+
+    @property
+    def read_features(self) -> tuple[list[str], list[str]]:
+        """What to read from the store: the features, or an aggregation view's tiles."""
+        if self.tiles is not None:
+            return [TILES_FEATURE], [TILES_DTYPE]
+        return self.features, self.dtypes
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class _Plan:
     key_users: dict[str, str]  # key → a view that needs it (for error messages)
     outputs: list[tuple[str, int, int]]  # (output name, view index, feature index)
     dtypes: dict[str, str]  # output column → dtype, keys included
+    defaults: dict[str, int]  # output column → value when not found (aggregation counts: 0)
 
 
 _plans: dict[tuple[Any, ...], _Plan] = {}
@@ -105,7 +116,15 @@ def _plan(
         view_plan.features.append(ref.field.name)
         view_plan.dtypes.append(ref.field.dtype)
         dtypes[ref.output_name] = ref.field.dtype
-    plan = _Plan(catalog, views, join_keys, key_users, outputs, {**join_keys, **dtypes})
+    defaults: dict[str, int] = {}
+    for i, view_plan in enumerate(views):
+        view = catalog.view(view_plan.view)
+        if isinstance(view, AggregationView):
+            views[i] = view_plan = replace(view_plan, tiles=TilePlan.of(view, view_plan.features))
+            for name, index, feature in outputs:
+                if index == i and view_plan.tiles.defaults[feature] is not None:  # type: ignore[union-attr]
+                    defaults[name] = view_plan.tiles.defaults[feature]  # type: ignore[union-attr]
+    plan = _Plan(catalog, views, join_keys, key_users, outputs, {**join_keys, **dtypes}, defaults)
     if cache_key is not None:
         if len(_plans) >= _PLAN_CACHE_SIZE:
             _plans.clear()
@@ -166,7 +185,7 @@ def prepare_read(
         raise InputError("no entity rows given: pass entity_rows=[{<join key>: <value>}, ...]")
     keys = _key_columns(entity_rows, plan)
     requests = [
-        ViewRead(v.view, v.join_keys, [keys[k] for k in v.join_keys], v.features, v.dtypes)
+        ViewRead(v.view, v.join_keys, [keys[k] for k in v.join_keys], *v.read_features)
         for v in plan.views
     ]
     return plan, keys, requests
@@ -177,7 +196,11 @@ def finish_read(
 ) -> OnlineResponse:
     now_micros = time.time_ns() // 1000 if now is None else datetime_to_micros(now)
     ttls = [v.ttl_micros for v in plan.views]
-    return build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes)
+    rows = [
+        r if v.tiles is None else evaluate(v.tiles, r, now_micros)
+        for v, r in zip(plan.views, rows, strict=True)
+    ]
+    return build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes, plan.defaults)
 
 
 # ---- entity keys ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from almanac.definitions import Entity, FeatureService, FeatureView
+from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.base import Definition
 from almanac.definitions.feature_view import Field, check_join_keys_not_features
 from almanac.definitions.sources import FileSource, PushSource, SqlSource, source_from_spec
@@ -21,7 +22,7 @@ from almanac.errors import DefinitionError, InputError, NotFoundError
 Source = FileSource | SqlSource | PushSource
 
 # Registry kinds in dependency order: an object may refer only to kinds before it.
-KINDS: tuple[str, ...] = ("entity", "source", "feature_view", "feature_service")
+KINDS: tuple[str, ...] = ("entity", "source", "feature_view", "aggregation_view", "feature_service")
 
 
 def definition_from_spec(kind: str, spec: dict[str, Any]) -> Definition:
@@ -31,9 +32,15 @@ def definition_from_spec(kind: str, spec: dict[str, Any]) -> Definition:
         return source_from_spec(spec)
     if kind == "feature_view":
         return FeatureView.from_spec(spec)
+    if kind == "aggregation_view":
+        return AggregationView.from_spec(spec)
     if kind == "feature_service":
         return FeatureService.from_spec(spec)
     raise ValueError(f"unknown registry kind {kind!r}")
+
+
+def _kind(view: FeatureView) -> str:
+    return "aggregation view" if isinstance(view, AggregationView) else "feature view"
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class Catalog:
     views: dict[str, FeatureView] = field(default_factory=dict)
     services: dict[str, FeatureService] = field(default_factory=dict)
     version: int = 0
+    aggregation_views: dict[str, AggregationView] = field(default_factory=dict)
 
     # ---- building -------------------------------------------------------------------
 
@@ -84,6 +92,8 @@ class Catalog:
                     add(obj.source_object)
             if obj.kind == "source" and getattr(obj, "name", None) is None:
                 continue  # an unnamed source only counts through the view that uses it
+            if obj.kind not in buckets:
+                continue  # a part of other definitions (a field, an aggregation ...)
             add(obj)
         catalog = cls(
             entities=buckets["entity"],  # type: ignore[arg-type]
@@ -91,6 +101,7 @@ class Catalog:
             views=buckets["feature_view"],  # type: ignore[arg-type]
             services=buckets["feature_service"],  # type: ignore[arg-type]
             version=version,
+            aggregation_views=buckets["aggregation_view"],  # type: ignore[arg-type]
         )
         if validate:
             catalog.validate()
@@ -117,14 +128,24 @@ class Catalog:
             "entity": self.entities,
             "source": self.sources,
             "feature_view": self.views,
+            "aggregation_view": self.aggregation_views,
             "feature_service": self.services,
         }[kind]
+
+    def all_views(self) -> dict[str, FeatureView]:
+        """Feature views and aggregation views (one namespace: `view:feature`)."""
+        return {**self.views, **self.aggregation_views}
 
     # ---- validation of the whole set ------------------------------------------------
 
     def validate(self) -> None:
-        for view in self.views.values():
-            label = f"FeatureView '{view.name}'"
+        for name in sorted(set(self.views) & set(self.aggregation_views)):
+            raise DefinitionError(
+                f"a feature view and an aggregation view are both named '{name}'; "
+                "views share one namespace"
+            )
+        for view in self.all_views().values():
+            label = f"{type(view).__name__} '{view.name}'"
             for entity_name in view.entities:
                 if entity_name not in self.entities:
                     raise DefinitionError(
@@ -185,11 +206,12 @@ class Catalog:
     def users_of(self, kind: str, name: str) -> list[str]:
         """Objects that refer to (kind, name): what blocks deleting it."""
         users: list[str] = []
+        views = self.all_views().values()
         if kind == "entity":
-            users += [f"feature view '{v.name}'" for v in self.views.values() if name in v.entities]
+            users += [f"{_kind(v)} '{v.name}'" for v in views if name in v.entities]
         if kind == "source":
-            users += [f"feature view '{v.name}'" for v in self.views.values() if v.source == name]
-        if kind == "feature_view":
+            users += [f"{_kind(v)} '{v.name}'" for v in views if v.source == name]
+        if kind in ("feature_view", "aggregation_view"):
             users += [
                 f"feature service '{s.name}'" for s in self.services.values() if name in s.views
             ]
@@ -198,10 +220,12 @@ class Catalog:
     # ---- lookups used by retrieval --------------------------------------------------
 
     def view(self, name: str) -> FeatureView:
-        try:
-            return self.views[name]
-        except KeyError:
-            raise NotFoundError("feature view", name, self.views) from None
+        """A feature view or an aggregation view (an `AggregationView` is a `FeatureView`
+        whose features are derived from its aggregations)."""
+        found = self.views.get(name) or self.aggregation_views.get(name)
+        if found is None:
+            raise NotFoundError("feature view", name, self.all_views())
+        return found
 
     def service(self, name: str) -> FeatureService:
         try:

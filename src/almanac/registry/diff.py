@@ -64,15 +64,15 @@ class Plan:
         then rewrites them from the offline store)."""
         stale: set[str] = set()
         for change in self.changes:
-            if change.kind == "feature_view" and change.action == "delete":
+            if change.kind in _VIEW_KINDS and change.action == "delete":
                 stale.add(change.name)
-            elif change.kind == "feature_view" and change.action == "update":
-                before, after = change.before or {}, change.after or {}
-                if _layout(before) != _layout(after):
+            elif change.kind in _VIEW_KINDS and change.action == "update":
+                layout = _VIEW_KINDS[change.kind]
+                if layout(change.before or {}) != layout(change.after or {}):
                     stale.add(change.name)
             elif change.kind == "entity" and change.action == "update" and _keys_changed(change):
                 stale.update(
-                    v.name for v in self.target.views.values() if change.name in v.entities
+                    v.name for v in self.target.all_views().values() if change.name in v.entities
                 )
         return sorted(stale)
 
@@ -82,9 +82,23 @@ def _keys_changed(change: Change) -> bool:
 
 
 def _layout(view_spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What the online store's data depends on: keys, feature names and dtypes."""
+    """What the online store's data depends on: keys, feature names and dtypes, and
+    the transformation that computes the values."""
     fields = tuple((f["name"], f["dtype"]) for f in view_spec.get("schema", []))
-    return tuple(view_spec.get("entities", [])), fields
+    return tuple(view_spec.get("entities", [])), fields, view_spec.get("transformation")
+
+
+# Fields of an aggregation view that do not change its stored tiles.
+_COSMETIC = ("owner", "description", "tags", "materialize_every", "online")
+
+
+def _tile_layout(view_spec: dict[str, Any]) -> dict[str, Any]:
+    """Tiles depend on everything but the cosmetic fields (entities, source, aggregations,
+    column types, tile size, transformation)."""
+    return {k: v for k, v in view_spec.items() if k not in _COSMETIC}
+
+
+_VIEW_KINDS = {"feature_view": _layout, "aggregation_view": _tile_layout}
 
 
 def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
@@ -124,7 +138,11 @@ def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
 
 
 def _named_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+    """A list of objects with distinct names (an aggregation's name may be null)."""
+    if not (isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)):
+        return False
+    names = [i["name"] for i in value]
+    return all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
 
 
 def make_plan(current: Catalog, target: Catalog) -> Plan:

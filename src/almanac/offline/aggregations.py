@@ -1,0 +1,373 @@
+"""The SQL of aggregation views: windows at spine rows, and tiles for the online store.
+
+Both read the same events (`event_rows`: join keys, the event time as epoch microseconds
+``__t``, each aggregated column as it is read) and use the same window bounds, so the
+online value (tiles merged at read time by `almanac.online.tiles`) equals the offline one.
+
+Windows. The value at T covers events with ``lower_W(T) < t <= T`` where
+``lower_W(T) = T - W`` (exact) or ``floor_tile(T - W)`` (with a tile; boundaries are
+multiples of the tile since the epoch).
+
+Training sets (`point_values`): each distinct (keys, T) of the spine is joined to its
+entity's events in ``(lower_maxW(T), T]`` — a range join, equality on the keys — and
+grouped; shorter windows are FILTER clauses of the same pass. Over a long history the
+join also matches on a time bucket of width maxW (events are copied to their own bucket
+and the next, the spine looks in its own), so each spine row meets at most two windows'
+worth of its entity's events, however long the history is.
+
+Tiles (`tiles_query`): per entity and tile (a tile ``(b - tile, b]``; without a tile,
+every distinct event time is its own tile, ``b = t``), the partial aggregates: row
+count, per column the non-null count, sum, mean and M2 (for variance, merged with
+Chan's formula), min, max, the latest (t, value), and the distinct values. Per entity
+they become one JSON blob: ``{"b": [tile ends], "n": [...], "c": {column: {state: [...]}}}``,
+lists in tile order. DuckDB writes doubles in shortest round-trip form, so values
+survive the trip exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+
+from almanac.definitions.aggregation import AggregateFeature, AggregationView
+from almanac.definitions.types import arrow_type, duckdb_type
+from almanac.errors import InputError
+from almanac.offline.frames import sql_timestamp
+from almanac.offline.point_in_time import _SLACK, _TIME_TYPES, SPINE, TS, PointPart, _cast
+from almanac.offline.sources import Source, SourceScan, quote
+from almanac.registry.catalog import FeatureRef
+
+T = "__t"  # event (or spine) time, epoch microseconds
+_COUNTS = ("count", "count_distinct")  # never null: an empty window counts 0
+# Time buckets pay off when the events span more than this many bucket widths (below it,
+# 90 days of events and a 30-day window measured 1.3x slower with buckets).
+_BUCKETS_WORTH = 4
+_US = timedelta(microseconds=1)
+
+# The per-tile states each function needs.
+_STATES = {
+    "count": ("n",),
+    "sum": ("n", "s"),
+    "mean": ("n", "s"),
+    "stddev": ("n", "m", "q"),
+    "variance": ("n", "m", "q"),
+    "min": ("lo",),
+    "max": ("hi",),
+    "last": ("l",),
+    "count_distinct": ("d",),
+}
+
+
+@dataclass
+class Input:
+    """One aggregated column as it is read: `alias` in the events, its dtype (None: as
+    the source has it) and the tile states it needs."""
+
+    column: str
+    alias: str
+    dtype: str | None
+    raw_type: str = ""
+    states: set[str] = field(default_factory=set)
+
+
+def micros(duration: timedelta) -> int:
+    return duration // _US
+
+
+def inputs(view: AggregationView, scan: SourceScan) -> dict[str, Input]:
+    """The columns the view aggregates, checked against the source's columns."""
+    found: dict[str, Input] = {}
+    for aggregation in view.aggregations:
+        column = aggregation.column
+        if column is None:
+            continue
+        if column not in scan.columns:
+            raise InputError(
+                f"{scan.label}: no column '{column}' (aggregated by aggregation view "
+                f"'{view.name}'); it has: {', '.join(scan.columns)}"
+            )
+        item = found.get(column)
+        if item is None:
+            item = found[column] = Input(
+                column, f"c{len(found)}", view.input_dtype(column), scan.columns[column].upper()
+            )
+        item.states.update(_STATES[aggregation.function])
+    return found
+
+
+def event_rows(
+    scan: SourceScan,
+    view: AggregationView,
+    keys: dict[str, str],
+    columns: dict[str, Input],
+    timestamp_field: str,
+    lower_us: int | None,
+    upper_us: int | None,
+) -> str:
+    """The view's events with ``lower_us < t <= upper_us`` (either may be None)."""
+    if scan.empty:
+        select = [f"NULL::{duckdb_type(t)} AS {quote(k)}" for k, t in keys.items()]
+        select.append(f"NULL::BIGINT AS {T}")
+        select += [f"NULL::{_read_type(i)} AS {i.alias}" for i in columns.values()]
+        return f"SELECT {', '.join(select)} WHERE false"
+    missing = [k for k in [*keys, timestamp_field] if k not in scan.columns]
+    if missing:
+        raise InputError(
+            f"{scan.label}: no column {', '.join(repr(m) for m in missing)} (needed by "
+            f"aggregation view '{view.name}'); it has: {', '.join(scan.columns)}"
+        )
+    select = [f"{_cast(k, scan.columns[k], duckdb_type(t))} AS {quote(k)}" for k, t in keys.items()]  # fmt: skip
+    select.append(f"epoch_us({_cast(timestamp_field, scan.columns[timestamp_field], 'TIMESTAMPTZ')}) AS {T}")  # fmt: skip
+    for item in columns.values():
+        value = quote(item.column)
+        if item.dtype is not None:
+            value = _cast(item.column, scan.columns[item.column], duckdb_type(item.dtype))
+        select.append(f"{value} AS {item.alias}")
+    where = [f"{quote(k)} IS NOT NULL" for k in keys] + [f"{quote(timestamp_field)} IS NOT NULL"]
+    raw_type = scan.columns[timestamp_field].upper()
+    if raw_type.startswith(_TIME_TYPES):
+        # On the raw column, so that DuckDB skips Parquet row groups outside the bounds.
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        for bound, op, slack in ((lower_us, ">=", -_SLACK), (upper_us, "<=", _SLACK)):
+            if bound is not None:
+                moment = epoch + timedelta(microseconds=bound) + slack
+                where.append(f"{quote(timestamp_field)} {op} CAST({sql_timestamp(moment)} AS {raw_type})")  # fmt: skip
+    bounds = []
+    if lower_us is not None:
+        bounds.append(f"{T} > {lower_us}")
+    if upper_us is not None:
+        bounds.append(f"{T} <= {upper_us}")
+    inner = f"SELECT {', '.join(select)} FROM {scan.relation} WHERE {' AND '.join(where)}"
+    return f"SELECT * FROM ({inner})" + (f" WHERE {' AND '.join(bounds)}" if bounds else "")
+
+
+def _read_type(item: Input) -> str:
+    return duckdb_type(item.dtype) if item.dtype is not None else (item.raw_type or "VARCHAR")
+
+
+def lower_bound(time: str, window: timedelta, tile: timedelta | None) -> str:
+    """SQL for lower_W(time): the exclusive far edge of the window ending at `time`."""
+    edge = f"({time} - {micros(window)})"
+    if tile is None:
+        return edge
+    g = micros(tile)
+    return f"({edge} - {_mod(edge, g)})"
+
+
+def _mod(value: str, g: int) -> str:
+    """`value` mod `g` in [0, g), also for times before 1970 (DuckDB's % truncates)."""
+    return f"((({value}) % {g}) + {g}) % {g}"
+
+
+def _floor_div(value: str, g: int) -> str:
+    return f"((({value}) - {_mod(value, g)}) // {g})"
+
+
+# ---- training sets ------------------------------------------------------------------------
+
+
+def point_values(
+    view: AggregationView,
+    keys: dict[str, str],
+    events: str,
+    columns: dict[str, Input],
+    features: list[AggregateFeature],
+    span_us: int | None,
+) -> str:
+    """One row per distinct (keys, TS) of the spine that has events in its longest
+    window: the keys, TS and the requested features (named by feature name). `span_us`
+    is the time span of the events read (None: unknown)."""
+    widest = view.max_window
+    bucket = micros(widest) + (micros(view.tile) if view.tile else 0)
+    k = [quote(key) for key in keys]
+    points = (
+        f"SELECT DISTINCT {', '.join(k)}, {TS}, epoch_us({TS}) AS {T}, "
+        f"{_floor_div(f'epoch_us({TS})', bucket)} AS __b FROM {SPINE} "
+        f"WHERE {' AND '.join(f'{key} IS NOT NULL' for key in [*k, TS])}"
+    )
+    # Each event in its bucket and the next: a spine row's window lies in its own bucket
+    # and the one before, so it finds every event it needs under `__b` equality.
+    copied = (
+        f"SELECT *, {_floor_div(T, bucket)} + o AS __b FROM ({events}) "
+        "CROSS JOIN (SELECT unnest([0, 1]) AS o)"
+    )
+    on = [*(f"p.{key} = e.{key}" for key in k), f"e.{T} <= p.{T}"]
+    if span_us is not None and span_us > _BUCKETS_WORTH * bucket:
+        on.append("p.__b = e.__b")
+    else:  # a short history: copying events would cost more than it saves (measured)
+        copied = events
+    on.append(f"e.{T} > {lower_bound(f'p.{T}', widest, view.tile)}")
+    select = [f"p.{key}" for key in k] + [f"p.{TS}"]
+    for feature in features:
+        alias = columns[feature.column].alias if feature.column else None
+        value = _aggregate(feature, alias, view.tile, widest)
+        select.append(f"CAST({value} AS {duckdb_type(feature.dtype)}) AS {quote(feature.name)}")
+    return (
+        f"SELECT {', '.join(select)} FROM ({points}) AS p JOIN ({copied}) AS e "
+        f"ON {' AND '.join(on)} GROUP BY ALL"
+    )
+
+
+def _aggregate(
+    feature: AggregateFeature, alias: str | None, tile: timedelta | None, widest: timedelta
+) -> str:
+    conditions = []
+    if feature.window != widest:  # the join already bounds the widest window
+        conditions.append(f"e.{T} > {lower_bound(f'p.{T}', feature.window, tile)}")
+    value = f"e.{alias}" if alias else "*"
+    if feature.function == "last":
+        conditions.append(f"{value} IS NOT NULL")
+    where = f" FILTER (WHERE {' AND '.join(conditions)})" if conditions else ""
+    function = feature.function
+    if function == "last":
+        return f"struct_extract(max({{'t': e.{T}, 'v': {value}}}){where}, 'v')"
+    if function == "count_distinct":
+        return f"count(DISTINCT {value}){where}"
+    sql_name = {"mean": "avg", "stddev": "stddev_samp", "variance": "var_samp"}.get(function, function)  # fmt: skip
+    return f"{sql_name}({value}){where}"
+
+
+# ---- tiles for the online store -------------------------------------------------------------
+
+
+def tiles_query(
+    view: AggregationView,
+    keys: dict[str, str],
+    events: str,
+    columns: dict[str, Input],
+    changed_since_us: int | None,
+) -> str:
+    """Per entity (with an event after `changed_since_us`, when given): the keys,
+    ``event_timestamp`` (its latest event time, epoch microseconds) and ``tiles`` (JSON)."""
+    k = [quote(key) for key in keys]
+    if view.tile is None:
+        end = T
+    else:
+        g = micros(view.tile)
+        end = f"({T} + ({g} - {_mod(T, g)}) % {g})"
+    states = ["count(*) AS n", f"max({T}) AS mt"]
+    for item in columns.values():
+        states += _tile_states(item)
+    source = f"({events})"
+    if changed_since_us is not None:
+        changed = f"SELECT DISTINCT {', '.join(k)} FROM ({events}) WHERE {T} >= {changed_since_us}"
+        source = f"(SELECT * FROM ({events}) SEMI JOIN ({changed}) USING ({', '.join(k)}))"
+    tiles = f"SELECT {', '.join(k)}, {end} AS b, {', '.join(states)} FROM {source} GROUP BY ALL"
+
+    # One ordered list of per-tile structs per entity, split into columns afterwards:
+    # one sort per entity instead of one per state (measured 2x faster than many
+    # `list(x ORDER BY b)`).
+    names = ["b", "n"] + [f"{i.alias}_{s}" for i in columns.values() for s in sorted(i.states)]
+    packed = ", ".join(f"'{name}': {name}" for name in names)
+
+    def listed(state: str) -> str:
+        return f"[x.{state} FOR x IN l]"
+
+    per_column = []
+    for item in columns.values():
+        fields = ", ".join(f"'{s}': {listed(f'{item.alias}_{s}')}" for s in sorted(item.states))
+        per_column.append(f"'{_sql_text(item.column)}': {{{fields}}}")
+    body = f"'b': {listed('b')}, 'n': {listed('n')}"
+    if per_column:
+        body += f", 'c': {{{', '.join(per_column)}}}"
+    grouped = (
+        f"SELECT {', '.join(k)}, max(mt) AS event_timestamp, list({{{packed}}} ORDER BY b) AS l "
+        f"FROM ({tiles}) GROUP BY ALL"
+    )
+    return (
+        f"SELECT {', '.join(k)}, event_timestamp, CAST(to_json({{{body}}}) AS VARCHAR) AS tiles "
+        f"FROM ({grouped})"
+    )
+
+
+def _tile_states(item: Input) -> list[str]:
+    a = item.alias
+    # JSON-friendly forms: timestamps as epoch microseconds, float32 widened exactly.
+    value = a
+    if item.dtype == "timestamp":
+        value = f"epoch_us({a})"
+    elif item.dtype == "float32":
+        value = f"CAST({a} AS DOUBLE)"
+    out = []
+    if "n" in item.states:
+        out.append(f"count({a}) AS {a}_n")
+    if "s" in item.states:
+        out.append(f"sum({value}) AS {a}_s")
+    if "m" in item.states:
+        out.append(f"avg({value}) AS {a}_m")
+    if "q" in item.states:
+        out.append(f"var_pop({value}) * count({a}) AS {a}_q")
+    if "lo" in item.states:
+        out.append(f"min({value}) AS {a}_lo")
+    if "hi" in item.states:
+        out.append(f"max({value}) AS {a}_hi")
+    if "l" in item.states:
+        out.append(f"max({{'t': {T}, 'v': {value}}}) FILTER (WHERE {a} IS NOT NULL) AS {a}_l")
+    if "d" in item.states:
+        distinct = a
+        if item.dtype == "bytes" or (item.dtype is None and item.raw_type.startswith("BLOB")):
+            distinct = f"to_base64({a})"  # JSON has no bytes
+        # list_distinct after list: cheaper than a DISTINCT aggregate (no hash set per tile)
+        out.append(f"list_distinct(list({distinct})) AS {a}_d")
+    return out
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
+# ---- entry points for the engine ------------------------------------------------------------
+
+
+def _micros_of(moment: datetime) -> int:
+    return micros(moment - datetime(1970, 1, 1, tzinfo=UTC))
+
+
+def aggregation_part(
+    scan: SourceScan,
+    source: Source,
+    view: AggregationView,
+    keys: dict[str, str],
+    refs: list[FeatureRef],
+    low: datetime | None,
+    high: datetime | None,
+) -> PointPart:
+    """The training-set part of one aggregation view (spine times in [low, high])."""
+    columns = inputs(view, scan)
+    by_name = {f.name: f for f in view.aggregate_features}
+    features = [by_name[ref.field.name] for ref in refs]
+    reach = view.max_window + (view.tile or timedelta(0))
+    lower = None if low is None else _micros_of(low - reach)
+    upper = None if high is None else _micros_of(high)
+    events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
+    span = None if lower is None or upper is None else upper - lower
+    sql = point_values(view, keys, events, columns, list(dict.fromkeys(features)), span)
+    defaults = {f.name: "0" if f.function in _COUNTS else None for f in features}
+    outputs = [(ref.field.name, ref.output_name, defaults[ref.field.name]) for ref in refs]
+    return PointPart(sql, list(keys), outputs)
+
+
+def tiles_reader(
+    scan: SourceScan,
+    source: Source,
+    view: AggregationView,
+    keys: dict[str, str],
+    start: datetime | None,
+    end: datetime,
+) -> tuple[str, pa.Schema]:
+    """The tiles query at `end` for entities with events in [start, end] (all entities
+    with events in the longest window when `start` is None), and its Arrow schema:
+    the keys, ``event_timestamp`` and ``tiles`` (bytes)."""
+    columns = inputs(view, scan)
+    reach = view.max_window + (view.tile or timedelta(0))
+    events = event_rows(
+        scan, view, keys, columns, source.timestamp_field, _micros_of(end - reach), _micros_of(end)
+    )
+    changed = None if start is None else _micros_of(start)
+    schema = pa.schema(
+        [(k, arrow_type(t)) for k, t in keys.items()]
+        + [("event_timestamp", pa.timestamp("us", tz="UTC")), ("tiles", pa.binary())]
+    )
+    return tiles_query(view, keys, events, columns, changed), schema
