@@ -78,7 +78,7 @@ def training_set(store: Any) -> None:
     # the label's time (and within the view's TTL) — never a value from the future.
     first = table.slice(0, 1).to_pylist()[0]
     at = first["event_timestamp"]
-    for view in ("user_stats", "user_profile", "user_last_genre"):
+    for view in ("user_profile", "user_last_genre"):
         history = store.offline.value_history(
             store.catalog, store.catalog.view(view), {"user_id": first["user_id"]}, at=at
         ).to_pylist()
@@ -89,6 +89,10 @@ def training_set(store: Any) -> None:
             f"  {view}: value from the row of {source} (label time {at.isoformat(timespec='minutes')}); "
             f"{later} later rows of this user ignored"
         )
+    console.print(
+        f"  user_stats: watch_count_30d = {first['watch_count_30d']}, the user's watches in "
+        "the 30 days up to the label time exactly (an aggregation view, no daily snapshot)"
+    )
 
 
 @step(3, "Materialize the latest values into the online store")
@@ -108,9 +112,15 @@ def materialize(store: Any) -> None:
 
 
 def _a_user(store: Any) -> str:
-    import pyarrow.parquet as pq
+    """A user active in the last week, so that every feature is fresh."""
+    import duckdb
 
-    return pq.read_table(REPO / "data" / "labels.parquet", columns=["user_id"]).column(0)[0].as_py()
+    events = str(REPO / "data" / "watch_events.parquet")
+    query = (
+        "SELECT user_id FROM read_parquet($events) WHERE event_timestamp > now() - INTERVAL 7 DAY "
+        "GROUP BY user_id HAVING count(*) >= 3 ORDER BY user_id LIMIT 1"
+    )
+    return duckdb.sql(query, params={"events": events}).fetchall()[0][0]
 
 
 def main() -> int:

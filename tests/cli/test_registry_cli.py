@@ -15,8 +15,8 @@ from almanac.errors import AlmanacError
 from almanac.registry.catalog import KINDS
 from almanac.repo import load_definitions
 
-DTYPE_BEFORE = 'Field("watch_count_30d", Int64'
-DTYPE_AFTER = 'Field("watch_count_30d", "float64"'
+DTYPE_BEFORE = 'Field("watch_seconds", Int64)'
+DTYPE_AFTER = 'Field("watch_seconds", "float64")'
 
 
 def repo_catalog(repo: Path):
@@ -73,21 +73,26 @@ def test_the_tour_init_plan_apply_list_describe(cli, tmp_path, monkeypatch) -> N
 
     result = cli("list", "features")
     assert result.code == 0, result
-    for view in catalog.views.values():
+    for view in catalog.all_views().values():
         for field in view.features:
             assert lines_with(result.out, view.name, field.name, field.dtype), field.name
 
     result = cli("describe", "user_stats")
     assert result.code == 0, result
-    view = catalog.views["user_stats"]
+    view = catalog.view("user_stats")
     source = catalog.sources[view.source]
-    assert "user_stats (feature view, version 1)" in result.out
+    assert "user_stats (aggregation view, version 1)" in result.out
     assert lines_with(result.out, "entities", "user", "user_id", "string")
     assert lines_with(result.out, "source", source.name, source.path)
-    assert lines_with(result.out, "ttl", "30d")
+    assert lines_with(result.out, "watch_count_30d", "count", "30d", "int64")
     for field in view.features:
         assert lines_with(result.out, field.name, field.dtype)
     assert lines_with(result.out, "1", "create")
+
+    result = cli("describe", "user_profile")
+    assert result.code == 0, result
+    assert "user_profile (feature view, version 1)" in result.out
+    assert lines_with(result.out, "ttl", "2d")
 
 
 def test_list_json_gives_the_registered_rows(cli, starter_repo) -> None:
@@ -101,15 +106,20 @@ def test_list_json_gives_the_registered_rows(cli, starter_repo) -> None:
 
     assert {(r["view"], r["feature"], r["type"], r["entity"]) for r in rows("features")} == {
         (v.name, f.name, f.dtype, ", ".join(v.entities))
-        for v in catalog.views.values()
+        for v in catalog.all_views().values()
         for f in v.features
     }
     assert ("user_stats", "watch_count_30d", "int64", "user") in {
         (r["view"], r["feature"], r["type"], r["entity"]) for r in rows("features")
     }
     assert {(r["view"], r["features"], r["source"], r["ttl"]) for r in rows("views")} == {
-        (v.name, len(v.features), v.source, almanac.definitions.format_duration(v.ttl))
-        for v in catalog.views.values()
+        (
+            v.name,
+            len(v.features),
+            v.source,
+            almanac.definitions.format_duration(v.ttl) if v.ttl else "",
+        )
+        for v in catalog.all_views().values()
     }
     assert {r["entity"]: r["join_keys"] for r in rows("entities")} == {
         e.name: ", ".join(f"{k} ({t})" for k, t in e.join_keys.items())
@@ -139,19 +149,19 @@ def test_a_dtype_edit_is_planned_applied_as_version_2_and_in_history(
 
     result = cli("--repo", starter_repo, "plan")
     assert result.code == 0, result
-    assert lines_with(result.out, "update", "feature view", "user_stats")
-    assert lines_with(result.out, "schema[watch_count_30d].dtype", "int64", "float64")
+    assert lines_with(result.out, "update", "aggregation view", "user_stats")
+    assert lines_with(result.out, "columns[watch_seconds].dtype", "int64", "float64")
     assert "0 to create, 1 to update, 0 to delete" in result.out
     plan = json.loads(cli("--repo", starter_repo, "plan", "--json").out)
     assert plan == {
         "base_version": 1,
         "changes": [
             {
-                "kind": "feature_view",
+                "kind": "aggregation_view",
                 "name": "user_stats",
                 "action": "update",
                 "fields": [
-                    {"path": "schema[watch_count_30d].dtype", "before": "int64", "after": "float64"}
+                    {"path": "columns[watch_seconds].dtype", "before": "int64", "after": "float64"}
                 ],
             }
         ],
@@ -167,18 +177,23 @@ def test_a_dtype_edit_is_planned_applied_as_version_2_and_in_history(
     result = cli("--repo", starter_repo, "history", "user_stats")
     assert result.code == 0, result
     assert lines_with(result.out, "1", "create", "alice")
-    assert lines_with(result.out, "2", "update", "bob", "schema[watch_count_30d].dtype", "float64")
+    assert lines_with(result.out, "2", "update", "bob", "columns[watch_seconds].dtype", "float64")
     history = json.loads(cli("--repo", starter_repo, "history", "user_stats", "--json").out)
     assert [(h["version"], h["action"], h["author"]) for h in history] == [
         (1, "create", "alice"),
         (2, "update", "bob"),
     ]
     assert history[1]["diff"] == plan["changes"][0]["fields"]
-    assert history[1]["spec"]["schema"][0]["dtype"] == "float64"
+    assert history[1]["spec"]["columns"][0] == {
+        "name": "watch_seconds",
+        "dtype": "float64",
+        "description": "",
+        "tags": {},
+    }
 
     result = cli("--repo", starter_repo, "describe", "user_stats")
     assert "version 2" in result.out
-    assert lines_with(result.out, "watch_count_30d", "float64")
+    assert lines_with(result.out, "watch_seconds_sum_7d", "float64")
     described = json.loads(cli("--repo", starter_repo, "describe", "user_stats", "--json").out)
     assert [v["version"] for v in described["versions"]] == [1, 2]
 
@@ -246,19 +261,21 @@ def test_a_repo_module_failing_on_import_is_one_line(cli, starter_repo) -> None:
 
 def test_a_bad_definition_is_one_line_and_applies_nothing(cli, starter_repo) -> None:
     assert cli("--repo", starter_repo, "apply").code == 0
-    edit(starter_repo / "features.py", 'ttl="30d"', 'ttl="-30d"')
-    assert_user_error(cli("--repo", starter_repo, "apply"), "FeatureView 'user_stats'", "ttl")
-    history = json.loads(cli("--repo", starter_repo, "history", "user_stats", "--json").out)
+    edit(starter_repo / "features.py", 'ttl="2d"', 'ttl="-2d"')
+    assert_user_error(cli("--repo", starter_repo, "apply"), "FeatureView 'user_profile'", "ttl")
+    history = json.loads(cli("--repo", starter_repo, "history", "user_profile", "--json").out)
     assert len(history) == 1
 
 
 def test_deleting_a_view_a_service_uses_is_refused(cli, starter_repo) -> None:
     assert cli("--repo", starter_repo, "apply").code == 0
-    edit(starter_repo / "features.py", "user_stats = FeatureView(", "_user_stats = FeatureView(")
-    edit(starter_repo / "features.py", "user_profile, user_stats, user_last_genre", '"user_stats"')
+    edit(
+        starter_repo / "features.py", "user_profile = FeatureView(", "_user_profile = FeatureView("
+    )
+    edit(starter_repo / "features.py", "features=[user_profile,", 'features=["user_profile",')
     assert_user_error(
         cli("--repo", starter_repo, "apply"),
-        "cannot delete feature view 'user_stats'",
+        "cannot delete feature view 'user_profile'",
         "feature service 'recommender_v1'",
     )
 

@@ -1,5 +1,5 @@
-"""Deterministic sample data for the starter repo: users, watch events and the tables
-that a platform's batch jobs would derive from them."""
+"""Deterministic sample data for the starter repo: users' segments, watch events, and
+labels to train on."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def generate(
     seed: int = 7,
     end: datetime | None = None,
 ) -> None:
-    """Write users' segments (daily), watch events, hourly 30-day watch counts and labels
-    over the `DAYS` days before `end`. The same seed and end give the same data."""
+    """Write users' segments (daily snapshots), watch events and training labels over the
+    `DAYS` days before `end`. The same seed and end give the same data."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     end = end or default_end()
@@ -66,33 +66,6 @@ def generate(
 
     con = duckdb.connect()
     con.register("events", events_table)
-    # What an hourly batch job writes: at each hour when a user's 30-day count changes
-    # (an event arrives or ages out), the count of events in (hour - 30d, hour].
-    # Exact and linear: the count at hour h is the sum of +1 at each event and -1 when it
-    # ages out (event + 30d), over the change points at or before h.
-    stats = con.sql(
-        """
-        WITH deltas AS (
-            SELECT user_id, event_timestamp AS changed_at, 1 AS delta FROM events
-            UNION ALL
-            SELECT user_id, event_timestamp + INTERVAL 30 DAY, -1 FROM events
-        ), per_hour AS (
-            SELECT user_id,
-                   CASE WHEN date_trunc('hour', changed_at) = changed_at THEN changed_at
-                        ELSE date_trunc('hour', changed_at) + INTERVAL 1 HOUR END AS hour,
-                   sum(delta) AS delta
-            FROM deltas GROUP BY ALL
-        ), counts AS (
-            SELECT user_id, hour AS event_timestamp,
-                   (sum(delta) OVER (PARTITION BY user_id ORDER BY hour))::BIGINT AS watch_count_30d
-            FROM per_hour
-        )
-        SELECT * FROM counts WHERE event_timestamp <= $end
-        ORDER BY event_timestamp, user_id
-    """,
-        params={"end": end},
-    ).arrow()
-    pq.write_table(_table(stats), folder / "user_watch_stats.parquet")
 
     # Labels for a training set: did the user watch anything in the week after T?
     label_who = rng.integers(0, users, size=5000)

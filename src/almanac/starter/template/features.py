@@ -5,7 +5,18 @@ training sets (`get_historical_features`) and online serving (`get_online_featur
 both read them, so the two cannot drift apart.
 """
 
-from almanac import Entity, FeatureService, FeatureView, Field, FileSource, Int64, SqlSource, String
+from almanac import (
+    Aggregation,
+    AggregationView,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    Int64,
+    SqlSource,
+    String,
+)
 
 user = Entity(name="user", join_keys=["user_id"], description="A subscriber of the platform.")
 
@@ -22,16 +33,24 @@ user_profile = FeatureView(
     tags={"team": "growth"},
 )
 
-# An hourly job writes the number of titles each user watched in the last 30 days.
-user_stats = FeatureView(
+# Every watch event, as the player logs it.
+watch_log = FileSource(name="watch_log", path="data/watch_events.parquet")
+
+# Windowed aggregations over the log, exact at any point in time: offline, each training
+# row counts the events in the 30 days (7 days) before its own timestamp; online, the
+# counts decay as events age out, without re-materializing.
+user_stats = AggregationView(
     name="user_stats",
     entities=[user],
-    source=FileSource(name="user_watch_stats", path="data/user_watch_stats.parquet"),
-    schema=[Field("watch_count_30d", Int64, description="Titles watched in the last 30 days.")],
-    ttl="30d",
-    materialize_every="1h",
+    source=watch_log,
+    aggregations=[
+        Aggregation(function="count", windows=["30d"], name="watch_count"),
+        Aggregation(column="watch_seconds", function="sum", windows=["7d"]),
+        Aggregation(column="genre", function="count_distinct", windows=["30d"], name="genres"),
+    ],
+    columns=[Field("watch_seconds", Int64), Field("genre", String)],
     owner="recs@example.com",
-    description="Viewing activity, refreshed hourly.",
+    description="Viewing activity: 30-day watch count, 7-day watch time, 30-day genre variety.",
     tags={"team": "recommendations"},
 )
 
@@ -53,7 +72,7 @@ user_last_genre = FeatureView(
 
 recommender = FeatureService(
     name="recommender_v1",
-    features=[user_profile, user_stats, user_last_genre],
+    features=[user_profile, "user_stats:watch_count_30d", user_last_genre],
     owner="recs@example.com",
     description="Everything the home-page recommender reads.",
     prompt_template=(
