@@ -6,7 +6,7 @@ UV := .tools/bin/uv
 VENV := .venv
 RUN := $(VENV)/bin/python
 
-.PHONY: demo test bench lint format install system-deps clean
+.PHONY: demo test bench bench-deps lint format docs install system-deps clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -35,12 +35,21 @@ demo: install
 test: install system-deps
 	$(RUN) -m pytest -n 2 -q
 
-bench: install system-deps
+# The HTTP benchmark drives the server with wrk (it falls back to a Python load generator).
+bench-deps: system-deps
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || echo "wrk not installed: the HTTP benchmark uses its Python load generator"
+
+bench: install bench-deps
 	$(RUN) benchmarks/run.py $(if $(SIZES),--sizes $(SIZES),)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# Reference docs generated from the code (a test fails when they are stale).
+docs: install
+	$(VENV)/bin/typer almanac.cli utils docs --name almanac --title "CLI reference" --output docs/cli.md
+	$(RUN) -m almanac.serving.openapi_docs > docs/http-api.md
 
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -19,11 +19,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from datagen import SIZES, make_repo  # noqa: E402
-from servers import start_redis  # noqa: E402
-
-from almanac.config import load_config  # noqa: E402
-from almanac.store import FeatureStore  # noqa: E402
+from almanac.config import load_config
+from almanac.store import FeatureStore
+from datagen import SIZES, make_repo
+from servers import start_redis
 
 END = datetime(2024, 6, 1, tzinfo=UTC)  # after the generated history
 

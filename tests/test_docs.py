@@ -52,3 +52,22 @@ def test_every_snippet_runs(doc: Path, tmp_path: Path, monkeypatch: pytest.Monke
             (folder / "almanac.yaml").write_text(code)
             assert yaml.safe_load(code)
             load_config(folder, environ={})
+
+
+def test_the_reference_pages_match_the_code(tmp_path: Path) -> None:
+    """docs/cli.md and docs/http-api.md are generated (`make docs`): regenerate and compare."""
+    from almanac.serving.app import openapi_schema
+    from almanac.serving.openapi_docs import render
+
+    assert (ROOT / "docs" / "http-api.md").read_text() == render(openapi_schema()), (
+        "docs/http-api.md is stale: run `make docs`"
+    )
+    typer = Path(sys.executable).parent / "typer"
+    out = tmp_path / "cli.md"
+    subprocess.run(
+        [str(typer), "almanac.cli", "utils", "docs", "--name", "almanac", "--title", "CLI reference", "--output", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert (ROOT / "docs" / "cli.md").read_text() == out.read_text(), (
+        "docs/cli.md is stale: run `make docs`"
+    )

@@ -35,6 +35,7 @@ __all__ = [
     "Array",
     "Bool",
     "Bytes",
+    "Client",
     "Entity",
     "FeatureService",
     "FeatureStore",
@@ -54,3 +55,12 @@ __all__ = [
     "__version__",
     "batch_transformation",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The HTTP client pulls in httpx: import it only when asked for.
+    if name == "Client":
+        from almanac.serving.client import Client
+
+        return Client
+    raise AttributeError(f"module 'almanac' has no attribute {name!r}")

@@ -115,18 +115,20 @@ def render_context(
     statuses: dict[str, str] = {}
     stamps: dict[str, datetime | None] = {}
     ages: dict[str, float | None] = {}
-    rendered: dict[str, Any] = dict(entity)
+    template = compile_template(service.prompt_template or default_template(list(response.values)))
+    # The template's globals (range, dict ...) under the values: what `render` would
+    # build, without its copies (measured: half of Jinja's cost per render).
+    rendered: dict[str, Any] = {**template.globals, **entity}
     event_timestamps = response.event_timestamps
-    for name in response.feature_names:
-        value = response.values[name][0]
+    for name, column in response.values.items():
+        value = column[0]
         status = str(response.statuses[name][0])
         stamp = event_timestamps[name][0]
         values[name], statuses[name], stamps[name] = value, status, stamp
         ages[name] = (now - stamp).total_seconds() if stamp is not None else None
         rendered[name] = value if status == "PRESENT" else placeholder
-    template = compile_template(service.prompt_template or default_template(response.feature_names))
     try:
-        text = template.render(rendered)
+        text = "".join(template.root_render_func(template.new_context(rendered, shared=True)))
     except Exception as error:  # a template can fail on values (e.g. arithmetic on a placeholder)
         raise DefinitionError(
             f"prompt_template of feature service '{service.name}' failed to render for "

@@ -54,12 +54,15 @@ _KEYS_PER_QUERY = 500
 _RECHECK_SECONDS = 1.0
 # Writers may wait this long for another writer's transaction to finish.
 _WRITE_BUSY_SECONDS = 60.0
-# `read_async` reads at most this many (entity, view) rows inline on the event loop and
-# hands bigger reads to a thread. Measured (benchmarks/bench_server.py): a WAL point
-# lookup of 10 columns takes 8-20 µs, less than the ~60-100 µs that a thread hop
-# (to_thread + GIL handover) costs; 100 entities take 0.3-0.5 ms, worth moving off the
-# loop so that other requests keep flowing. Readers never wait for writers in WAL mode.
-INLINE_READ_ROWS = 16
+# `read_async` reads up to this many (entity, view) rows inline on the event loop and
+# hands bigger reads to a thread. A warm WAL read is CPU work that holds the GIL (point
+# lookup of 10 columns: 8-20 µs; 100 entities: 0.3-0.5 ms), so a thread buys no
+# parallelism and costs a hop plus GIL hand-overs: measured through the HTTP server
+# (benchmarks/bench_server.py, uvloop), 100 entities x 10 features gave 1,156 req/s
+# inline against 610 req/s in a thread. Above the limit the read may take tens of ms;
+# in a thread, the GIL's switch interval lets the loop answer small requests meanwhile.
+# Readers never wait for writers in WAL mode, so an inline read cannot block on a lock.
+INLINE_READ_ROWS = 1000
 
 
 def _table(project: str, view: str) -> str:

@@ -1,0 +1,435 @@
+"""The feature server: `create_app(repo_or_store)` → an ASGI app (`almanac serve`).
+
+Two layers:
+
+* a FastAPI app declares every endpoint, so `/docs` and `/openapi.json` describe the
+  whole API with its Pydantic models, and serves the cold endpoints (catalog, health,
+  metrics, push);
+* `FeatureServer`, a thin ASGI layer in front of it, answers the three hot endpoints
+  (`POST /get-online-features`, `POST /context`, `GET /entities/{entity}/{key}`)
+  itself: measured on 2 cores, FastAPI's per-request machinery (routing, dependency
+  solving, its middleware stack) costs about as much as the whole online read. Both
+  paths call the same handler functions (`handlers`), errors map in one place
+  (`errors`), and `create_app(fast_path=False)` serves everything through FastAPI (the
+  tests check that the two give identical answers).
+
+The same layer authenticates (`auth`, a replaceable hook) and records metrics for
+every request, whichever path serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from fastapi.responses import Response
+from pydantic.json_schema import models_json_schema
+
+from almanac import __version__
+from almanac.errors import AlmanacError
+from almanac.serving import handlers
+from almanac.serving.auth import OPEN_PATHS, ApiKeyAuth, Authenticator
+from almanac.serving.encode import dumps
+from almanac.serving.errors import (
+    HttpError,
+    PayloadTooLargeError,
+    RequestValidationError,
+    UnauthorizedError,
+    error_reply,
+)
+from almanac.serving.handlers import ServingState
+from almanac.serving.metrics import Metrics
+from almanac.serving.schemas import (
+    ContextRequest,
+    ContextResponse,
+    EntityFeaturesResponse,
+    EntityInfo,
+    ErrorResponse,
+    FeatureInfo,
+    FeatureServiceInfo,
+    FeatureViewInfo,
+    HealthResponse,
+    OnlineFeaturesRequest,
+    OnlineFeaturesResponse,
+    PushRequest,
+    PushResponse,
+)
+from almanac.store import FeatureStore
+
+log = logging.getLogger("almanac.serving")
+
+JSON = b"application/json"
+# Bodies beyond this are refused before they are read (413); 10,000 entities with
+# long keys take well under 1 MiB, pushes get room for large batches.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+ENTITY_ROUTE = "/entities/{entity}/{key}"
+_ERRORS = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [
+        (400, "Malformed JSON"),
+        (401, "Missing or invalid API key (when keys are configured)"),
+        (404, "Unknown feature, view, service, entity or push source (close names listed)"),
+        (413, "Too many entities (server.max_entities) or too large a body"),
+        (422, "Invalid request: the message names the field"),
+        (503, "Online store or registry unavailable"),
+    ]
+}
+
+Handler = Callable[..., Awaitable[bytes]]
+
+
+def create_app(
+    store: FeatureStore | str | Path = ".",
+    *,
+    auth: Authenticator | str | None = "config",
+    fast_path: bool = True,
+) -> FeatureServer:
+    """The ASGI app serving `store` (a FeatureStore or a repo folder).
+
+    `auth`: "config" (default) checks `server.api_keys` when any are set; None turns
+    authentication off; any `Authenticator` replaces it."""
+    owned = not isinstance(store, FeatureStore)
+    store = FeatureStore(store) if not isinstance(store, FeatureStore) else store
+    if auth == "config":
+        keys = store.config.server.api_keys
+        auth = ApiKeyAuth(keys) if keys else None
+    state = ServingState(store, auth, Metrics())  # type: ignore[arg-type]
+    api = _fastapi(state, owned)
+    return FeatureServer(api, state, fast_path)
+
+
+def openapi_schema(api_keys: bool = False) -> dict[str, Any]:
+    """The server's OpenAPI schema without a repo (for generated docs): the routes are
+    declared against a stub state that no request ever reaches."""
+    from types import SimpleNamespace
+
+    stub = SimpleNamespace(auth=ApiKeyAuth(["-"]) if api_keys else None)
+    return _fastapi(stub, owned=False).openapi()  # type: ignore[arg-type]
+
+
+def app_from_env() -> FeatureServer:
+    """The factory `almanac serve` gives uvicorn (workers import it by name): the repo
+    comes from ALMANAC_REPO."""
+    return create_app(os.environ.get("ALMANAC_REPO", "."))
+
+
+class FeatureServer:
+    """The ASGI entry point: auth, metrics and the fast path, then FastAPI."""
+
+    def __init__(self, api: FastAPI, state: ServingState, fast_path: bool) -> None:
+        self.api = api
+        self.state = state
+        self.fast_path = fast_path
+        self._post: dict[str, Handler] = {
+            "/get-online-features": handlers.online_features,
+            "/context": handlers.context,
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan (and websockets, which we do not serve)
+            await self.api(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = self.state
+        path, method = scope["path"], scope["method"]
+        if state.auth is not None and path not in OPEN_PATHS:
+            principal = state.auth.authenticate(scope["headers"])
+            if principal is None:
+                error = UnauthorizedError(
+                    "missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>",
+                    {"www-authenticate": "Bearer"},
+                )
+                status = await self._answer_error(send, error, path)
+                state.metrics.observe_request(path if path in self._post else "other", method, status,
+                                              time.perf_counter() - started)  # fmt: skip
+                return
+            scope.setdefault("state", {})["principal"] = principal
+        endpoint = None
+        if self.fast_path:
+            if method == "POST" and path in self._post:
+                endpoint = path
+                status = await self._serve_body(self._post[path], scope, receive, send, path)
+            elif method == "GET" and path.startswith("/entities/"):
+                # The raw path, so that a key holding an encoded '/' stays one segment.
+                parts = (scope.get("raw_path") or path.encode()).split(b"?")[0].split(b"/")
+                if len(parts) == 4 and parts[2] and parts[3]:
+                    endpoint = ENTITY_ROUTE
+                    entity, key = (
+                        unquote_to_bytes(p).decode("utf-8", "replace") for p in parts[2:]
+                    )
+                    status = await self._serve_entity(entity, key, scope, send)
+        if endpoint is None:
+            status, endpoint = await self._forward(scope, receive, send)
+        state.metrics.observe_request(endpoint, method, status, time.perf_counter() - started)
+
+    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> tuple[int, str]:
+        seen = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen[0] = message["status"]
+            await send(message)
+
+        await self.api(scope, receive, send_status)
+        route = scope.get("route")
+        return seen[0], getattr(route, "path", "other")
+
+    async def _serve_body(
+        self, handler: Handler, scope: dict[str, Any], receive: Any, send: Any, endpoint: str
+    ) -> int:
+        try:
+            body = await _read_body(scope, receive)
+            answer = await handler(self.state, body)
+        except _Disconnected:
+            return 499  # nobody to answer (nginx's code for it, for the metrics)
+        except Exception as error:
+            return await self._answer_error(send, error, endpoint)
+        await _send(send, 200, answer)
+        return 200
+
+    async def _serve_entity(self, entity: str, key: str, scope: dict[str, Any], send: Any) -> int:
+        try:
+            query = parse_qsl(
+                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+            )
+            answer = await handlers.entity_features(self.state, entity, key, query)
+        except Exception as error:
+            return await self._answer_error(send, error, ENTITY_ROUTE)
+        await _send(send, 200, answer)
+        return 200
+
+    async def _answer_error(self, send: Any, error: BaseException, endpoint: str) -> int:
+        status, body, headers = error_reply(error)
+        self.state.metrics.observe_error(endpoint, _error_name(error))
+        await _send(send, status, body, headers)
+        return status
+
+
+def _error_name(error: BaseException) -> str:
+    return error.error if isinstance(error, HttpError) else type(error).__name__
+
+
+class _Disconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+async def _read_body(scope: dict[str, Any], receive: Any) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    raw = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+    if headers:
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- the FastAPI app --------------------------------------------------------------------
+
+
+def _reply(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _fastapi(state: ServingState, owned: bool) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Load the catalog before serving (a server without one cannot answer), then keep
+        # it fresh in the background: requests never wait on the registry.
+        catalog = await asyncio.to_thread(state.registry.catalog, True)
+        state.metrics.registry_version.set(catalog.version)
+        refresher = asyncio.create_task(_refresh_forever(state))
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await state.online.aclose()
+            if owned:
+                state.store.close()
+
+    api = FastAPI(
+        title="Almanac feature server",
+        version=__version__,
+        description="Online features, LLM context, pushes and the catalog of an Almanac repo. "
+        "`POST /get-online-features` speaks Feast's feature-server format.",
+        lifespan=lifespan,
+    )
+
+    async def _almanac_error(request: Request, error: Exception) -> Response:
+        route = request.scope.get("route")
+        state.metrics.observe_error(getattr(route, "path", "other"), _error_name(error))
+        return _reply(*error_reply(error))
+
+    async def _validation_error(request: Request, error: Exception) -> Response:
+        detail = [
+            {"loc": list(p["loc"]), "msg": p["msg"], "type": p["type"]}
+            for p in error.errors()  # type: ignore[attr-defined]
+        ]
+        return await _almanac_error(request, RequestValidationError(detail))
+
+    api.add_exception_handler(FastAPIValidationError, _validation_error)
+    api.add_exception_handler(AlmanacError, _almanac_error)
+    api.add_exception_handler(HttpError, _almanac_error)
+    api.add_exception_handler(Exception, _almanac_error)  # bugs: a 500 body, then logged
+
+    def body_of(model: type) -> dict[str, Any]:
+        ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+    @api.post("/get-online-features", response_model=OnlineFeaturesResponse, responses=_ERRORS,
+              openapi_extra=body_of(OnlineFeaturesRequest), tags=["serving"])  # fmt: skip
+    async def get_online_features(request: Request) -> Response:
+        """Latest feature values for entities, in Feast's columnar format: statuses
+        PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE (older than the view's TTL)."""
+        return _reply(200, await handlers.online_features(state, await request.body()))
+
+    @api.get(
+        ENTITY_ROUTE, response_model=EntityFeaturesResponse, responses=_ERRORS, tags=["serving"]
+    )
+    async def get_entity(
+        request: Request,
+        entity: str,
+        key: str,
+        features: list[str] | None = Query(
+            None, description="'view:feature' references; repeat or comma-separate."
+        ),
+        service: str | None = Query(None, description="A feature service, instead of features."),
+        full_feature_names: bool = Query(False),
+    ) -> Response:
+        """One entity's features as a plain object. The key is typed as the entity
+        declares it (int64 keys must be integers). For a composite key, pass `_` as the
+        key and every join key as a query parameter named after it:
+        `/entities/user_item/_?user_id=8a2f&item_id=42&service=ranker`."""
+        query = parse_qsl(request.url.query, keep_blank_values=True)
+        return _reply(200, await handlers.entity_features(state, entity, key, query))
+
+    @api.post("/context", response_model=ContextResponse, responses=_ERRORS,
+              openapi_extra=body_of(ContextRequest), tags=["serving"])  # fmt: skip
+    async def get_context(request: Request) -> Response:
+        """A feature service's values for one entity rendered by its prompt template,
+        with raw values, statuses and the age of each value."""
+        return _reply(200, await handlers.context(state, await request.body()))
+
+    @api.post("/push", response_model=PushResponse, responses=_ERRORS,
+              openapi_extra=body_of(PushRequest), tags=["ingestion"])  # fmt: skip
+    async def push(request: Request) -> Response:
+        """Rows for a push source, validated against every view reading it and written
+        all or nothing to the online store, the offline store or both."""
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
+        return _reply(200, await handlers.push_rows(state, body))
+
+    @api.get("/entities", response_model=list[EntityInfo], tags=["catalog"])
+    async def entities() -> Response:
+        return _reply(200, dumps(handlers.list_entities(state.catalog)))
+
+    @api.get("/feature-views", response_model=list[FeatureViewInfo], tags=["catalog"])
+    async def feature_views() -> Response:
+        return _reply(200, dumps(handlers.list_views(state.catalog)))
+
+    @api.get("/feature-views/{name}", response_model=FeatureViewInfo, responses={404: _ERRORS[404]},
+             tags=["catalog"])  # fmt: skip
+    async def feature_view(name: str) -> Response:
+        return _reply(200, dumps(handlers.describe_view(state.catalog, name)))
+
+    @api.get("/feature-services", response_model=list[FeatureServiceInfo], tags=["catalog"])
+    async def feature_services() -> Response:
+        return _reply(200, dumps(handlers.list_services(state.catalog)))
+
+    @api.get("/features", response_model=list[FeatureInfo], tags=["catalog"])
+    async def features(
+        q: str | None = Query(None, description="Words to find in name, description, tags, owner."),
+    ) -> Response:
+        return _reply(200, dumps(handlers.search_features(state.catalog, q)))
+
+    @api.get(
+        "/health",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse}},
+        tags=["operations"],
+    )
+    async def health() -> Response:
+        status, body = await handlers.health(state)
+        return _reply(status, dumps(body))
+
+    @api.get("/metrics", response_class=Response, tags=["operations"],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})  # fmt: skip
+    async def metrics() -> Response:
+        # In a thread: with several workers, rendering reads every worker's files.
+        text = await asyncio.to_thread(state.metrics.render)
+        return Response(text, media_type=state.metrics.content_type)
+
+    _document(api, state)
+    return api
+
+
+def _document(api: FastAPI, state: ServingState) -> None:
+    """Add the request models (read by the handlers, not by FastAPI) and, when keys are
+    configured, the API-key schemes to the OpenAPI schema."""
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema:
+            return api.openapi_schema
+        schema = generate()
+        models = [(m, "validation") for m in (OnlineFeaturesRequest, ContextRequest, PushRequest)]
+        _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+        if state.auth is not None:
+            schema["components"]["securitySchemes"] = {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            }
+            for path, operations in schema["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _refresh_forever(state: ServingState) -> None:
+    """Reload the catalog when an apply lands (checked every registry.refresh_seconds,
+    in a thread: the check is a database round trip)."""
+    interval = max(state.registry.refresh_seconds, 0.1)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            catalog = await asyncio.to_thread(state.registry.refresh)
+        except Exception as error:  # keep serving the last good catalog; /health reports it
+            if state.refresh_error is None:
+                log.warning("registry refresh failed (serving the last catalog): %s", error)
+            state.refresh_error = f"{type(error).__name__}: {error}"
+            state.metrics.registry_refresh_errors.inc()
+        else:
+            state.refresh_error = None
+            state.metrics.registry_version.set(catalog.version)

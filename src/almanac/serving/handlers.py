@@ -1,0 +1,338 @@
+"""What each endpoint does, independent of the web framework.
+
+A handler takes the server state and the raw request parts (body bytes, path and
+query values) and returns the body bytes, or raises; `errors.error_reply` turns every
+exception into an answer. The FastAPI routes and the server's fast path (see `app`)
+both call these functions, so the two cannot disagree.
+
+Nothing here blocks the event loop: online reads go through `OnlineStore.read_async`,
+the registry is read from memory (`catalog(check=False)`; a background task refreshes
+it), and pushes (Parquet files, bulk writes) run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from almanac.context import check_entity, render_context
+from almanac.errors import InputError, NotFoundError
+from almanac.ingest.push import push, push_source_of
+from almanac.online.response import OnlineResponse
+from almanac.online.retrieval import finish_read, prepare_read
+from almanac.serving import encode
+from almanac.serving.errors import PayloadTooLargeError, RequestValidationError, parse_body
+from almanac.serving.metrics import Metrics
+from almanac.serving.schemas import ContextRequest, OnlineFeaturesRequest, PushRequest
+
+if TYPE_CHECKING:
+    from almanac.config import ServerConfig
+    from almanac.online.base import OnlineStore
+    from almanac.registry.catalog import Catalog
+    from almanac.registry.store import CachedRegistry
+    from almanac.serving.auth import Authenticator
+    from almanac.store import FeatureStore
+
+_INT = re.compile(r"-?[0-9]+")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class ServingState:
+    """What the handlers share: the store, its cached registry, metrics and auth."""
+
+    def __init__(self, store: FeatureStore, auth: Authenticator | None, metrics: Metrics) -> None:
+        self.store = store
+        self.registry: CachedRegistry = store.registry
+        self.online: OnlineStore = store.online
+        self.project = store.project
+        self.config: ServerConfig = store.config.server
+        self.timeout_seconds = store.config.online.timeout_seconds
+        self.auth = auth
+        self.metrics = metrics
+        self.refresh_error: str | None = None  # the last background refresh's failure
+        self._offline_lock = threading.Lock()
+
+    @property
+    def catalog(self) -> Catalog:
+        # Never a database round trip on a request: the background task refreshes it.
+        return self.registry.catalog(check=False)
+
+
+# ---- online features --------------------------------------------------------------------
+
+
+async def read_online(
+    state: ServingState,
+    features: Sequence[str] | None,
+    entity_rows: Mapping[str, Sequence[Any]],
+    feature_service: str | None,
+    full_feature_names: bool,
+    endpoint: str,
+) -> OnlineResponse:
+    """The async online read shared by every endpoint (one round trip to the store)."""
+    count = max((len(column) for column in entity_rows.values()), default=0)
+    if count > state.config.max_entities:
+        raise PayloadTooLargeError(
+            f"{count:,} entities in one request; the limit is server.max_entities = "
+            f"{state.config.max_entities:,}: split the request"
+        )
+    state.metrics.observe_entities(endpoint, count)
+    plan, keys, requests = prepare_read(
+        state.catalog, features, entity_rows, feature_service, full_feature_names
+    )
+    started = time.perf_counter()
+    rows = await state.online.read_async(state.project, requests)
+    state.metrics.observe_store(state.online.backend, time.perf_counter() - started)
+    return finish_read(plan, keys, rows, None)
+
+
+async def online_features(state: ServingState, body: bytes) -> bytes:
+    request = parse_body(OnlineFeaturesRequest, body)
+    response = await read_online(
+        state, request.features, request.entities, request.feature_service,
+        request.full_feature_names, "/get-online-features",
+    )  # fmt: skip
+    return encode.feast_response(response)
+
+
+async def entity_features(
+    state: ServingState, entity_name: str, key: str, query: Sequence[tuple[str, str]]
+) -> bytes:
+    """`GET /entities/{entity}/{key}`: one entity's features as a plain object.
+
+    Single-key entities put the key in the path; composite entities pass ``_`` as the
+    key and each join key as a query parameter named after it
+    (``/entities/user_item/_?user_id=8a2f&item_id=42&service=ranker``)."""
+    catalog = state.catalog
+    entity = catalog.entities.get(entity_name)
+    if entity is None:
+        raise NotFoundError("entity", entity_name, catalog.entities)
+    features: list[str] = []
+    service = None
+    full_feature_names = False
+    given: dict[str, str] = {}
+    for name, value in query:
+        if name == "features":
+            features += [ref.strip() for ref in value.split(",") if ref.strip()]
+        elif name == "service":
+            service = value
+        elif name == "full_feature_names":
+            full_feature_names = _query_bool(name, value)
+        else:
+            given[name] = value
+    join_keys = entity.join_keys
+    if key != "_":
+        if len(join_keys) > 1:
+            message = (
+                f"entity '{entity.name}' has a composite key ({', '.join(join_keys)}): pass "
+                "'_' as the key and each join key as a query parameter"
+            )
+            raise RequestValidationError([_problem(["path", "key"], message, "composite_key")])
+        given[next(iter(join_keys))] = key
+    rows: dict[str, list[Any]] = {}
+    for name, dtype in join_keys.items():
+        where = ["path", "key"] if key != "_" else ["query", name]
+        if name not in given:
+            raise RequestValidationError(
+                [_problem(where, f"join key '{name}' is missing", "missing")]
+            )
+        rows[name] = [_typed_key(name, dtype, given[name], where)]
+    response = await read_online(
+        state, features or None, rows, service, full_feature_names, "/entities/{entity}/{key}"
+    )
+    return encode.entity_object(response)
+
+
+def _typed_key(name: str, dtype: str, text: str, where: list[str]) -> int | str:
+    if dtype != "int64":
+        return text
+    if _INT.fullmatch(text) and INT64_MIN <= int(text) <= INT64_MAX:
+        return int(text)
+    raise RequestValidationError(
+        [_problem(where, f"join key '{name}' must be an int64, got {text!r}", "int_parsing")]
+    )
+
+
+def _query_bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise RequestValidationError(
+        [_problem(["query", name], f"not a boolean: {value!r}", "bool_parsing")]
+    )
+
+
+def _problem(loc: list[str], msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": kind}
+
+
+# ---- context ----------------------------------------------------------------------------
+
+
+async def context(state: ServingState, body: bytes) -> bytes:
+    request = parse_body(ContextRequest, body)
+    check_entity(request.entity)
+    service = state.catalog.service(request.feature_service)
+    rows = {key: [value] for key, value in request.entity.items()}
+    response = await read_online(state, None, rows, service.name, False, "/context")
+    placeholder = (
+        state.config.missing_placeholder if request.placeholder is None else request.placeholder
+    )
+    return encode.context_body(render_context(service, request.entity, response, placeholder))
+
+
+# ---- push -------------------------------------------------------------------------------
+
+
+async def push_rows(state: ServingState, body: bytes) -> bytes:
+    request = parse_body(PushRequest, body)
+    catalog = state.catalog
+    source = push_source_of(catalog, request.push_source_name)
+    views = [v.name for v in catalog.views.values() if v.source == source.name]
+    df = _decode_bytes(request.df, catalog, source.name)
+    rows = await asyncio.to_thread(_push, state, catalog, source.name, df, request.to)
+    return encode.dumps(
+        {"push_source_name": source.name, "to": request.to, "rows": rows, "views": views}
+    )
+
+
+def _push(state: ServingState, catalog: Catalog, source: str, df: Any, to: str) -> int:
+    if to != "online":
+        with state._offline_lock:  # the engine is created on first use; once
+            state.store.offline  # noqa: B018
+    return push(state.store, source, df, to, catalog=catalog)
+
+
+def _decode_bytes(df: dict[str, list[Any]], catalog: Catalog, source: str) -> dict[str, list[Any]]:
+    """JSON carries bytes as base64 text: decode the columns of bytes features."""
+    kinds = {
+        f.name: f.dtype for v in catalog.views.values() if v.source == source for f in v.features
+    }
+    out = dict(df)
+    for name, values in df.items():
+        if kinds.get(name) != "bytes":
+            continue
+        try:
+            out[name] = [
+                base64.b64decode(v, validate=True) if isinstance(v, str) else v for v in values
+            ]
+        except (binascii.Error, ValueError):
+            raise InputError(
+                f"push to '{source}': column '{name}' (bytes) must hold base64 text"
+            ) from None
+    return out
+
+
+# ---- catalog ----------------------------------------------------------------------------
+
+
+def list_entities(catalog: Catalog) -> list[dict[str, Any]]:
+    return [
+        {"name": e.name, "join_keys": e.join_keys, "description": e.description,
+         "owner": e.owner, "tags": e.tags}
+        for e in sorted(catalog.entities.values(), key=lambda e: e.name)
+    ]  # fmt: skip
+
+
+def describe_view(catalog: Catalog, name: str) -> dict[str, Any]:
+    view = catalog.view(name)
+    spec = view.to_spec()
+    return {
+        "name": view.name,
+        "entities": list(view.entities),
+        "join_keys": catalog.join_keys(view),
+        "source": view.source,
+        "features": [
+            {"name": f.name, "dtype": f.dtype, "description": f.description, "tags": f.tags}
+            for f in view.features
+        ],
+        "ttl": spec.get("ttl"),
+        "online": view.online,
+        "owner": view.owner,
+        "description": view.description,
+        "tags": view.tags,
+        "materialize_every": spec.get("materialize_every"),
+    }
+
+
+def list_views(catalog: Catalog) -> list[dict[str, Any]]:
+    return [describe_view(catalog, name) for name in sorted(catalog.views)]
+
+
+def list_services(catalog: Catalog) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "features": list(s.features), "description": s.description,
+         "owner": s.owner, "tags": s.tags, "prompt_template": s.prompt_template}
+        for s in sorted(catalog.services.values(), key=lambda s: s.name)
+    ]  # fmt: skip
+
+
+def search_features(catalog: Catalog, q: str | None) -> list[dict[str, Any]]:
+    """Features whose name, description, tags (keys or values), view or owner contain
+    every word of `q` (case-insensitive); all features without `q`."""
+    words = (q or "").lower().split()
+    found = []
+    for view in sorted(catalog.views.values(), key=lambda v: v.name):
+        for field in view.features:
+            haystack = " ".join(
+                [view.name, field.name, f"{view.name}:{field.name}", field.description,
+                 view.description, view.owner, *_tag_words(field.tags), *_tag_words(view.tags)]
+            ).lower()  # fmt: skip
+            if all(word in haystack for word in words):
+                found.append(
+                    {"name": f"{view.name}:{field.name}", "view": view.name, "feature": field.name,
+                     "dtype": field.dtype, "description": field.description, "tags": field.tags,
+                     "owner": view.owner, "view_tags": view.tags}
+                )  # fmt: skip
+    return found
+
+
+def _tag_words(tags: dict[str, str]) -> list[str]:
+    return [f"{k}:{v} {k}={v}" for k, v in tags.items()]
+
+
+# ---- health -----------------------------------------------------------------------------
+
+
+async def health(state: ServingState) -> tuple[int, dict[str, Any]]:
+    """Registry and online store reachable (each within the online timeout)?"""
+    timeout = state.timeout_seconds
+    registry: dict[str, Any] = {"status": "ok"}
+    online: dict[str, Any] = {"status": "ok"}
+    version = None
+    try:
+        version = await asyncio.wait_for(asyncio.to_thread(state.registry.backend.version), timeout)
+    except Exception as error:  # any failure means "not healthy", with the reason
+        registry = {"status": "unavailable", "detail": _reason(error)}
+    else:
+        if state.refresh_error is not None:
+            registry = {
+                "status": "unavailable",
+                "detail": f"refresh failing: {state.refresh_error}",
+            }
+    try:
+        await asyncio.wait_for(state.online.ping_async(), timeout)
+    except Exception as error:
+        online = {"status": "unavailable", "detail": _reason(error)}
+    ok = registry["status"] == online["status"] == "ok"
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "registry": registry,
+        "online_store": online,
+        "registry_version": version,
+    }
+    return (200 if ok else 503), body
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "no answer within the timeout"
+    return f"{type(error).__name__}: {error}"

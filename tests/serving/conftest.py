@@ -1,0 +1,38 @@
+"""Server fixtures: the test repo on SQLite and on a real Redis, seeded, and a client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from serving_helpers import seed, write_repo
+
+from almanac import FeatureStore
+from almanac.serving.app import create_app
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def online_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return "sqlite:///.almanac/online.db"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def repo(tmp_path: Path, online_url: str) -> Path:
+    return write_repo(tmp_path / "repo", online_url, max_entities=50)
+
+
+@pytest.fixture
+def store(repo: Path) -> Iterator[FeatureStore]:
+    with FeatureStore(repo) as store:
+        seed(store)
+        yield store
+
+
+@pytest.fixture
+def client(store: FeatureStore) -> Iterator[TestClient]:
+    with TestClient(create_app(store)) as client:
+        yield client
