@@ -181,3 +181,25 @@ def test_extra_columns_are_ignored(store: FeatureStore) -> None:
         store.push("user_events", {**ROWS, "event_timestamp": [now, now], "created": [now, now]})
         == 2
     )
+
+
+def test_a_push_source_feeding_an_aggregation_view_is_refused_before_any_write(
+    tmp_path,
+) -> None:
+    repo = tmp_path / "agg"
+    repo.mkdir()
+    (repo / "almanac.yaml").write_text("project: agg\n")
+    (repo / "features.py").write_text(
+        "from almanac import Aggregation, AggregationView, Entity, PushSource\n"
+        "user = Entity(name='user', join_keys=['user_id'])\n"
+        "clicks = PushSource(name='clicks')\n"
+        "click_counts = AggregationView(name='click_counts', entities=[user], source=clicks,\n"
+        "    aggregations=[Aggregation(function='count', windows=['1h'])])\n"
+    )
+    with FeatureStore(repo) as store:
+        store.apply()
+        rows = {"user_id": ["a"], "event_timestamp": [T1]}
+        for to in ("online", "offline", "online_and_offline"):
+            with pytest.raises(InputError, match="click_counts, whose values are computed"):
+                store.push("clicks", rows, to=to)
+        assert offline_files(store, "clicks") == []

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.sources import PushSource
 from almanac.definitions.types import arrow_type
@@ -63,7 +64,17 @@ def push(
         raise InputError(f"to must be one of {', '.join(PUSH_TARGETS)}, got {to!r}")
     catalog = catalog if catalog is not None else store.catalog
     source = push_source_of(catalog, push_source)
-    views = [view for view in catalog.views.values() if view.source == source.name]
+    readers = [view for view in catalog.all_views().values() if view.source == source.name]
+    derived = [view.name for view in readers if _computes_its_values(view)]
+    if derived:
+        # Their online values are computed from the rows (tiles, transformations), which a
+        # push does not do yet: writing raw rows would serve something else.
+        raise InputError(
+            f"push source '{source.name}' feeds {', '.join(derived)}, whose values are computed "
+            "from the rows (an aggregation or a transformation); pushing to it is not supported "
+            "yet: write the rows to its offline data and materialize"
+        )
+    views = readers
     if not views:
         raise InputError(
             f"push source '{source.name}' feeds no feature view; nothing would read the rows"
@@ -92,6 +103,10 @@ def push(
     for view_name, keys, features, rows in online_writes:
         store.online.write_batch(store.project, view_name, keys, features, rows)
     return batch.num_rows
+
+
+def _computes_its_values(view: FeatureView) -> bool:
+    return isinstance(view, AggregationView) or getattr(view, "transformation", None) is not None
 
 
 def push_source_of(catalog: Catalog, name: str) -> PushSource:

@@ -196,7 +196,7 @@ async def push_rows(state: ServingState, body: bytes) -> bytes:
     request = parse_body(PushRequest, body)
     catalog = state.catalog
     source = push_source_of(catalog, request.push_source_name)
-    views = [v.name for v in catalog.views.values() if v.source == source.name]
+    views = [v.name for v in catalog.all_views().values() if v.source == source.name]
     df = _decode_bytes(request.df, catalog, source.name)
     rows = await asyncio.to_thread(_push, state, catalog, source.name, df, request.to)
     return encode.dumps(
@@ -264,7 +264,7 @@ def describe_view(catalog: Catalog, name: str) -> dict[str, Any]:
 
 
 def list_views(catalog: Catalog) -> list[dict[str, Any]]:
-    return [describe_view(catalog, name) for name in sorted(catalog.views)]
+    return [describe_view(catalog, name) for name in sorted(catalog.all_views())]
 
 
 def list_services(catalog: Catalog) -> list[dict[str, Any]]:
@@ -280,7 +280,7 @@ def search_features(catalog: Catalog, q: str | None) -> list[dict[str, Any]]:
     every word of `q` (case-insensitive); all features without `q`."""
     words = (q or "").lower().split()
     found = []
-    for view in sorted(catalog.views.values(), key=lambda v: v.name):
+    for view in sorted(catalog.all_views().values(), key=lambda v: v.name):
         for field in view.features:
             haystack = " ".join(
                 [view.name, field.name, f"{view.name}:{field.name}", field.description,
