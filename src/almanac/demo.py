@@ -7,6 +7,8 @@ ALMANAC_ONLINE_URL=redis://... to run the same demo against Redis.
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -111,6 +113,102 @@ def materialize(store: Any) -> None:
     console.print(response.to_dict(include_statuses=True))
 
 
+@step(4, "Serve features over HTTP")
+def serve(store: Any) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(Path(sys.executable).parent / "almanac"),
+        "--repo",
+        str(REPO),
+        "serve",
+        "--port",
+        str(port),
+    ]
+    console.print(f"$ almanac serve --port {port}")
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_until_healthy(server, url)
+    from almanac import Client
+
+    user = _a_user(store)
+    with Client(url) as client:
+        started = time.perf_counter()
+        response = client.get_online_features(
+            feature_service="recommender_v1", entity_rows=[{"user_id": user}]
+        )
+        took = (time.perf_counter() - started) * 1000
+        console.print(f"POST {url}/get-online-features (Feast's response shape), {took:.1f} ms:")
+        console.print(response.to_dict(include_statuses=True))
+        console.print(f"GET {url}/entities/user/{user}?service=recommender_v1:")
+        console.print(client.get_entity("user", user, service="recommender_v1"))
+    return server, url
+
+
+@step(5, "Context for an LLM prompt")
+def llm_context(store: Any, url: str) -> None:
+    from almanac import Client
+
+    user = _a_user(store)
+    with Client(url) as client:
+        started = time.perf_counter()
+        context = client.get_context("recommender_v1", {"user_id": user})
+        took = (time.perf_counter() - started) * 1000
+    console.print(f"POST {url}/context, {took:.1f} ms:")
+    console.print(Panel(context.text, title=f"context for user {user}", expand=False))
+    ages = ", ".join(
+        f"{name} {age / 3600:.1f} h old"
+        for name, age in context.ages_seconds.items()
+        if age is not None
+    )
+    console.print(f"values: {context.values}\nages: {ages}")
+    prompt = (
+        "You recommend titles on a streaming platform.\n"
+        f"What we know about this user: {context.text}\n"
+        "Suggest three titles they would enjoy tonight."
+    )
+    console.print(Panel(prompt, title="the prompt an LLM application would send", expand=False))
+
+
+@step(6, "Stop the server")
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    console.print("server stopped. Try next:")
+    console.print(
+        f"  cd {REPO} && almanac describe user_stats        # schema, aggregations, versions\n"
+        f"  cd {REPO} && almanac serve                      # then open http://127.0.0.1:6566/docs\n"
+        "  ALMANAC_ONLINE_URL=redis://localhost:6379/0 make demo   # the same on Redis\n"
+        "  make bench                                         # the performance figures"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_healthy(server: subprocess.Popen[bytes], url: str, timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            stderr = server.stderr.read().decode() if server.stderr else ""
+            raise RuntimeError(f"the server exited: {stderr.strip()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"the server did not become healthy within {timeout:.0f} s")
+
+
 def _a_user(store: Any) -> str:
     """A user active in the last week, so that every feature is fresh."""
     import duckdb
@@ -132,15 +230,18 @@ def main() -> int:
         store = create_repo()
         training_set(store)
         materialize(store)
+        server, url = serve(store)
+        try:
+            llm_context(store, url)
+        finally:
+            stop(server)
     except Exception as error:  # the demo must say clearly which step failed
         console.print_exception() if "--debug" in sys.argv else console.print(
             f"[red]demo failed: {error}"
         )
         return 1
     console.rule()
-    console.print(
-        f"Done in {time.perf_counter() - started:.1f} s. Try next: cd {REPO} && almanac describe user_stats"
-    )
+    console.print(f"Done in {time.perf_counter() - started:.1f} s.")
     return 0
 
 
