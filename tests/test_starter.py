@@ -59,3 +59,15 @@ def test_watch_count_is_the_exact_30_day_count_at_the_label_time(training) -> No
             & (events.event_timestamp <= row.event_timestamp)
         ]
         assert row.watch_count_30d == len(window)
+
+
+def test_a_csv_spine_gives_the_same_training_set(training, tmp_path) -> None:
+    repo, frame = training
+    labels = pd.read_parquet(repo / "data" / "labels.parquet")
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    with FeatureStore(repo) as store:
+        from_csv = store.get_historical_features(
+            str(tmp_path / "labels.csv"), feature_service="recommender_v1"
+        ).to_pandas()
+    features = ["user_segment", "watch_count_30d", "last_genre"]
+    pd.testing.assert_frame_equal(from_csv[features], frame[features], check_dtype=False)

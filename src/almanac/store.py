@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from almanac.config import RepoConfig, load_config
+from almanac.errors import ConcurrentApplyError
 from almanac.registry.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -65,7 +66,15 @@ class FeatureStore:
         cleared first (with their watermarks), so that stale values of another layout are
         never served; if the online store cannot be reached, nothing is applied."""
         plan = plan or self.plan()
-        for view in plan.views_with_stale_online_data():
+        stale = plan.views_with_stale_online_data()
+        if stale and self.registry.backend.version() != plan.base_version:
+            # Another apply landed since the plan: fail before clearing anything.
+            raise ConcurrentApplyError(
+                f"the registry changed while this apply was prepared (version "
+                f"{plan.base_version} → {self.registry.backend.version()}); run `almanac plan` "
+                "again and re-apply"
+            )
+        for view in stale:
             self.online.delete_view(self.project, view)
             self.registry.delete_watermark(view)
         self.registry.apply(plan)
@@ -140,10 +149,12 @@ class FeatureStore:
 
     # ---- ingestion -----------------------------------------------------------------------
 
-    def push(self, push_source: str, df: Any, to: str = "online") -> int:
+    def push(self, push_source: str, df: Any, to: str = "online_and_offline") -> int:
         """Validate rows sent to a push source and write them (all or nothing) to the
         online store, the offline store, or both (`to`: online | offline |
-        online_and_offline). Returns the number of rows accepted."""
+        online_and_offline). The default writes both, so training sets see what was
+        served; an online-only push is outside the no-skew guarantee. Returns the number
+        of rows accepted."""
         from almanac.ingest.push import push
 
         return push(self, push_source, df, to)

@@ -53,13 +53,19 @@ def offline_files(store: FeatureStore, source: str) -> list:
     ids=["dict", "rows", "pandas", "polars", "arrow", "record_batch"],
 )
 def test_every_input_form_reaches_the_online_store(store: FeatureStore, make) -> None:  # type: ignore[no-untyped-def]
-    assert store.push("user_events", make()) == 2
+    assert store.push("user_events", make(), to="online") == 2
     # The views' TTL (1 day) is long past for 2024 rows: read the raw values through a
     # view without TTL and check statuses of the one with it.
     got = online(store, ["a", "b"])
     assert got["last_page"] == ["/home", "/cart"]
     assert got["clicks__status"] == ["OUTSIDE_MAX_AGE", "OUTSIDE_MAX_AGE"]
     assert offline_files(store, "user_events") == []  # to="online" only
+
+
+def test_the_default_push_writes_both_stores(store: FeatureStore) -> None:
+    assert store.push("user_events", ROWS) == 2
+    assert online(store, ["a", "b"])["last_page"] == ["/home", "/cart"]
+    assert len(offline_files(store, "user_events")) == 1
 
 
 def test_online_values_are_typed_and_monotonic(store: FeatureStore) -> None:

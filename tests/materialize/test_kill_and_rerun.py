@@ -91,3 +91,19 @@ def test_unreachable_redis_fails_fast_and_moves_nothing(tmp_path: Path) -> None:
     assert store.registry.watermarks() == {}
     assert set(TTLS) == set(store.catalog.views)
     store.close()
+
+
+def test_a_window_that_starts_after_the_watermark_keeps_it(tmp_path: Path) -> None:
+    repo = write_repo(tmp_path / "repo", f"sqlite:///{tmp_path / 'online.db'}")
+    write_events(repo)
+    with FeatureStore(repo) as store:
+        store.apply()
+        early = END - timedelta(hours=2)
+        store.materialize_incremental(early, views=["no_ttl"])
+        assert store.registry.get_watermark("no_ttl") == early
+        # [early + 30m, END] skips [early, early + 30m): the watermark must not jump over it.
+        run = store.materialize(early + timedelta(minutes=30), END, views=["no_ttl"]).runs[0]
+        assert "watermark kept" in run.skipped
+        assert store.registry.get_watermark("no_ttl") == early
+        store.materialize(early, END, views=["no_ttl"])
+        assert store.registry.get_watermark("no_ttl") == END

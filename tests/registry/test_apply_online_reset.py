@@ -65,3 +65,20 @@ def test_a_description_change_keeps_online_values(feature_repo) -> None:
     store.apply(plan)
     assert _status(store) == FeatureStatus.PRESENT
     assert store.registry.get_watermark("user_stats") == datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_a_source_change_clears_the_views_that_read_it(feature_repo) -> None:
+    feature_repo.write(FEATURES.format(dtype="Int64", description="v1"))
+    store = feature_repo.store()
+    store.apply()
+    _write_one_value(store)
+
+    feature_repo.write(
+        FEATURES.format(dtype="Int64", description="v1").replace("data/stats/", "data/stats_v2/")
+    )
+    plan = store.plan()
+    assert [(c.kind, c.action) for c in plan.changes] == [("source", "update")]
+    assert plan.views_with_stale_online_data() == ["user_stats"]
+    store.apply(plan)
+    assert _status(store) == FeatureStatus.NOT_FOUND
+    assert store.registry.get_watermark("user_stats") is None

@@ -57,7 +57,8 @@ def _summary(result: MaterializeResult) -> None:
     for run in result.runs:
         table.add_row(
             run.view, run.start.isoformat() if run.start else "(first row)", run.end.isoformat(),
-            run.skipped or f"{run.rows:,}", f"{run.seconds:.2f}", f"{run.rows_per_second:,.0f}",
+            f"{run.rows:,}" + (f" ({run.skipped})" if run.skipped else ""),
+            f"{run.seconds:.2f}", f"{run.rows_per_second:,.0f}",
         )  # fmt: skip
     console.print(table)
 

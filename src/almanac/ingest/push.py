@@ -52,7 +52,7 @@ def push(
     store: FeatureStore,
     push_source: str,
     df: Any,
-    to: str = "online",
+    to: str = "online_and_offline",
     *,
     catalog: Catalog | None = None,
 ) -> int:
@@ -325,11 +325,12 @@ def _online_rows(
     batch: pa.Table, source: PushSource, keys: list[str], features: list[str]
 ) -> pa.Table:
     """One view's columns for `write_batch`, in (event time, created time) order."""
-    sort = [(source.timestamp_field, "ascending")]
+    sort = [(source.timestamp_field, "ascending", "at_start")]
     created = source.created_timestamp_field
     if created is not None and created in batch.column_names:
-        sort.append((created, "ascending"))
-    order = pc.sort_indices(batch, sort_keys=sort)  # stable: equal rows keep input order
+        sort.append((created, "ascending", "at_start"))
+    # Stable: equal rows keep input order. A null created time is the oldest, as offline.
+    order = pc.sort_indices(batch, sort_keys=sort)
     columns = {key: batch.column(key) for key in keys}
     columns[EVENT_TIMESTAMP] = batch.column(source.timestamp_field)
     columns |= {name: batch.column(name) for name in features}

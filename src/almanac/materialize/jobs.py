@@ -117,8 +117,13 @@ def _run_view(
             run.rows += chunk.num_rows
             if progress is not None:
                 progress(view.name, chunk.num_rows)
-    # Only now, with every batch written, does the watermark move.
-    store.registry.set_watermark(view.name, end)
+    # Only now, with every batch written, does the watermark move — and only when the
+    # window reached back to it: otherwise rows before `start` were never read.
+    watermark = store.registry.get_watermark(view.name)
+    if start is None or (watermark is not None and start <= watermark):
+        store.registry.set_watermark(view.name, end)
+    else:
+        run.skipped = "watermark kept: rows before start were not read"
     run.seconds = time.perf_counter() - started
     return run
 

@@ -33,6 +33,16 @@ def to_arrow(data: Any, con: duckdb.DuckDBPyConnection, what: str = "entity_df")
         return data.read_all()
     if isinstance(data, Path) or (isinstance(data, str) and _looks_like_parquet(data)):
         return _read_parquet(Path(data), what)
+    if isinstance(data, str) and _looks_like_csv(data):
+        path = Path(data)
+        if not path.is_file():
+            raise InputError(f"{what}: {path} does not exist")
+        try:
+            return con.read_csv(str(path)).to_arrow_table()
+        except duckdb.Error as error:
+            raise InputError(
+                f"{what}: {path} is not a readable CSV file: {_first_line(error)}"
+            ) from None
     if isinstance(data, str):
         try:
             return con.sql(data).to_arrow_table()
@@ -48,9 +58,13 @@ def to_arrow(data: Any, con: duckdb.DuckDBPyConnection, what: str = "entity_df")
     if hasattr(data, "__arrow_c_stream__"):
         return pa.table(data)
     raise InputError(
-        f"{what} must be a pandas or Polars DataFrame, an Arrow table, a Parquet path or "
-        f"SQL text, not {type(data).__name__}"
+        f"{what} must be a pandas or Polars DataFrame, an Arrow table, a Parquet or CSV path "
+        f"or SQL text, not {type(data).__name__}"
     )
+
+
+def _looks_like_csv(text: str) -> bool:
+    return "\n" not in text and text.strip().lower().endswith((".csv", ".tsv"))
 
 
 def _looks_like_parquet(text: str) -> bool:

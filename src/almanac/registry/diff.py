@@ -58,8 +58,9 @@ class Plan:
         return {"base_version": self.base_version, "changes": [c.to_json() for c in self.changes]}
 
     def views_with_stale_online_data(self) -> list[str]:
-        """Views whose online values no longer fit their definition: deleted views, and
-        views whose join keys, feature names or dtypes change. Their online data and
+        """Views whose online values no longer fit their definition: deleted views, views
+        whose join keys, feature names, dtypes or transformation change, and views that
+        read a changed source (other rows, other time columns). Their online data and
         watermark must be cleared before the change lands (the next materialization
         then rewrites them from the offline store)."""
         stale: set[str] = set()
@@ -74,7 +75,17 @@ class Plan:
                 stale.update(
                     v.name for v in self.target.all_views().values() if change.name in v.entities
                 )
+            elif change.kind == "source" and change.action == "update" and _rows_changed(change):
+                stale.update(
+                    v.name for v in self.target.all_views().values() if v.source == change.name
+                )
         return sorted(stale)
+
+
+def _rows_changed(change: Change) -> bool:
+    """Everything but documentation changes which rows a source yields."""
+    cosmetic = ("owner", "description", "tags")
+    return any(f.path.split(".")[0].split("[")[0] not in cosmetic for f in change.fields)
 
 
 def _keys_changed(change: Change) -> bool:

@@ -104,7 +104,7 @@ class Client:
 
     # ---- ingestion ----------------------------------------------------------------------
 
-    def push(self, push_source: str, df: Any, to: str = "online") -> int:
+    def push(self, push_source: str, df: Any, to: str = "online_and_offline") -> int:
         """Send rows to a push source (as `FeatureStore.push`); returns the rows accepted."""
         from almanac.ingest.push import to_arrow
 

@@ -110,7 +110,7 @@ class PushRequest(_Request):
             {"user_id": ["8a2f"], "event_timestamp": ["2024-05-01T12:00:00Z"], "clicks": [3]}
         ],
     )
-    to: Literal["online", "offline", "online_and_offline"] = "online"
+    to: Literal["online", "offline", "online_and_offline"] = "online_and_offline"
 
 
 class PushResponse(BaseModel):
