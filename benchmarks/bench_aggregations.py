@@ -189,7 +189,9 @@ else:
     start = time.perf_counter()
     table = con.sql(query).to_arrow_table()
     seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak at fork time.
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": table.num_rows,
                   "load": os.getloadavg()[0], "fingerprint": fingerprint(table)}))
 """
