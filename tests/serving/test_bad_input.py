@@ -268,3 +268,20 @@ def test_redis_that_does_not_answer_is_503_within_the_timeout(
             assert elapsed < 2.5  # online.timeout_seconds is 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_an_oversized_push_is_413_without_reading_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+) -> None:
+    import almanac.serving.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1_000)
+    repo = write_repo(tmp_path / "repo", "sqlite:///.almanac/online.db")
+    with FeatureStore(repo) as store:
+        store.apply()
+    body = json.dumps({"push_source_name": "user_events", "df": {"user_id": ["u"] * 500}})
+    with TestClient(create_app(repo, fast_path=fast_path)) as client:
+        answer = client.post("/push", content=body)
+    assert answer.status_code == 413
+    assert "over 1,000 bytes" in answer.json()["detail"]

@@ -241,6 +241,21 @@ async def _read_body(scope: dict[str, Any], receive: Any) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def _capped_body(request: Request) -> bytes:
+    """The body of a request routed through FastAPI, refused past MAX_BODY_BYTES before
+    it is all in memory (as `_read_body` does on the fast path)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _send(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
     raw = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
     if headers:
@@ -308,7 +323,7 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
     async def get_online_features(request: Request) -> Response:
         """Latest feature values for entities, in Feast's columnar format: statuses
         PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE (older than the view's TTL)."""
-        return _reply(200, await handlers.online_features(state, await request.body()))
+        return _reply(200, await handlers.online_features(state, await _capped_body(request)))
 
     @api.get(
         ENTITY_ROUTE, response_model=EntityFeaturesResponse, responses=_ERRORS, tags=["serving"]
@@ -335,17 +350,14 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
     async def get_context(request: Request) -> Response:
         """A feature service's values for one entity rendered by its prompt template,
         with raw values, statuses and the age of each value."""
-        return _reply(200, await handlers.context(state, await request.body()))
+        return _reply(200, await handlers.context(state, await _capped_body(request)))
 
     @api.post("/push", response_model=PushResponse, responses=_ERRORS,
               openapi_extra=body_of(PushRequest), tags=["ingestion"])  # fmt: skip
     async def push(request: Request) -> Response:
         """Rows for a push source, validated against every view reading it and written
         all or nothing to the online store, the offline store or both."""
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
-        return _reply(200, await handlers.push_rows(state, body))
+        return _reply(200, await handlers.push_rows(state, await _capped_body(request)))
 
     @api.get("/entities", response_model=list[EntityInfo], tags=["catalog"])
     async def entities() -> Response:
