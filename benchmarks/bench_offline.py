@@ -101,7 +101,7 @@ print(json.dumps({"load": os.getloadavg()[0], "seconds": seconds, "peak_mib": pe
 """
 
 
-LARGE_MEMORY_LIMIT = "1GB"
+LARGE_MEMORY_LIMIT = "1.2GB"
 
 
 def _measure(mode: str, repo: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
