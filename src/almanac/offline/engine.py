@@ -61,6 +61,7 @@ class OfflineEngine(ABC):
         start <= event time <= end (no TTL). Columns: join keys, features,
         `event_timestamp` (UTC)."""
 
+    @abstractmethod
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
     ) -> pa.RecordBatchReader:
@@ -68,7 +69,6 @@ class OfflineEngine(ABC):
         longest window when `start` is None), the view's tiles at `end` for the online
         store: join keys, `event_timestamp` (its latest event) and `tiles` (bytes; see
         `almanac.offline.aggregations`)."""
-        raise NotImplementedError(f"{type(self).__name__} does not compute aggregation tiles")
 
     @abstractmethod
     def value_history(

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +66,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-class SqlRegistry:
+class SqlRegistry(ABC):
     """The registry of one project in a SQL database."""
 
     placeholder = "?"
@@ -92,16 +93,17 @@ class SqlRegistry:
 
     # ---- dialect hooks ------------------------------------------------------------------
 
+    @abstractmethod
     def _connect(self) -> Any:
-        raise NotImplementedError  # pragma: no cover - each backend connects its own way
+        """A DB-API connection in autocommit mode (transactions are explicit)."""
 
     def _begin_write(self) -> None:
         self._execute("BEGIN")
 
-    def _lock_registry_row(self) -> None:
+    def _lock_registry_row(self) -> None:  # noqa: B027 - a no-op unless overridden
         """Serialize applies of this project (the SQLite backend locks at BEGIN)."""
 
-    def _lock_schema(self) -> None:
+    def _lock_schema(self) -> None:  # noqa: B027 - a no-op unless overridden
         """Serialize creating the tables (the SQLite backend locks at BEGIN)."""
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -180,7 +182,7 @@ class SqlRegistry:
         self._end_read()
         return rows
 
-    def _end_read(self) -> None:
+    def _end_read(self) -> None:  # noqa: B027 - a no-op unless overridden
         """PostgreSQL opens a transaction for every read; close it."""
 
     # ---- apply ----------------------------------------------------------------------------
