@@ -34,12 +34,13 @@ import pyarrow as pa
 from almanac.definitions.aggregation import AggregateFeature, AggregationView
 from almanac.definitions.types import arrow_type, duckdb_type
 from almanac.errors import InputError
-from almanac.offline.frames import sql_timestamp
-from almanac.offline.point_in_time import _SLACK, _TIME_TYPES, SPINE, TS, PointPart, _cast
+from almanac.offline.point_in_time import SPINE, TS, PointPart, cast_column, raw_time_bounds
 from almanac.offline.sources import Source, SourceScan, quote
 from almanac.registry.catalog import FeatureRef
 
 T = "__t"  # event (or spine) time, epoch microseconds
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 _COUNTS = ("count", "count_distinct")  # never null: an empty window counts 0
 # Time buckets pay off when the events span more than this many bucket widths (below it,
 # 90 days of events and a 30-day window measured 1.3x slower with buckets).
@@ -118,22 +119,15 @@ def event_rows(
             f"{scan.label}: no column {', '.join(repr(m) for m in missing)} (needed by "
             f"aggregation view '{view.name}'); it has: {', '.join(scan.columns)}"
         )
-    select = [f"{_cast(k, scan.columns[k], duckdb_type(t))} AS {quote(k)}" for k, t in keys.items()]  # fmt: skip
-    select.append(f"epoch_us({_cast(timestamp_field, scan.columns[timestamp_field], 'TIMESTAMPTZ')}) AS {T}")  # fmt: skip
+    select = [f"{cast_column(k, scan.columns[k], duckdb_type(t))} AS {quote(k)}" for k, t in keys.items()]  # fmt: skip
+    select.append(f"epoch_us({cast_column(timestamp_field, scan.columns[timestamp_field], 'TIMESTAMPTZ')}) AS {T}")  # fmt: skip
     for item in columns.values():
         value = quote(item.column)
         if item.dtype is not None:
-            value = _cast(item.column, scan.columns[item.column], duckdb_type(item.dtype))
+            value = cast_column(item.column, scan.columns[item.column], duckdb_type(item.dtype))
         select.append(f"{value} AS {item.alias}")
     where = [f"{quote(k)} IS NOT NULL" for k in keys] + [f"{quote(timestamp_field)} IS NOT NULL"]
-    raw_type = scan.columns[timestamp_field].upper()
-    if raw_type.startswith(_TIME_TYPES):
-        # On the raw column, so that DuckDB skips Parquet row groups outside the bounds.
-        epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        for bound, op, slack in ((lower_us, ">=", -_SLACK), (upper_us, "<=", _SLACK)):
-            if bound is not None:
-                moment = epoch + timedelta(microseconds=bound) + slack
-                where.append(f"{quote(timestamp_field)} {op} CAST({sql_timestamp(moment)} AS {raw_type})")  # fmt: skip
+    where += raw_time_bounds(scan, timestamp_field, _moment(lower_us), _moment(upper_us))
     bounds = []
     if lower_us is not None:
         bounds.append(f"{T} > {lower_us}")
@@ -371,3 +365,7 @@ def tiles_reader(
         + [("event_timestamp", pa.timestamp("us", tz="UTC")), ("tiles", pa.binary())]
     )
     return tiles_query(view, keys, events, columns, changed), schema
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)

@@ -95,23 +95,19 @@ def view_rows(
             f"(needed by feature view '{view.name}'); it has: {', '.join(scan.columns)}"
         )
 
-    select = [f"{_cast(k, scan.columns[k], duckdb_type(t))} AS {quote(k)}" for k, t in keys.items()]
-    select.append(f"{_cast(ts_col, scan.columns[ts_col], 'TIMESTAMPTZ')} AS {TS}")
+    select = [
+        f"{cast_column(k, scan.columns[k], duckdb_type(t))} AS {quote(k)}" for k, t in keys.items()
+    ]
+    select.append(f"{cast_column(ts_col, scan.columns[ts_col], 'TIMESTAMPTZ')} AS {TS}")
     if has_created:
         created = str(source.created_timestamp_field)
-        select.append(f"{_cast(created, scan.columns[created], 'TIMESTAMPTZ')} AS {CREATED}")
-    select += [f"{_cast(f.name, scan.columns[f.name], duckdb_type(f.dtype))} AS {quote(f.name)}" for f in wanted]  # fmt: skip
+        select.append(f"{cast_column(created, scan.columns[created], 'TIMESTAMPTZ')} AS {CREATED}")
+    select += [f"{cast_column(f.name, scan.columns[f.name], duckdb_type(f.dtype))} AS {quote(f.name)}" for f in wanted]  # fmt: skip
     if scan.file_order:
         select.append("(file_index::BIGINT << 40) + file_row_number AS __almanac_order")
 
     where = [f"{quote(k)} IS NOT NULL" for k in keys] + [f"{quote(ts_col)} IS NOT NULL"]
-    raw_type = scan.columns[ts_col].upper()
-    if raw_type.startswith(_TIME_TYPES):
-        # On the raw column, so DuckDB can push it into the Parquet scan.
-        if lower is not None:
-            where.append(f"{quote(ts_col)} >= CAST({sql_timestamp(lower - _SLACK)} AS {raw_type})")
-        if upper is not None:
-            where.append(f"{quote(ts_col)} <= CAST({sql_timestamp(upper + _SLACK)} AS {raw_type})")
+    where += raw_time_bounds(scan, ts_col, lower, upper)
     inner = f"SELECT {', '.join(select)} FROM {scan.relation} WHERE {' AND '.join(where)}"
 
     if scan.file_order:
@@ -130,7 +126,24 @@ def view_rows(
     return ViewRows(sql, keys, wanted, has_created)
 
 
-def _cast(column: str, have: str, want: str) -> str:
+def raw_time_bounds(
+    scan: SourceScan, column: str, lower: datetime | None, upper: datetime | None
+) -> list[str]:
+    """Conditions on the raw event-time column, so that DuckDB pushes them into the scan
+    and skips Parquet row groups outside [lower, upper] (widened by `_SLACK`; the exact
+    bounds are applied on the cast time afterwards)."""
+    raw_type = scan.columns[column].upper()
+    if not raw_type.startswith(_TIME_TYPES):
+        return []
+    conditions = []
+    if lower is not None:
+        conditions.append(f"{quote(column)} >= CAST({sql_timestamp(lower - _SLACK)} AS {raw_type})")
+    if upper is not None:
+        conditions.append(f"{quote(column)} <= CAST({sql_timestamp(upper + _SLACK)} AS {raw_type})")
+    return conditions
+
+
+def cast_column(column: str, have: str, want: str) -> str:
     if have.upper() == want.upper() or (
         want == "TIMESTAMPTZ" and have == "TIMESTAMP WITH TIME ZONE"
     ):
