@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,19 +13,9 @@ from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
 from almanac.errors import InputError
+from almanac.times import to_utc
 
 _PREVIEW_ROWS = 10
-
-
-def parse_time(text: str, option: str) -> datetime:
-    """ISO 8601 text as an aware UTC datetime (naive means UTC)."""
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(
-            f"{option}: {text!r} is not a timestamp (expected ISO 8601, e.g. 2024-05-01T12:00:00Z)"
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _entities(text: str) -> str:
@@ -133,7 +123,7 @@ def history_values(
         if not sep or not name:
             raise InputError(f"--key: expected key=value, got {item!r}")
         keys[name.strip()] = value
-    moment = parse_time(at, "--at") if at is not None else None
+    moment = to_utc(at, "--at") if at is not None else None
     with open_store() as store:
         catalog = store.catalog
         history = store.offline.value_history(catalog, catalog.view(view), keys, at=moment)

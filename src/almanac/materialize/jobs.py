@@ -25,6 +25,7 @@ import pyarrow as pa
 from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
 from almanac.online.tiles import TILES_FEATURE
+from almanac.times import to_utc
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
@@ -58,20 +59,6 @@ class MaterializeResult:
     @property
     def rows(self) -> int:
         return sum(run.rows for run in self.runs)
-
-
-def to_utc(value: datetime | str, name: str) -> datetime:
-    """Naive datetimes are UTC (rule 1); text is ISO 8601."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise InputError(
-                f"{name}: '{value}' is not an ISO 8601 time (e.g. 2026-06-01T00:00)"
-            ) from None
-    if not isinstance(value, datetime):
-        raise InputError(f"{name}: expected a datetime, got {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _views(store: FeatureStore, names: Sequence[str] | None) -> list[FeatureView]:

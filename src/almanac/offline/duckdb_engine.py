@@ -27,7 +27,6 @@ from almanac.offline.aggregations import aggregation_part, tiles_reader
 from almanac.offline.engine import OfflineEngine
 from almanac.offline.frames import (
     UTC_US,
-    as_utc,
     key_column,
     to_arrow,
     to_utc_us,
@@ -48,6 +47,7 @@ from almanac.offline.retrieval import RetrievalJob
 from almanac.offline.transformations import scan_view
 from almanac.offline.writer import prepare_batch, target_folder, write_parquet
 from almanac.registry.catalog import Catalog, FeatureRef
+from almanac.times import to_utc
 
 # DuckDB errors that mean "the data is not what the definitions say" (a value that does
 # not cast, a file that vanished or is corrupt) rather than a bug.
@@ -162,8 +162,8 @@ class DuckDBEngine(OfflineEngine):
     def latest_rows(
         self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime
     ) -> pa.RecordBatchReader:
-        end = as_utc(end)
-        start = None if start is None else as_utc(start)
+        end = to_utc(end, "end")
+        start = None if start is None else to_utc(start, "start")
         if start is not None and start > end:
             raise InputError(f"start {start.isoformat()} is after end {end.isoformat()}")
         keys = catalog.join_keys(view)
@@ -185,8 +185,8 @@ class DuckDBEngine(OfflineEngine):
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
     ) -> pa.RecordBatchReader:
-        end = as_utc(end)
-        start = None if start is None else as_utc(start)
+        end = to_utc(end, "end")
+        start = None if start is None else to_utc(start, "start")
         cursor = self._cursor()
         source = catalog.source_of(view)
         scan = scan_view(cursor, self.config, source, view)
@@ -210,7 +210,7 @@ class DuckDBEngine(OfflineEngine):
                 + (f"; missing key(s): {', '.join(missing)}" if missing else "")
             )
         values = {k: _key_value(k, v, keys[k]) for k, v in key.items()}
-        at = None if at is None else as_utc(at)
+        at = None if at is None else to_utc(at, "at")
         cursor = self._cursor()
         source = catalog.source_of(view)
         rows = view_rows(scan_view(cursor, self.config, source, view), source, view, keys)

@@ -8,7 +8,7 @@ name the column and say what was expected.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from almanac.definitions.types import Int64, String
 from almanac.errors import InputError
+from almanac.times import to_utc
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -207,15 +208,6 @@ def to_utc_us(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(values, UTC_US, safe=False)
 
 
-def as_utc(moment: datetime) -> datetime:
-    """A datetime made tz-aware UTC (naive means UTC)."""
-    if not isinstance(moment, datetime):
-        raise InputError(f"expected a datetime, got {moment!r}")
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def sql_timestamp(moment: datetime) -> str:
     """A TIMESTAMPTZ literal for DuckDB."""
-    return f"TIMESTAMPTZ '{as_utc(moment).isoformat()}'"
+    return f"TIMESTAMPTZ '{to_utc(moment).isoformat()}'"
