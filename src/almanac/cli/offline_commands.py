@@ -18,14 +18,13 @@ from almanac.times import to_utc
 _PREVIEW_ROWS = 10
 
 
-def _entities(text: str) -> str:
-    """A Parquet path as is, a CSV path read by DuckDB, anything else is SQL text."""
+def _entities(text: str) -> str | Path:
+    """A Parquet file or folder, or a CSV file, by path (the engine reads and checks
+    them); anything else is SQL text."""
     path = Path(text)
-    if text.lower().endswith((".csv", ".tsv")):
-        if not path.is_file():
-            raise InputError(f"--entities: {path} does not exist")
-        return f"SELECT * FROM read_csv('{str(path.resolve()).replace(chr(39), chr(39) * 2)}')"
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
+        return path.resolve()
+    if path.suffix.lower() in (".csv", ".tsv"):
         return str(path.resolve())
     return text
 
