@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,10 @@ from almanac.definitions.base import Definition
 from almanac.definitions.sources import SourceBase
 from almanac.errors import RepoError
 from almanac.registry.catalog import Catalog
+
+# The file being imported while this thread loads definitions (to catch a repo module
+# that loads the repo again, which would recurse without end).
+_state = threading.local()
 
 _SKIP_DIRS = {"data", "__pycache__", ".almanac", ".venv", "venv", "node_modules", "tests"}
 
@@ -31,7 +36,19 @@ def definition_files(repo: Path, modules: list[str] | None = None) -> list[Path]
         if missing:
             raise RepoError(f"definitions: no such file {', '.join(missing)}")
         return files
-    return [path for path in sorted(repo.rglob("*.py")) if _is_repo_code(path, repo)]
+    running = _running_script()
+    return [
+        path
+        for path in sorted(repo.rglob("*.py"))
+        if _is_repo_code(path, repo) and path.resolve() != running
+    ]
+
+
+def _running_script() -> Path | None:
+    """The script Python runs (`python train.py`): a repo file that uses the store, not
+    one to import as definitions (importing it would run it again)."""
+    file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return Path(file).resolve() if file else None
 
 
 def _is_repo_code(path: Path, repo: Path) -> bool:
@@ -90,12 +107,21 @@ def load_definitions(repo_path: str | Path, modules: list[str] | None = None) ->
     """Import the repo's modules and return their definitions as a catalog that is not yet
     validated as a set (`make_plan` validates it after checking deletions)."""
     repo = Path(repo_path).resolve()
+    loading = getattr(_state, "loading", None)
+    if loading is not None:
+        raise RepoError(
+            f"{loading}: loading the repo's definitions ran code that loads them again; "
+            "keep scripts that use the store out of the repo, or list the definition "
+            "modules under 'definitions' in almanac.yaml"
+        )
     found: list[tuple[str, Definition]] = []
     already_imported = set(sys.modules)
     try:
         for path in definition_files(repo, modules):
+            _state.loading = path
             found.extend(_module_definitions(_import(path, repo)))
     finally:
+        _state.loading = None
         _forget_repo_modules(repo, already_imported)
     # An unnamed module-level source is named after its variable, also in the views it
     # was passed to (which would otherwise call it `<view>_source`).

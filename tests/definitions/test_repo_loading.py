@@ -222,3 +222,34 @@ def test_a_loaded_repo_plans_against_an_empty_registry(tmp_path) -> None:
         ("source", "stats_source", "create"),
         ("feature_view", "user_stats", "create"),
     }
+
+
+def test_a_script_in_the_repo_that_uses_the_store_runs_once(tmp_path) -> None:
+    """`python train.py` inside the repo: the running script is not imported as a
+    definition module (that would run it again, and again)."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent(
+        """
+        from almanac.repo import load_definitions
+        print(sorted(load_definitions(".").views))
+        """
+    )
+    repo = write(tmp_path, {"features.py": GOOD, "train.py": script})
+    done = subprocess.run(
+        [sys.executable, "train.py"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['user_stats']"
+
+
+def test_a_module_that_loads_the_repo_again_is_named(tmp_path) -> None:
+    again = "from almanac.repo import load_definitions\nload_definitions('.')\n"
+    repo = write(tmp_path, {"features.py": GOOD, "helpers.py": again})
+    message = load_error(repo)
+    assert "helpers.py" in message
+    assert "loads them again" in message
+    # The next load of a fixed repo works: no state is left behind.
+    (repo / "helpers.py").write_text("X = 1\n")
+    assert set(load_definitions(repo).views) == {"user_stats"}
