@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from almanac.config import RepoConfig
 from almanac.definitions import Entity, FeatureView, Field, PushSource
 from almanac.online import OnlineStore, open_online_store
-from almanac.online.redis_store import feature_field, key_encoder, ts_field
+from almanac.online.redis_wire import feature_field, key_encoder, ts_field
 from almanac.online.retrieval import get_online_features
 from almanac.registry.catalog import Catalog
 from servers import start_redis
@@ -193,7 +193,7 @@ def _redis_write_floor(url: str, table: pa.Table) -> list[dict]:
 
     from almanac.online.batch import prepare_batch
     from almanac.online.codec import redis_values
-    from almanac.online.redis_store import _bulk, _Pieces, entity_keys
+    from almanac.online.redis_wire import Pieces, bulk, entity_keys
 
     client = redis.Redis.from_url(url)
     client.flushall()
@@ -202,13 +202,13 @@ def _redis_write_floor(url: str, table: pa.Table) -> list[dict]:
     batch = prepare_batch(VIEW, table, ["user_id"], list(FEATURES))
     streams = []
     for part in batch.slices(50_000):
-        pieces = _Pieces()
+        pieces = Pieces()
         pieces.add(b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (len(FEATURES) + 1)))
         pieces.bulk(entity_keys(PROJECT, part.keys))
-        pieces.add(_bulk(ts_field(VIEW)))
+        pieces.add(bulk(ts_field(VIEW)))
         pieces.bulk(part.event_times.cast(pa.string()).cast(pa.binary()))
         for feature in part.features:
-            pieces.add(_bulk(feature_field(VIEW, feature.name)))
+            pieces.add(bulk(feature_field(VIEW, feature.name)))
             pieces.bulk(*redis_values(feature))
         streams.append((pieces.join().buffers()[2], part.num_rows))
     start = time.perf_counter()  # the server's intake only: payloads are built beforehand

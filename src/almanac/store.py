@@ -126,13 +126,16 @@ class FeatureStore:
         *,
         feature_service: str | None = None,
         full_feature_names: bool = False,
+        now: datetime | None = None,
     ) -> OnlineResponse:
-        """Latest values for each entity row, with statuses and event timestamps."""
+        """Latest values for each entity row, with statuses and event timestamps.
+        `now` (default: the clock) is the read time that TTLs and aggregation windows
+        are measured from; pass one to replay what was served at that moment."""
         from almanac.online.retrieval import get_online_features
 
         return get_online_features(
             self, features, entity_rows, feature_service=feature_service,
-            full_feature_names=full_feature_names,
+            full_feature_names=full_feature_names, now=now,
         )  # fmt: skip
 
     def get_context(

@@ -163,7 +163,7 @@ def test_bad_rows_name_the_column_and_write_nothing(
 
 def test_missing_columns(store: FeatureStore) -> None:
     with pytest.raises(
-        InputError, match=r"missing feature column\(s\) 'last_page' \(of view 'user_recent'\)"
+        InputError, match=r"missing column\(s\) 'last_page' \(of view 'user_recent'\)"
     ):
         store.push("user_events", {k: v for k, v in ROWS.items() if k != "last_page"})
     with pytest.raises(InputError, match="missing timestamp column 'event_timestamp'"):
@@ -189,9 +189,34 @@ def test_extra_columns_are_ignored(store: FeatureStore) -> None:
     )
 
 
-def test_a_push_source_feeding_an_aggregation_view_is_refused_before_any_write(
+def test_a_push_source_feeding_a_transformed_view_is_refused_before_any_write(
     tmp_path,
 ) -> None:
+    repo = tmp_path / "transformed"
+    repo.mkdir()
+    (repo / "almanac.yaml").write_text("project: transformed\n")
+    (repo / "features.py").write_text(
+        "from almanac import Entity, FeatureView, Field, Int64, PushSource\n"
+        "user = Entity(name='user', join_keys=['user_id'])\n"
+        "clicks = PushSource(name='clicks')\n"
+        "doubled = FeatureView(name='doubled', entities=[user], source=clicks,\n"
+        "    schema=[Field('n2', Int64)],\n"
+        "    transformation='SELECT user_id, event_timestamp, n * 2 AS n2 FROM source')\n"
+    )
+    with FeatureStore(repo) as store:
+        store.apply()
+        rows = {"user_id": ["a"], "event_timestamp": [T1], "n2": [1]}
+        for to in ("online", "offline", "online_and_offline"):
+            with pytest.raises(InputError, match="doubled, whose values come from a batch"):
+                store.push("clicks", rows, to=to)
+        assert offline_files(store, "clicks") == []
+
+
+def test_a_push_to_a_source_of_an_aggregation_view_counts_online_and_offline(
+    tmp_path,
+) -> None:
+    """The whole path for a user: a count over a push source, an undeclared counted
+    column that keeps its pushed type, both stores updated by one push."""
     repo = tmp_path / "agg"
     repo.mkdir()
     (repo / "almanac.yaml").write_text("project: agg\n")
@@ -200,12 +225,19 @@ def test_a_push_source_feeding_an_aggregation_view_is_refused_before_any_write(
         "user = Entity(name='user', join_keys=['user_id'])\n"
         "clicks = PushSource(name='clicks')\n"
         "click_counts = AggregationView(name='click_counts', entities=[user], source=clicks,\n"
-        "    aggregations=[Aggregation(function='count', windows=['1h'])])\n"
+        "    aggregations=[Aggregation(function='count', windows=['1h']),\n"
+        "                  Aggregation(column='page', function='count_distinct', windows=['1h'])])\n"
     )
     with FeatureStore(repo) as store:
         store.apply()
-        rows = {"user_id": ["a"], "event_timestamp": [T1]}
-        for to in ("online", "offline", "online_and_offline"):
-            with pytest.raises(InputError, match="click_counts, whose values are computed"):
-                store.push("clicks", rows, to=to)
-        assert offline_files(store, "clicks") == []
+        rows = {"user_id": ["a", "a", "b"], "event_timestamp": [T1, T1, T1],
+                "page": ["/x", "/y", "/x"]}  # fmt: skip
+        assert store.push("clicks", rows) == 3
+        features = ["click_counts:count_1h", "click_counts:page_count_distinct_1h"]
+        online = store.get_online_features(features, [{"user_id": "a"}, {"user_id": "b"}], now=T1)
+        assert online.to_dict()["count_1h"] == [2, 1]
+        assert online.to_dict()["page_count_distinct_1h"] == [2, 1]
+        spine = {"user_id": ["a", "b"], "event_timestamp": [T1, T1]}
+        offline = store.get_historical_features(pa.table(spine), features).to_arrow()
+        assert offline.column("count_1h").to_pylist() == [2, 1]
+        assert len(offline_files(store, "clicks")) == 1

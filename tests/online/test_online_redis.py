@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -12,7 +13,8 @@ from online_helpers import PROJECT, T0, make_config, write
 from almanac.errors import StoreUnavailableError
 from almanac.online import ViewRead, open_online_store
 from almanac.online.batch import KeyColumn
-from almanac.online.redis_store import RedisOnlineStore, entity_keys, key_encoder
+from almanac.online.redis_store import RedisOnlineStore
+from almanac.online.redis_wire import entity_keys, key_encoder
 from servers import free_port, start_redis
 
 pytestmark = pytest.mark.redis
@@ -109,4 +111,31 @@ def test_views_read_together_share_one_hmget_per_entity(redis_url: str, tmp_path
                                  ViewRead("v2", ["user_id"], [ids], ["f"], ["int64"])])  # fmt: skip
     assert [r.columns for r in rows] == [[[1, None, None]], [[None, 2, None]]]
     assert client.info("commandstats")["cmdstat_hmget"]["calls"] == 3
+    online.close()
+
+
+def test_a_merge_reads_again_when_another_writer_got_in_between(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The merge's conditional write sees that the entity changed after it was read
+    (another writer's write lands during the first merge) and merges again."""
+    online = open_online_store(make_config(redis_url, tmp_path))
+    write(online, "c", {"user_id": pa.int64()}, {"n": pa.int64()},
+          [{"user_id": 1, "event_timestamp": T0, "n": 10}])  # fmt: skip
+    seen: list[Any] = []
+
+    def merge(stored: Any, table: pa.Table) -> pa.Table:
+        seen.append(stored.columns[0][0])
+        if len(seen) == 1:  # another writer, between our read and our write
+            write(online, "c", {"user_id": pa.int64()}, {"n": pa.int64()},
+                  [{"user_id": 1, "event_timestamp": T0, "n": 100}])  # fmt: skip
+        return table.set_column(2, "n", pa.array([stored.columns[0][0] + 1], pa.int64()))
+
+    rows = pa.table({"user_id": pa.array([1], pa.int64()),
+                     "event_timestamp": pa.array([T0], pa.timestamp("us", tz="UTC")),
+                     "n": pa.array([1], pa.int64())})  # fmt: skip
+    assert online.merge_batch(PROJECT, "c", ["user_id"], ["n"], rows, merge) == 1
+    assert seen == [10, 100]
+    (result,) = online.read(PROJECT, [ViewRead("c", ["user_id"], [[1]], ["n"], ["int64"])])
+    assert result.columns == [[101]]
     online.close()

@@ -364,3 +364,66 @@ def test_a_view_keeps_its_key_types(online: OnlineStore) -> None:
         write(online, "v", {"user_id": pa.string()}, {"a": pa.int64()},
               [{"user_id": "1", "event_timestamp": T0, "a": 2}])  # fmt: skip
     assert read_one(online, "v", {"user_id": [1]}, {"a": "int64"})[1] == [[1]]
+
+
+# ---- merge_batch: the read-modify-write behind pushed aggregation tiles ---------------------
+
+
+def _add_counts(stored: Any, table: pa.Table) -> pa.Table:
+    """A merge: the stored count plus the new one; the later event time."""
+    counts = [
+        (old or 0) + new
+        for old, new in zip(stored.columns[0], table.column("n").to_pylist(), strict=True)
+    ]
+    times = [
+        new if old is None else max(old, new)
+        for old, new in zip(
+            stored.event_times, table.column("event_timestamp").cast(pa.int64()).to_pylist(),
+            strict=True,
+        )
+    ]  # fmt: skip
+    return table.set_column(2, "n", pa.array(counts, pa.int64())).set_column(
+        1, "event_timestamp", pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    )
+
+
+def _counts(user_ids: list[int], times: list[datetime], n: list[int]) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array(user_ids, pa.int64()),
+            "event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+            "n": pa.array(n, pa.int64()),
+        }
+    )
+
+
+def test_merge_batch_combines_with_what_is_stored(online: OnlineStore) -> None:
+    merge = online.merge_batch
+    assert merge(PROJECT, "c", ["user_id"], ["n"], _counts([1, 2], [T0, T0], [5, 1]), _add_counts) == 2  # fmt: skip
+    # An older event time is merged too (a late event), and the later time is kept.
+    earlier = T0 - timedelta(hours=1)
+    merge(PROJECT, "c", ["user_id"], ["n"], _counts([1, 3], [earlier, earlier], [2, 7]), _add_counts)  # fmt: skip
+    times, rows = read_one(online, "c", {"user_id": [1, 2, 3, 4]}, {"n": "int64"})
+    assert rows == [[7], [1], [7], [None]]
+    assert times == [micros(T0), micros(T0), micros(earlier), None]
+
+
+def test_concurrent_merges_lose_no_update(online: OnlineStore) -> None:
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(30):
+                online.merge_batch(PROJECT, "c", ["user_id"], ["n"],
+                                   _counts([1, 2], [T0, T0], [1, 2]), _add_counts)  # fmt: skip
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    _, rows = read_one(online, "c", {"user_id": [1, 2]}, {"n": "int64"})
+    assert rows == [[120], [240]]

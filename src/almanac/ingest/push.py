@@ -14,7 +14,10 @@ Then, in this order:
    by the offline engine (which checks the batch again);
 2. online (``online`` or ``online_and_offline``): one `write_batch` per online view.
    Writes are monotonic (rule 3), so rows older than what is stored are skipped and a
-   retried push is harmless.
+   retried push is harmless. An aggregation view gets the tiles of the pushed rows
+   (computed by the offline engine, as materialization does) merged into each entity's
+   stored tiles (`OnlineStore.merge_batch`): its windowed values move with every push,
+   late events included. A merge adds, so pushing the same rows twice counts them twice.
 
 Offline first: if the online store then fails (unreachable), the history is complete
 and the next materialization or a retry brings the online store up to date; the other
@@ -27,18 +30,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from almanac.definitions.aggregation import AggregationView
-from almanac.definitions.feature_view import FeatureView
+from almanac.definitions.aggregation import AggregationView, input_dtypes
+from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource
 from almanac.definitions.types import arrow_type
 from almanac.errors import InputError, NotFoundError
 from almanac.online.base import EVENT_TIMESTAMP
-from almanac.online.batch import prepare_batch
+from almanac.online.batch import prepare_batch, scalar_dtype
+from almanac.online.tiles import TILES_FEATURE, merge_blobs, reach_micros
 
 if TYPE_CHECKING:
     from almanac.registry.catalog import Catalog
@@ -64,17 +69,16 @@ def push(
         raise InputError(f"to must be one of {', '.join(PUSH_TARGETS)}, got {to!r}")
     catalog = catalog if catalog is not None else store.catalog
     source = push_source_of(catalog, push_source)
-    readers = [view for view in catalog.all_views().values() if view.source == source.name]
-    derived = [view.name for view in readers if _computes_its_values(view)]
-    if derived:
-        # Their online values are computed from the rows (tiles, transformations), which a
-        # push does not do yet: writing raw rows would serve something else.
+    views = [view for view in catalog.all_views().values() if view.source == source.name]
+    transformed = [v.name for v in views if getattr(v, "transformation", None) is not None]
+    if transformed:
+        # Their values are computed from the rows by a batch transformation, which a push
+        # does not run: writing raw rows would serve something else.
         raise InputError(
-            f"push source '{source.name}' feeds {', '.join(derived)}, whose values are computed "
-            "from the rows (an aggregation or a transformation); pushing to it is not supported "
-            "yet: write the rows to its offline data and materialize"
+            f"push source '{source.name}' feeds {', '.join(transformed)}, whose values come "
+            "from a batch transformation; pushing to it is not supported: write the rows "
+            "to its offline data and materialize"
         )
-    views = readers
     if not views:
         raise InputError(
             f"push source '{source.name}' feeds no feature view; nothing would read the rows"
@@ -85,7 +89,8 @@ def push(
             f"no feature view reading push source '{source.name}' is served online "
             f"(views: {', '.join(v.name for v in views)}); push to 'offline' instead"
         )
-    table = to_arrow(df, f"push to '{source.name}'")
+    what = f"push to '{source.name}'"
+    table = to_arrow(df, what)
     if table.num_rows == 0:
         return 0
     batch = normalize(table, catalog, source, views)
@@ -94,19 +99,24 @@ def push(
     online_writes = []
     for view in online_views:
         keys = list(catalog.join_keys(view))
+        if isinstance(view, AggregationView):
+            columns = [*keys, source.timestamp_field, *_columns_read(view, batch, what)]
+            tiles = store.offline.tiles_of_rows(catalog, view, batch.select(columns))
+            online_writes.append((view, keys, [TILES_FEATURE], tiles))
+            continue
         features = view.feature_names
         rows = _online_rows(batch, source, keys, features)
         prepare_batch(view.name, rows, keys, features)
-        online_writes.append((view.name, keys, features, rows))
+        online_writes.append((view, keys, features, rows))
     if to != "online":
-        store.offline.write(catalog, _union_view(views, source, catalog), batch)
-    for view_name, keys, features, rows in online_writes:
-        store.online.write_batch(store.project, view_name, keys, features, rows)
+        store.offline.write(catalog, _union_view(views, source, batch, what), batch)
+    for view, keys, features, rows in online_writes:
+        if isinstance(view, AggregationView):
+            merge = partial(merge_blobs, reach=reach_micros(view))
+            store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
+        else:
+            store.online.write_batch(store.project, view.name, keys, features, rows)
     return batch.num_rows
-
-
-def _computes_its_values(view: FeatureView) -> bool:
-    return isinstance(view, AggregationView) or getattr(view, "transformation", None) is not None
 
 
 def push_source_of(catalog: Catalog, name: str) -> PushSource:
@@ -188,12 +198,12 @@ def normalize(
     created = source.created_timestamp_field
     if created is not None and created in table.column_names:
         columns[created] = _timestamps(table, created, what, nulls=True)
-    features = _union(views, catalog, what, keys=False)
+    features = _union(views, catalog, what, keys=False, table=table)
     missing = [name for name in features if name not in table.column_names]
     if missing:
-        readers = {n: next(v.name for v in views if n in v.feature_names) for n in missing}
+        readers = {n: next(v.name for v in views if n in _columns_read(v, table, what)) for n in missing}  # fmt: skip
         raise InputError(
-            f"{what}: missing feature column(s) "
+            f"{what}: missing column(s) "
             + ", ".join(f"'{n}' (of view '{readers[n]}')" for n in missing)
             + f"; columns given: {', '.join(table.column_names) or 'none'}"
         )
@@ -202,13 +212,19 @@ def normalize(
     return pa.table(columns)
 
 
-def _union(views: list[FeatureView], catalog: Catalog, what: str, keys: bool) -> dict[str, str]:
-    """Join keys (or features) of all views with their dtypes; a name typed differently
-    by two views cannot be pushed as one column."""
+def _union(
+    views: list[FeatureView],
+    catalog: Catalog,
+    what: str,
+    keys: bool,
+    table: pa.Table | None = None,
+) -> dict[str, str]:
+    """Join keys (or the columns views read) of all views with their dtypes; a name typed
+    differently by two views cannot be pushed as one column."""
     out: dict[str, str] = {}
     owner: dict[str, str] = {}
     for view in views:
-        items = catalog.join_keys(view) if keys else {f.name: f.dtype for f in view.features}
+        items = catalog.join_keys(view) if keys else _columns_read(view, table, what)
         for name, dtype in items.items():
             if out.setdefault(name, dtype) != dtype:
                 raise InputError(
@@ -318,6 +334,28 @@ def _feature(table: pa.Table, name: str, dtype: str, what: str) -> pa.ChunkedArr
         ) from None
 
 
+def _columns_read(view: FeatureView, table: pa.Table | None, what: str) -> dict[str, str]:
+    """The pushed columns a view reads, with the dtype each is read as: a feature view's
+    features; an aggregation view's aggregated columns (a column it only counts, of no
+    declared type, keeps the type it arrives with)."""
+    if not isinstance(view, AggregationView):
+        return {f.name: f.dtype for f in view.features}
+    out = {}
+    for column, dtype in input_dtypes(view.aggregations, view.columns).items():
+        if dtype is None and table is not None and column in table.column_names:
+            kind = table.column(column).type
+            if pa.types.is_dictionary(kind):
+                kind = kind.value_type
+            dtype = scalar_dtype(kind)
+            if dtype is None:
+                raise InputError(
+                    f"{what}: column '{column}' (counted by aggregation view '{view.name}') "
+                    f"has type {kind}; declare its type in the view's columns"
+                )
+        out[column] = dtype or "string"
+    return out
+
+
 # ---- writing ----------------------------------------------------------------------------
 
 
@@ -337,13 +375,20 @@ def _online_rows(
     return pa.table(columns).take(order)
 
 
-def _union_view(views: list[FeatureView], source: PushSource, catalog: Catalog) -> FeatureView:
+def _union_view(
+    views: list[FeatureView], source: PushSource, batch: pa.Table, what: str
+) -> FeatureView:
     """A view with every column that the source's views read, so that the source's one
     dataset gets them all in one file (writing per view would keep only that view's)."""
-    if len(views) == 1:
+    if len(views) == 1 and not isinstance(views[0], AggregationView):
         return views[0]
     entities = list(dict.fromkeys(e for view in views for e in view.entities))
-    fields = {f.name: f for view in views for f in view.features}
+    fields: dict[str, str] = {}
+    for view in views:
+        fields |= _columns_read(view, batch, what)
     return FeatureView(
-        name=views[0].name, entities=entities, source=source.name, schema=list(fields.values())
+        name=views[0].name,
+        entities=entities,
+        source=source.name,
+        schema=[Field(name, dtype) for name, dtype in fields.items()],
     )

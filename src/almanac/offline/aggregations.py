@@ -79,15 +79,16 @@ def inputs(view: AggregationView, scan: SourceScan) -> dict[str, Input]:
         column = aggregation.column
         if column is None:
             continue
-        if column not in scan.columns:
+        if column not in scan.columns and not scan.empty:
             raise InputError(
                 f"{scan.label}: no column '{column}' (aggregated by aggregation view "
                 f"'{view.name}'); it has: {', '.join(scan.columns)}"
             )
         item = found.get(column)
         if item is None:
+            raw_type = scan.columns.get(column, "").upper()  # none yet: an empty source
             item = found[column] = Input(
-                column, f"c{len(found)}", view.input_dtype(column), scan.columns[column].upper()
+                column, f"c{len(found)}", view.input_dtype(column), raw_type
             )
         item.states.update(_STATES[aggregation.function])
     return found
@@ -336,16 +337,17 @@ def tiles_reader(
     view: AggregationView,
     keys: dict[str, str],
     start: datetime | None,
-    end: datetime,
+    end: datetime | None,
 ) -> tuple[str, pa.Schema]:
     """The tiles query at `end` for entities with events in [start, end] (all entities
-    with events in the longest window when `start` is None), and its Arrow schema:
-    the keys, ``event_timestamp`` and ``tiles`` (bytes)."""
+    with events in the longest window when `start` is None; every row of `scan` when
+    `end` is None too), and its Arrow schema: the keys, ``event_timestamp`` and
+    ``tiles`` (bytes)."""
     columns = inputs(view, scan)
     reach = view.max_window + (view.tile or timedelta(0))
-    events = event_rows(
-        scan, view, keys, columns, source.timestamp_field, _micros_of(end - reach), _micros_of(end)
-    )
+    lower = None if end is None else _micros_of(end - reach)
+    upper = None if end is None else _micros_of(end)
+    events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
     changed = None if start is None else _micros_of(start)
     schema = pa.schema(
         [(k, arrow_type(t)) for k, t in keys.items()]

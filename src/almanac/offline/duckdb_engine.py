@@ -44,6 +44,7 @@ from almanac.offline.point_in_time import (
     view_rows,
 )
 from almanac.offline.retrieval import RetrievalJob
+from almanac.offline.sources import SourceScan, describe
 from almanac.offline.transformations import scan_view
 from almanac.offline.writer import prepare_batch, target_folder, write_parquet
 from almanac.registry.catalog import Catalog, FeatureRef
@@ -192,6 +193,19 @@ class DuckDBEngine(OfflineEngine):
         scan = scan_view(cursor, self.config, source, view)
         query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), start, end)
         return _reader(cursor, query, schema, 16 * 1024, f"tiles of '{view.name}'")
+
+    def tiles_of_rows(self, catalog: Catalog, view: AggregationView, rows: pa.Table) -> pa.Table:
+        cursor = self._cursor()
+        name = f"__almanac_pushed_{id(rows)}"
+        cursor.register(name, rows)
+        try:
+            label = f"rows pushed to '{view.source}'"
+            scan = SourceScan(name, describe(cursor, name, label), False, label=label)
+            source = catalog.source_of(view)
+            query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), None, None)
+            return _reader(cursor, query, schema, 16 * 1024, label).read_all()
+        finally:
+            cursor.unregister(name)
 
     def value_history(
         self,

@@ -71,6 +71,12 @@ class OfflineEngine(ABC):
         `almanac.offline.aggregations`)."""
 
     @abstractmethod
+    def tiles_of_rows(self, catalog: Catalog, view: AggregationView, rows: pa.Table) -> pa.Table:
+        """The tiles of `rows` alone (pushed rows: the source's join keys, timestamp
+        and aggregated columns), per entity, in `aggregation_tiles`' columns; the online
+        store merges them into what it holds (`almanac.online.tiles.merge_blobs`)."""
+
+    @abstractmethod
     def value_history(
         self,
         catalog: Catalog,

@@ -111,7 +111,7 @@ def scan_source(con: duckdb.DuckDBPyConnection, config: RepoConfig, source: Sour
     if isinstance(source, SqlSource):
         relation = f"({source.query.strip().rstrip(';')})"
         label = f"SQL source '{source.name}'"
-        return SourceScan(relation, _describe(con, relation, label), False, label=label)
+        return SourceScan(relation, describe(con, relation, label), False, label=label)
     files, label = list_files(config, source)
     if not files:
         return SourceScan("", {}, True, empty=True, label=label)
@@ -119,14 +119,14 @@ def scan_source(con: duckdb.DuckDBPyConnection, config: RepoConfig, source: Sour
     many = ", union_by_name = true" if len(files) > 1 else ""
     if isinstance(source, FileSource) and source.format == "csv":
         relation = f"read_csv({paths}{many})"
-        return SourceScan(relation, _describe(con, relation, label), False, label=label)
+        return SourceScan(relation, describe(con, relation, label), False, label=label)
     relation = f"read_parquet({paths}, file_row_number = true{many})"
-    columns = _describe(con, relation, label)
+    columns = describe(con, relation, label)
     columns.pop("file_row_number", None)
     return SourceScan(relation, columns, True, label=label)
 
 
-def _describe(con: duckdb.DuckDBPyConnection, relation: str, label: str) -> dict[str, str]:
+def describe(con: duckdb.DuckDBPyConnection, relation: str, label: str) -> dict[str, str]:
     try:
         rows = con.sql(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     except duckdb.Error as error:

@@ -21,7 +21,7 @@ from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.transformations import PythonTransformation, SqlTransformation
 from almanac.errors import InputError
 from almanac.offline.frames import to_arrow
-from almanac.offline.sources import Source, SourceScan, _describe, quote, scan_source
+from almanac.offline.sources import Source, SourceScan, describe, quote, scan_source
 
 _BATCH_ROWS = 256 * 1024
 _counter = itertools.count()
@@ -41,12 +41,12 @@ def scan_view(
     if isinstance(transformation, SqlTransformation):
         query = transformation.query.strip().rstrip(";")
         relation = f"(WITH source AS ({base}) {query})"
-        return SourceScan(relation, _describe(con, relation, label), False, label=label)
+        return SourceScan(relation, describe(con, relation, label), False, label=label)
     assert isinstance(transformation, PythonTransformation)
     table = _run_python(con, base, transformation, config, label)
     name = f"__almanac_transformed_{next(_counter)}"
     con.register(name, table)
-    return SourceScan(name, _describe(con, name, label), False, label=label)
+    return SourceScan(name, describe(con, name, label), False, label=label)
 
 
 def _run_python(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -53,6 +54,10 @@ class ViewRows(NamedTuple):
     columns: list[list[Any]]
 
 
+# (what the store holds for each row's entity, the rows) -> the rows to write
+Merge = Callable[[ViewRows, pa.Table], pa.Table]
+
+
 class OnlineStore(ABC):
     """Latest values per (project, view, entity key); see the module docstring."""
 
@@ -65,6 +70,24 @@ class OnlineStore(ABC):
 
         A batch that fails validation raises `InputError` before anything is written.
         """
+
+    @abstractmethod
+    def merge_batch(
+        self,
+        project: str,
+        view: str,
+        join_keys: list[str],
+        features: list[str],
+        table: pa.Table,
+        merge: Merge,
+    ) -> int:
+        """A read-modify-write of each row's entity: write ``merge(stored, table)``,
+        where `stored` is what the store holds for the rows' entities (in row order;
+        `table` has one row per entity). Atomic per entity: no other write to an
+        entity lands between reading it and writing it. `merge` may be called again
+        for rows another writer changed meanwhile, so it must be a pure function; it
+        returns the same keys in the same order, with event times no older than the
+        stored ones. Returns the number of rows written."""
 
     @abstractmethod
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:

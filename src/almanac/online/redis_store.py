@@ -1,25 +1,21 @@
 """The Redis online store (redis-py with hiredis; one hash per entity).
 
-Layout
-* One hash per (project, entity key): ``alm:<project>:<key>=<typed value>[&...]`` with
-  the join keys sorted by name, ints as ``i<decimal>`` and strings as
-  ``s<UTF-8 byte length>:<text>``. The length prefix makes the encoding collision-free
-  (no separator inside a string can end it early) and the type tag keeps int 1 and
-  string "1" apart. Views of the same entity share the hash, so one HMGET reads all of
-  an entity's views.
-* Fields: ``<view>:<feature>`` per feature and ``<view>#ts`` for the view's event time
-  (decimal microseconds). Names are identifiers, so ':' and '#' cannot collide. A null
-  value is an absent field.
-* Values: the compact binary encodings of `almanac.online.codec`.
-* ``alm:<project>#fields:<view>`` / ``#keys:<view>``: sets of the features and key-name
-  tuples ever written, so `delete_view` knows what to remove.
+Keys, field names and the bytes on the wire come from `almanac.online.redis_wire`, which
+describes the layout. Beside the entity hashes the store keeps
+``alm:<project>#fields:<view>`` / ``#keys:<view>``: sets of the features and key-name
+tuples ever written, so `delete_view` knows what to remove.
 
 Writes are monotonic inside Redis: a Lua script takes many rows per call and, per row,
 compares the stored event time with the new one before setting the fields (scripts
-run atomically, so concurrent writers cannot interleave). The wire payload is built in
-bulk from Arrow columns (pyarrow compute renders keys, lengths and values as RESP
-bytes) and streamed on a raw connection by a sender thread, so Python does no
-per-value work and the client encodes the next slice while Redis runs the previous one.
+run atomically, so concurrent writers cannot interleave). The wire payload, built in
+bulk from Arrow columns by `redis_wire.write_payload`, is streamed on a raw connection
+by a sender thread, so the client encodes the next slice while Redis runs the previous
+one.
+
+`merge_batch` (pushed events into aggregation tiles) is an optimistic read-modify-write:
+read the entities' fields, merge in Python, then a second script writes each entity only
+if a SHA-1 of its fields still equals the one of what was read; entities another writer
+changed meanwhile are read and merged again.
 
 Event times are compared with Lua's `tonumber` (doubles): exact up to 2^53 microseconds,
 that is until the year 2255.
@@ -34,6 +30,7 @@ every request of the event loop, for the HTTP server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import queue
 import threading
@@ -41,28 +38,35 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from almanac.errors import ConfigError, StoreUnavailableError
-from almanac.online.base import OnlineStore, ViewRead, ViewRows
-from almanac.online.batch import KeyColumn, PreparedBatch, prepare_batch
+from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
+from almanac.online.batch import PreparedBatch, prepare_batch
 from almanac.online.codec import Decoder, redis_decoder, redis_values
 from almanac.online.redis_async import AsyncRedis
+from almanac.online.redis_wire import (
+    KEY_PREFIX,
+    ROWS_PER_CALL,
+    bulk,
+    command,
+    count_written,
+    entity_keys,
+    feature_field,
+    first_error,
+    key_encoder,
+    key_prefix,
+    read_replies,
+    ts_field,
+    write_payload,
+)
 
-KEY_PREFIX = "alm"
-# Rows per EVALSHA: small enough that one call blocks Redis for well under a
-# millisecond, large enough to amortize the script call (measured: 50-100 is best).
-ROWS_PER_CALL = 64
-# Bytes per socket write: each sendall gets the full timeout, whatever the batch size.
-_SEND_PIECE = 256 * 1024
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # KEYS: one hash per row. ARGV: feature count, event-time field, expiry seconds (0 for
@@ -105,115 +109,50 @@ end
 return written
 """
 
-
-def ts_field(view: str) -> bytes:
-    return f"{view}#ts".encode()
-
-
-def feature_field(view: str, feature: str) -> bytes:
-    return f"{view}:{feature}".encode()
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def _command(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
-
-
-# ---- entity keys --------------------------------------------------------------------------
-
-
-def key_prefix(project: str) -> bytes:
-    return f"{KEY_PREFIX}:{project}:".encode()
-
-
-def _length_text(values: pa.Array) -> pa.Array:
-    return pc.binary_length(values).cast(pa.string()).cast(pa.binary())
-
-
-class _Pieces:
-    """Arguments of one binary_join_element_wise call, merging adjacent constants."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def add(self, item: bytes | pa.Array) -> None:
-        if isinstance(item, bytes) and self.items and isinstance(self.items[-1], bytes):
-            self.items[-1] += item
-        else:
-            self.items.append(item)
-
-    def bulk(self, values: pa.Array, width: int | None = None) -> None:
-        """Add values as RESP bulk strings ($<length>\\r\\n<value>\\r\\n)."""
-        if width is None:
-            self.add(b"$")
-            self.add(_length_text(values))
-            self.add(b"\r\n")
-        else:
-            self.add(b"$%d\r\n" % width)
-        self.add(values)
-        self.add(b"\r\n")
-
-    def join(self) -> pa.Array:
-        return pc.binary_join_element_wise(*self.items, b"")
-
-
-def entity_keys(project: str, keys: list[KeyColumn]) -> pa.Array:
-    """The hash key of every row, in bulk (must match `key_encoder` byte for byte)."""
-    pieces = _Pieces()
-    pieces.add(key_prefix(project))
-    for position, key in enumerate(sorted(keys, key=lambda k: k.name)):
-        pieces.add(b"&" if position else b"")
-        if key.dtype == "int64":
-            pieces.add(f"{key.name}=i".encode())
-            pieces.add(key.values.cast(pa.string()).cast(pa.binary()))
-        else:
-            text = key.values.cast(pa.binary())
-            pieces.add(f"{key.name}=s".encode())
-            pieces.add(_length_text(text))
-            pieces.add(b":")
-            pieces.add(text)
-    return pieces.join()
-
-
-def key_encoder(project: str, join_keys: Sequence[str]) -> Callable[[list[list[Any]]], list[bytes]]:
-    """A function from key columns (in `join_keys` order) to hash keys, per row."""
-    prefix = key_prefix(project)
-    if len(join_keys) == 1:
-        as_int = prefix + f"{join_keys[0]}=i".encode()
-        as_str = prefix + f"{join_keys[0]}=s".encode()
-
-        def encode_one(columns: list[list[Any]]) -> list[bytes]:
-            out = []
-            for value in columns[0]:
-                if type(value) is int:
-                    out.append(as_int + b"%d" % value)
-                else:
-                    text = value.encode()
-                    out.append(as_str + b"%d:%s" % (len(text), text))
-            return out
-
-        return encode_one
-    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
-    names = [(b"&" if n else b"") + join_keys[i].encode() + b"=" for n, i in enumerate(order)]
-
-    def encode_many(columns: list[list[Any]]) -> list[bytes]:
-        ordered = [columns[i] for i in order]
-        out = []
-        for row in zip(*ordered, strict=True):
-            parts = [prefix]
-            for name, value in zip(names, row, strict=True):
-                if type(value) is int:
-                    parts.append(name + b"i%d" % value)
-                else:
-                    text = value.encode()
-                    parts.append(name + b"s%d:%s" % (len(text), text))
-            out.append(b"".join(parts))
-        return out
-
-    return encode_many
+# KEYS: one hash per row. ARGV: feature count, event-time field, expiry seconds, the
+# feature fields, then per row the digest of the fields as read (`_digest`), the event
+# time and one value per feature (empty: null). Returns the 0-based rows not written
+# because their fields changed since they were read.
+MERGE_SCRIPT = """
+local nf = tonumber(ARGV[1])
+local ts_field = ARGV[2]
+local expire = tonumber(ARGV[3])
+local fields = {ts_field}
+for j = 1, nf do fields[j + 1] = ARGV[3 + j] end
+local base = 3 + nf
+local conflicts = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local at = base + (i - 1) * (nf + 2)
+  local current = redis.call('HMGET', key, unpack(fields))
+  local parts = {}
+  for j = 1, #current do
+    if current[j] then parts[j] = 'v' .. current[j] else parts[j] = '-' end
+  end
+  if redis.sha1hex(table.concat(parts, '\\0')) == ARGV[at + 1] then
+    local set = {ts_field, ARGV[at + 2]}
+    local nulls = {}
+    for j = 1, nf do
+      local value = ARGV[at + 2 + j]
+      if value == '' then
+        nulls[#nulls + 1] = fields[j + 1]
+      else
+        set[#set + 1] = fields[j + 1]
+        set[#set + 1] = value
+      end
+    end
+    redis.call('HSET', key, unpack(set))
+    if #nulls > 0 then redis.call('HDEL', key, unpack(nulls)) end
+    if expire > 0 then redis.call('EXPIRE', key, expire) end
+  else
+    conflicts[#conflicts + 1] = i - 1
+  end
+end
+return conflicts
+"""
+# Rounds of read, merge, conditional write before giving up on entities that other
+# writers keep changing.
+_MERGE_ROUNDS = 50
 
 
 # ---- the store ----------------------------------------------------------------------------
@@ -300,7 +239,7 @@ class RedisOnlineStore(OnlineStore):
                 if not reused:
                     connection.connect()
                 connection.send_packed_command(payload, check_health=False)
-                return _read_replies(connection, replies)
+                return read_replies(connection, replies)
             except _UNAVAILABLE as error:
                 connection.disconnect()
                 stale = reused and isinstance(error, RedisConnectionError)
@@ -311,13 +250,13 @@ class RedisOnlineStore(OnlineStore):
     def _checked(self, payload: list[bytes], replies: int) -> list[Any]:
         """`_exchange`, raising the first error reply."""
         answers = self._exchange(payload, replies)
-        error = _first_error(answers)
+        error = first_error(answers)
         if error is not None:
             raise error
         return answers
 
     def ping(self) -> None:
-        self._checked([_command(b"PING")], 1)
+        self._checked([command(b"PING")], 1)
 
     def close(self) -> None:
         with self._lock:
@@ -334,9 +273,20 @@ class RedisOnlineStore(OnlineStore):
 
     # ---- writes -----------------------------------------------------------------------
 
-    def _load_script(self) -> bytes:
-        sha = self._checked([_command(b"SCRIPT", b"LOAD", WRITE_SCRIPT.encode())], 1)[0]
+    def _load_script(self, script: str = WRITE_SCRIPT) -> bytes:
+        sha = self._checked([command(b"SCRIPT", b"LOAD", script.encode())], 1)[0]
         return sha if isinstance(sha, bytes) else sha.encode()
+
+    def _register(self, project: str, view: str, join_keys: list[str], features: list[str]) -> None:
+        """Record the view's features and key names, for `delete_view`."""
+        meta = f"{KEY_PREFIX}:{project}#".encode()
+        self._checked(
+            [
+                command(b"SADD", meta + b"fields:" + view.encode(), *(f.encode() for f in features)),
+                command(b"SADD", meta + b"keys:" + view.encode(), "&".join(sorted(join_keys)).encode()),
+            ],
+            2,
+        )  # fmt: skip
 
     def write_batch(
         self, project: str, view: str, join_keys: list[str], features: list[str], table: pa.Table
@@ -345,17 +295,10 @@ class RedisOnlineStore(OnlineStore):
         if batch.num_rows == 0:
             return 0
         sha = self._load_script()  # also (re)connects through the retrying path
-        meta = f"{KEY_PREFIX}:{project}#".encode()
-        self._checked(
-            [
-                _command(b"SADD", meta + b"fields:" + view.encode(), *(f.encode() for f in features)),
-                _command(b"SADD", meta + b"keys:" + view.encode(), "&".join(sorted(join_keys)).encode()),
-            ],
-            2,
-        )  # fmt: skip
+        self._register(project, view, join_keys, features)
         header = [str(len(features)).encode(), ts_field(view), str(self.key_ttl_seconds).encode()]
         header += [feature_field(view, f) for f in features]
-        header_args = b"".join(_bulk(a) for a in header)
+        header_args = b"".join(bulk(a) for a in header)
         try:
             return self._stream_writes(project, batch, sha, header_args, len(header))
         except NoScriptError:
@@ -363,6 +306,63 @@ class RedisOnlineStore(OnlineStore):
             # resend everything; rows already applied are rewritten identically.
             sha = self._load_script()
             return self._stream_writes(project, batch, sha, header_args, len(header))
+
+    def merge_batch(
+        self,
+        project: str,
+        view: str,
+        join_keys: list[str],
+        features: list[str],
+        table: pa.Table,
+        merge: Merge,
+    ) -> int:
+        batch = prepare_batch(view, table, join_keys, features)
+        if batch.num_rows == 0:
+            return 0
+        sha = self._load_script(MERGE_SCRIPT)
+        self._register(project, view, join_keys, features)
+        fields = [ts_field(view)] + [feature_field(view, f) for f in features]
+        decoders = [redis_decoder(f.dtype) for f in batch.features]
+        header = [str(len(features)).encode(), ts_field(view), str(self.key_ttl_seconds).encode()]
+        header_args = b"".join(bulk(a) for a in [*header, *fields[1:]])
+        written, pending = 0, table
+        for _ in range(_MERGE_ROUNDS):
+            keys = entity_keys(project, prepare_batch(view, pending, join_keys, features).keys)
+            keys = keys.to_pylist()
+            replies = self._checked([command(b"HMGET", key, *fields) for key in keys], len(keys))
+            stored = ViewRows(
+                [None if reply[0] is None else int(reply[0]) for reply in replies],
+                [
+                    [None if reply[j] is None else decode(reply[j]) for reply in replies]
+                    for j, decode in enumerate(decoders, 1)
+                ],
+            )
+            merged = prepare_batch(view, merge(stored, pending), join_keys, features)
+            times = merged.event_times.cast(pa.string()).cast(pa.binary()).to_pylist()
+            values = [redis_values(f)[0].to_pylist() for f in merged.features]
+            conflicts: list[int] = []
+            for start in range(0, len(keys), ROWS_PER_CALL):
+                rows = range(start, min(start + ROWS_PER_CALL, len(keys)))
+                args = [sha, str(len(rows)).encode(), *(keys[i] for i in rows)]
+                for i in rows:
+                    args += [_digest(replies[i]), times[i], *(column[i] for column in values)]
+                call = b"*%d\r\n$7\r\nEVALSHA\r\n" % (1 + len(args) + 3 + len(features))
+                call += b"".join(bulk(a) for a in args[: 2 + len(rows)]) + header_args
+                call += b"".join(bulk(a) for a in args[2 + len(rows) :])
+                try:
+                    reply = self._checked([call], 1)[0]
+                except NoScriptError:
+                    sha = self._load_script(MERGE_SCRIPT)
+                    reply = self._checked([call.replace(args[0], sha, 1)], 1)[0]
+                conflicts += [start + int(i) for i in reply]
+            written += len(keys) - len(conflicts)
+            if not conflicts:
+                return written
+            pending = pending.take(conflicts)
+        raise StoreUnavailableError(
+            f"Redis online store at {self.address}: {pending.num_rows} entities of view "
+            f"'{view}' changed under every one of {_MERGE_ROUNDS} merges; try again"
+        )
 
     def _stream_writes(
         self, project: str, batch: PreparedBatch, sha: bytes, header_args: bytes, header_count: int
@@ -391,7 +391,7 @@ class RedisOnlineStore(OnlineStore):
                 for part in batch.slices(self.batch_size):
                     if failures:
                         break
-                    pieces, count = _write_payload(project, part, sha, header_args, header_count)
+                    pieces, count = write_payload(project, part, sha, header_args, header_count)
                     outbox.put(pieces)
                     calls += count
             finally:
@@ -399,17 +399,17 @@ class RedisOnlineStore(OnlineStore):
                 sender.join()
             if failures:
                 raise failures[0]
-            replies = _read_replies(connection, calls)
+            replies = read_replies(connection, calls)
             in_step = True
         except _UNAVAILABLE as failure:
             raise self._unavailable(failure) from None
         finally:
             if not in_step:  # unread replies would answer the next command: drop the socket
                 connection.disconnect()
-        error = _first_error(replies)
+        error = first_error(replies)
         if error is not None:
             raise error
-        return _count_written(replies)
+        return count_written(replies)
 
     def delete_view(self, project: str, view: str) -> None:
         meta = f"{KEY_PREFIX}:{project}#"
@@ -472,7 +472,7 @@ class RedisOnlineStore(OnlineStore):
             framed = self._group_fields.get(fields_key)
             if framed is None:
                 fields = [field for _, spec in members for field in spec.fields]
-                framed = (b"".join(_bulk(f) for f in fields), len(fields))
+                framed = (b"".join(bulk(f) for f in fields), len(fields))
                 self._group_fields[fields_key] = framed
             fields_bytes, field_count = framed
             head = b"*%d\r\n$5\r\nHMGET\r\n" % (field_count + 2)
@@ -493,7 +493,7 @@ class RedisOnlineStore(OnlineStore):
         return _decode_read(replies, layout, len(requests))
 
     async def ping_async(self) -> None:
-        await self._async_client().execute(_command(b"PING"), 1)
+        await self._async_client().execute(command(b"PING"), 1)
 
     @property
     def backend(self) -> str:
@@ -523,6 +523,12 @@ class RedisOnlineStore(OnlineStore):
             self._async_last = None
         if client is not None:
             client.close()
+
+
+def _digest(fields: list[bytes | None]) -> bytes:
+    """What MERGE_SCRIPT computes of the fields it finds: absent and empty differ."""
+    parts = [b"-" if value is None else b"v" + value for value in fields]
+    return hashlib.sha1(b"\0".join(parts)).hexdigest().encode()
 
 
 def _decode_read(
@@ -558,70 +564,3 @@ def _decode_view(replies: list[list[bytes | None]], offset: int, spec: _ReadSpec
         column = [reply[index] for reply in replies]
         columns.append([None if raw is None else decode(raw) for raw in column])
     return ViewRows(times, columns)
-
-
-def _read_replies(connection: redis.Connection, count: int) -> list[Any]:
-    """Read `count` replies; an error reply is kept in the list (not raised) so that the
-    connection stays in step with the commands sent."""
-    replies = []
-    for _ in range(count):
-        try:
-            replies.append(connection.read_response())
-        except ResponseError as error:
-            replies.append(error)
-    return replies
-
-
-def _first_error(replies: list[Any]) -> ResponseError | None:
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            return reply
-    return None
-
-
-def _count_written(replies: list[Any]) -> int:
-    return sum(r for r in replies if isinstance(r, int))
-
-
-def _offsets(values: pa.Array) -> list[int]:
-    offsets = np.frombuffer(values.buffers()[1], np.int32, len(values) + 1, values.offset * 4)
-    return offsets.tolist()
-
-
-def _write_payload(
-    project: str, part: PreparedBatch, sha: bytes, header_args: bytes, header_count: int
-) -> tuple[list[bytes], int]:
-    """EVALSHA commands for a slice of rows, as a few large byte strings."""
-    key_pieces = _Pieces()
-    key_pieces.bulk(entity_keys(project, part.keys))
-    keys = key_pieces.join()
-    row_pieces = _Pieces()
-    row_pieces.bulk(part.event_times.cast(pa.string()).cast(pa.binary()))
-    for feature in part.features:
-        row_pieces.bulk(*redis_values(feature))
-    rows = row_pieces.join()
-    key_offsets, row_offsets = _offsets(keys), _offsets(rows)
-    key_data, row_data = memoryview(keys.buffers()[2]), memoryview(rows.buffers()[2])
-    args_per_row = len(part.features) + 1
-    pieces: list[bytes] = []
-    group: list[Any] = []
-    size = calls = 0
-    for start in range(0, part.num_rows, ROWS_PER_CALL):
-        stop = min(start + ROWS_PER_CALL, part.num_rows)
-        count = stop - start
-        arity = 3 + count + header_count + count * args_per_row
-        digits = len(str(count))
-        group.append(
-            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%d\r\n" % (arity, sha, digits, count)
-        )
-        group.append(key_data[key_offsets[start] : key_offsets[stop]])
-        group.append(header_args)
-        group.append(row_data[row_offsets[start] : row_offsets[stop]])
-        size += key_offsets[stop] - key_offsets[start] + row_offsets[stop] - row_offsets[start]
-        calls += 1
-        if size >= _SEND_PIECE:
-            pieces.append(b"".join(group))
-            group, size = [], 0
-    if group:
-        pieces.append(b"".join(group))
-    return pieces, calls

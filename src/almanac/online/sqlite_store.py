@@ -24,6 +24,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,8 @@ from typing import Any
 import pyarrow as pa
 
 from almanac.errors import InputError, StoreUnavailableError
-from almanac.online.base import OnlineStore, ViewRead, ViewRows
-from almanac.online.batch import NULL_DTYPE, PreparedBatch, prepare_batch
+from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
+from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, prepare_batch
 from almanac.online.codec import sqlite_decoder, sqlite_values
 
 TS_COLUMN = '"@ts"'
@@ -185,37 +187,66 @@ class SqliteOnlineStore(OnlineStore):
         batch = prepare_batch(view, table, join_keys, features)
         if batch.num_rows == 0:
             return 0
-        name = _table(project, view)
-        keys = [_quote(k) for k in join_keys]
-        columns = [*keys, TS_COLUMN, *(_quote(f) for f in features)]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[len(keys) :])
-        sql = (
-            f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
-            f"WHERE excluded.{TS_COLUMN} >= {name}.{TS_COLUMN}"
-        )
+        with self._write_transaction() as connection:
+            return self._upsert(connection, project, batch)
+
+    def merge_batch(
+        self,
+        project: str,
+        view: str,
+        join_keys: list[str],
+        features: list[str],
+        table: pa.Table,
+        merge: Merge,
+    ) -> int:
+        batch = prepare_batch(view, table, join_keys, features)
+        if batch.num_rows == 0:
+            return 0
+        # The transaction holds SQLite's write lock from the read to the write, so no
+        # other writer (thread or process) can change these entities in between.
+        with self._write_transaction() as connection:
+            self._ensure_table(connection, _table(project, view), batch)
+            dtypes = [f.dtype for f in batch.features]
+            keys = [_python_keys(k) for k in batch.keys]
+            request = ViewRead(view, join_keys, keys, features, dtypes)
+            stored = self._read_view(connection, project, request)
+            merged = prepare_batch(view, merge(stored, table), join_keys, features)
+            return self._upsert(connection, project, merged)
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: the write lock from the start)."""
         connection = self._connection()
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                self._ensure_table(connection, name, batch)
-                before = connection.total_changes
-                for part in batch.slices(self.batch_size):
-                    python_columns = [
-                        k.values.to_numpy().tolist() if k.dtype == "int64" else k.values.to_pylist()
-                        for k in part.keys
-                    ]
-                    python_columns.append(part.event_times.to_numpy().tolist())
-                    python_columns += [sqlite_values(f) for f in part.features]
-                    connection.executemany(sql, zip(*python_columns, strict=True))
-                written = connection.total_changes - before
+                yield connection
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as error:
             raise StoreUnavailableError(f"SQLite online store at {self.path}: {error}") from None
-        return written
+
+    def _upsert(self, connection: sqlite3.Connection, project: str, batch: PreparedBatch) -> int:
+        """Write a batch inside a transaction; returns the rows that changed the store."""
+        name = _table(project, batch.view)
+        self._ensure_table(connection, name, batch)
+        keys = [_quote(k.name) for k in batch.keys]
+        columns = [*keys, TS_COLUMN, *(_quote(f.name) for f in batch.features)]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[len(keys) :])
+        sql = (
+            f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
+            f"WHERE excluded.{TS_COLUMN} >= {name}.{TS_COLUMN}"
+        )
+        before = connection.total_changes
+        for part in batch.slices(self.batch_size):
+            python_columns = [_python_keys(k) for k in part.keys]
+            python_columns.append(part.event_times.to_numpy().tolist())
+            python_columns += [sqlite_values(f) for f in part.features]
+            connection.executemany(sql, zip(*python_columns, strict=True))
+        return connection.total_changes - before
 
     def delete_view(self, project: str, view: str) -> None:
         table = _table(project, view)
@@ -308,6 +339,10 @@ class SqliteOnlineStore(OnlineStore):
                 by_key.update((row[:key_width], row) for row in cursor)
         get = by_key.get
         return _to_view_rows([get(key) for key in entity_keys], key_width, layout)
+
+
+def _python_keys(key: KeyColumn) -> list[Any]:
+    return key.values.to_numpy().tolist() if key.dtype == "int64" else key.values.to_pylist()
 
 
 def _to_view_rows(rows: list[tuple[Any, ...] | None], start: int, layout: _Layout) -> ViewRows:

@@ -15,9 +15,14 @@ At read time R a window W keeps the tiles with ``lower_W(R) < b`` and ``b - tile
 (the ones overlapping ``(lower_W(R), R]``), which selects exactly the events the offline
 query selects at T = R: a 7-day count decays as events age out, without any write.
 
-Tiles are mergeable partial aggregates, so a pushed event could update a blob in place
-(add to tile ``ceil_tile(t)`` or insert one, raise the blob's event time): the layout is
-designed for it; today blobs are rebuilt by materialization only.
+Tiles are mergeable partial aggregates, so pushed events update a blob in place
+(`merge_blobs`): the offline engine computes the tiles of the pushed rows alone, and
+each entity's stored blob and new tiles are combined tile by tile (equal ends merge
+their states; others are inserted), under the online store's atomic read-modify-write
+(`OnlineStore.merge_batch`). The blob's event time becomes the later of the two.
+Tiles that no read at or after the blob's latest event can reach (ending at or before
+``latest - longest window - tile``) are dropped, so a blob stays as small as
+materialization makes it.
 
 Float results (sum, mean, stddev, variance of floats) are computed in another order than
 the offline query, so they agree to rounding (about 1e-12 relative), not bit for bit.
@@ -34,9 +39,10 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from almanac.definitions.aggregation import AggregateFeature, AggregationView
-from almanac.online.base import ViewRows
+from almanac.online.base import EVENT_TIMESTAMP, ViewRows
 from almanac.online.codec import micros_to_datetime
 
 TILES_FEATURE = "tiles"
@@ -202,3 +208,105 @@ _FUNCTIONS: dict[str, Callable[[dict[str, list[Any]], int, int, str], Any]] = {
     "last": _last,
     "count_distinct": _count_distinct,
 }
+
+
+# ---- merging pushed tiles into stored ones --------------------------------------------------
+
+
+def reach_micros(view: AggregationView) -> int:
+    """How far back from a read time the longest window can look, tile included."""
+    return (view.max_window + (view.tile or timedelta(0))) // _US
+
+
+def merge_blobs(stored: ViewRows, new: pa.Table, reach: int) -> pa.Table:
+    """`new` (keys, event time, tiles of pushed rows) with each row's tiles merged into
+    the entity's stored ones (`stored`: one row per row of `new`, in order)."""
+    times = new.column(EVENT_TIMESTAMP).cast(pa.int64()).to_pylist()
+    blobs = new.column(TILES_FEATURE).to_pylist()
+    merged_times, merged_blobs = [], []
+    for old_time, old_blob, time, blob in zip(
+        stored.event_times, stored.columns[0], times, blobs, strict=True
+    ):
+        latest = time if old_time is None else max(old_time, time)
+        tiles = decode(blob)
+        if old_blob is not None:
+            tiles = merge_tiles(decode(old_blob), tiles)
+        merged_times.append(latest)
+        merged_blobs.append(orjson.dumps(_drop_before(tiles, latest - reach)))
+    columns = {name: new.column(name) for name in new.column_names}
+    columns[EVENT_TIMESTAMP] = pa.array(merged_times, pa.int64()).cast(new.schema.field(EVENT_TIMESTAMP).type)  # fmt: skip
+    columns[TILES_FEATURE] = pa.array(merged_blobs, pa.binary())
+    return pa.table(columns)
+
+
+def merge_tiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The union of two blobs of the same view, tiles with equal ends combined."""
+    if set(old.get("c", {})) != set(new.get("c", {})):
+        return new  # written under another definition of the view: it no longer counts
+    ends = sorted(set(old["b"]) | set(new["b"]))
+    where_old = {b: i for i, b in enumerate(old["b"])}
+    where_new = {b: i for i, b in enumerate(new["b"])}
+    out: dict[str, Any] = {"b": ends, "n": []}
+    columns = {name: {state: [] for state in states} for name, states in new.get("c", {}).items()}
+    for end in ends:
+        i, j = where_old.get(end), where_new.get(end)
+        if i is None or j is None:
+            source, k = (new, j) if i is None else (old, i)
+            out["n"].append(source["n"][k])
+            for name, states in columns.items():
+                for state, values in states.items():
+                    values.append(source["c"][name][state][k])
+            continue
+        out["n"].append(old["n"][i] + new["n"][j])
+        for name, states in columns.items():
+            a, b = old["c"][name], new["c"][name]
+            for state, values in states.items():
+                values.append(_merge_state(state, a, i, b, j))
+    if columns:
+        out["c"] = columns
+    return out
+
+
+def _merge_state(state: str, a: dict[str, list[Any]], i: int, b: dict[str, list[Any]], j: int) -> Any:  # fmt: skip
+    x, y = a[state][i], b[state][j]
+    if state == "m" or state == "q":  # Chan et al.: needs both sides' counts and means
+        return _merge_moments(a["n"][i], a["m"][i], a["q"][i], b["n"][j], b["m"][j], b["q"][j], state)  # fmt: skip
+    if x is None or y is None:
+        return y if x is None else x
+    if state in ("n", "s"):
+        return x + y
+    if state == "lo":
+        return min(x, y)
+    if state == "hi":
+        return max(x, y)
+    if state == "l":
+        return max(x, y, key=lambda item: (item["t"], item["v"]))
+    if state == "d":
+        return list(dict.fromkeys(x + y))
+    raise ValueError(f"unknown tile state {state!r}")
+
+
+def _merge_moments(na: int, ma: Any, qa: Any, nb: int, mb: Any, qb: Any, state: str) -> Any:
+    if not nb:
+        return ma if state == "m" else qa
+    if not na:
+        return mb if state == "m" else qb
+    total = na + nb
+    delta = mb - ma
+    if state == "m":
+        return ma + delta * nb / total
+    return qa + qb + delta * delta * na * nb / total
+
+
+def _drop_before(tiles: dict[str, Any], edge: int) -> dict[str, Any]:
+    """The blob without tiles ending at or before `edge`."""
+    start = bisect_right(tiles["b"], edge)
+    if start == 0:
+        return tiles
+    out: dict[str, Any] = {"b": tiles["b"][start:], "n": tiles["n"][start:]}
+    if "c" in tiles:
+        out["c"] = {
+            name: {state: values[start:] for state, values in states.items()}
+            for name, states in tiles["c"].items()
+        }
+    return out
