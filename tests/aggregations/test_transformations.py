@@ -32,6 +32,9 @@ events = FileSource(path="data/events.parquet", timestamp_field="ts")
 
 @batch_transformation
 def halve(df):
+    # Records the oldest row each call sees (the test of time-bound pushdown reads it).
+    with open(__file__.replace("features.py", "seen.log"), "a") as log:
+        log.write(f"{len(df)} {df['ts'].min()}\\n")
     return df.assign(amount_eur=df["amount"] * 0.5)
 
 
@@ -67,10 +70,10 @@ def store(tmp_path: Path) -> FeatureStore:
     (tmp_path / "data").mkdir()
     (tmp_path / "almanac.yaml").write_text("project: tr\n")
     (tmp_path / "features.py").write_text(FEATURES_PY)
-    times = [END - timedelta(hours=h) for h in (30, 5, 1, 2)]
+    times = [END - timedelta(hours=h) for h in (30, 5, 1, 2, 24 * 10)]
     pq.write_table(
-        pa.table({"customer_id": [1, 1, 1, 2], "ts": pa.array(times, pa.timestamp("us", tz="UTC")),
-                  "amount": [100.0, 10.0, 4.0, 8.0]}),
+        pa.table({"customer_id": [1, 1, 1, 2, 1], "ts": pa.array(times, pa.timestamp("us", tz="UTC")),
+                  "amount": [100.0, 10.0, 4.0, 8.0, 1000.0]}),
         tmp_path / "data" / "events.parquet",
     )  # fmt: skip
     made = FeatureStore(tmp_path)
@@ -132,3 +135,16 @@ def test_transformation_forms() -> None:
         FeatureView(**base, transformation=lambda df: df)
     with pytest.raises(DefinitionError, match="mode"):
         batch_transformation(plain, mode="spark")  # type: ignore[arg-type]
+
+
+def test_a_python_transformation_sees_only_the_rows_a_read_can_use(store: FeatureStore) -> None:
+    """A 1-day window at END needs events after END - 1d: the row 10 days old is not
+    handed to the function (the bound is widened by a day for the raw scan)."""
+    log = store.config.repo_path / "seen.log"
+    log.unlink(missing_ok=True)
+    spine = pa.table({"customer_id": [1], "event_timestamp": [END]})
+    table = store.get_historical_features(spine, ["eur_spend:amount_eur_sum_1d"]).to_arrow()
+    assert table.column("amount_eur_sum_1d").to_pylist() == [7.0]
+    calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert sum(int(rows) for rows, _ in calls) == 4  # of 5 rows
+    assert all(datetime.fromisoformat(oldest) > END - timedelta(days=3) for _, oldest in calls)

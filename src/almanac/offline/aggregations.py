@@ -190,13 +190,21 @@ def point_values(
         select.append(f"CAST({value} AS {duckdb_type(feature.dtype)}) AS {quote(feature.name)}")
     windows = ", ".join(
         f"{name} AS (PARTITION BY {', '.join(k)} ORDER BY {T} RANGE BETWEEN "
-        f"{T} - {lower_bound(T, window, view.tile)} - 1 PRECEDING AND CURRENT ROW)"
+        f"{_preceding(window, view.tile)} PRECEDING AND CURRENT ROW)"
         for window, name in frames.items()
     )
     return (
         f"SELECT * EXCLUDE (__e) FROM (SELECT {', '.join(select)}, __e FROM ({rows}) "
         f"WINDOW {windows}) WHERE __e IS NULL"
     )
+
+
+def _preceding(window: timedelta, tile: timedelta | None) -> str:
+    """How far a frame reaches back from T: to just after lower_W(T). A constant for
+    exact windows (DuckDB evaluates constant offsets much faster than per-row ones)."""
+    if tile is None:
+        return str(micros(window) - 1)
+    return f"{T} - {lower_bound(T, window, tile)} - 1"
 
 
 def _window_aggregate(feature: AggregateFeature, alias: str | None, frame: str) -> str:
@@ -239,9 +247,10 @@ def tiles_query(
         source = f"(SELECT * FROM ({events}) SEMI JOIN ({changed}) USING ({', '.join(k)}))"
     tiles = f"SELECT {', '.join(k)}, {end} AS b, {', '.join(states)} FROM {source} GROUP BY ALL"
 
-    # One ordered list of per-tile structs per entity, split into columns afterwards:
-    # one sort per entity instead of one per state (measured 2x faster than many
-    # `list(x ORDER BY b)`).
+    # One list of per-tile structs per entity, sorted (by `b`, the first field) and split
+    # into columns afterwards: one sort per entity instead of one per state (measured 2x
+    # faster than many `list(x ORDER BY b)`), and `list_sort` after `list` rather than an
+    # ordered aggregate (measured 4.4 s -> 3.4 s for 100k entities, 3.3M tiles).
     names = ["b", "n"] + [f"{i.alias}_{s}" for i in columns.values() for s in sorted(i.states)]
     packed = ", ".join(f"'{name}': {name}" for name in names)
 
@@ -256,7 +265,7 @@ def tiles_query(
     if per_column:
         body += f", 'c': {{{', '.join(per_column)}}}"
     grouped = (
-        f"SELECT {', '.join(k)}, max(mt) AS event_timestamp, list({{{packed}}} ORDER BY b) AS l "
+        f"SELECT {', '.join(k)}, max(mt) AS event_timestamp, list_sort(list({{{packed}}})) AS l "
         f"FROM ({tiles}) GROUP BY ALL"
     )
     return (

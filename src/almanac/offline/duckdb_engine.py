@@ -140,13 +140,15 @@ class DuckDBEngine(OfflineEngine):
         parts: list[JoinPart | PointPart] = []
         for view in views:
             source = catalog.source_of(view)
-            scan = scan_view(cursor, self.config, source, view)
             if isinstance(view, AggregationView):
                 keys = catalog.join_keys(view)
+                since = None if low is None else low - view.max_window - (view.tile or timedelta(0))
+                scan = scan_view(cursor, self.config, source, view, since, high)
                 parts.append(aggregation_part(scan, source, view, keys, by_view[view.name], low, high))  # fmt: skip
                 continue
             wanted = [ref.field for ref in by_view[view.name]]
             lower = None if view.ttl is None or low is None else low - view.ttl
+            scan = scan_view(cursor, self.config, source, view, lower, high)
             rows = view_rows(scan, source, view, catalog.join_keys(view), wanted, lower, high)
             outputs = [(ref.field.name, ref.output_name) for ref in by_view[view.name]]
             parts.append(JoinPart(rows, view.ttl, outputs))
@@ -175,7 +177,8 @@ class DuckDBEngine(OfflineEngine):
             )
         cursor = self._cursor()
         source = catalog.source_of(view)
-        rows = view_rows(scan_view(cursor, self.config, source, view), source, view, keys, None, start, end)  # fmt: skip
+        scan = scan_view(cursor, self.config, source, view, start, end)
+        rows = view_rows(scan, source, view, keys, None, start, end)
         schema = pa.schema(
             [(k, arrow_type(t)) for k, t in keys.items()]
             + [(f.name, arrow_type(f.dtype)) for f in view.features]
@@ -190,7 +193,8 @@ class DuckDBEngine(OfflineEngine):
         start = None if start is None else to_utc(start, "start")
         cursor = self._cursor()
         source = catalog.source_of(view)
-        scan = scan_view(cursor, self.config, source, view)
+        since = end - view.max_window - (view.tile or timedelta(0))
+        scan = scan_view(cursor, self.config, source, view, since, end)
         query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), start, end)
         return _reader(cursor, query, schema, 16 * 1024, f"tiles of '{view.name}'")
 

@@ -4,13 +4,17 @@
 materialization, value history, aggregation tiles), so every reader sees the same
 transformed rows. A SQL transformation becomes a subquery over the CTE ``source``; a
 Python one is run over the source's record batches and its output registered with
-DuckDB as an Arrow table. Transformed rows have no stable file order, so exact
+DuckDB as an Arrow table. The caller passes the event times it will read (`since`,
+`until`), so a Python function only sees the source rows in that span (with the
+Parquet row groups outside it skipped), not the whole history: it keeps each row's
+event time, so rows outside the span could not be read anyway. Transformed rows have no stable file order, so exact
 (keys, event time) ties are broken by value order (see `point_in_time`).
 """
 
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -21,6 +25,7 @@ from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.transformations import PythonTransformation, SqlTransformation
 from almanac.errors import InputError
 from almanac.offline.frames import to_arrow
+from almanac.offline.point_in_time import raw_time_bounds
 from almanac.offline.sources import Source, SourceScan, describe, quote, scan_source
 
 _BATCH_ROWS = 256 * 1024
@@ -28,15 +33,25 @@ _counter = itertools.count()
 
 
 def scan_view(
-    con: duckdb.DuckDBPyConnection, config: RepoConfig, source: Source, view: FeatureView
+    con: duckdb.DuckDBPyConnection,
+    config: RepoConfig,
+    source: Source,
+    view: FeatureView,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> SourceScan:
-    """The relation of `view`'s rows: its source, transformed if the view says so."""
+    """The relation of `view`'s rows: its source, transformed if the view says so. The
+    caller reads only rows with event times in [since, until] (None: unbounded)."""
     scan = scan_source(con, config, source)
     transformation = view.transformation
     if transformation is None or scan.empty:
         return scan
     columns = ", ".join(quote(c) for c in scan.columns)
     base = f"SELECT {columns} FROM {scan.relation}"
+    if isinstance(transformation, PythonTransformation) and source.timestamp_field in scan.columns:
+        bounds = raw_time_bounds(scan, source.timestamp_field, since, until)
+        if bounds:
+            base += f" WHERE {' AND '.join(bounds)}"
     label = f"transformation of feature view '{view.name}'"
     if isinstance(transformation, SqlTransformation):
         query = transformation.query.strip().rstrip(";")
