@@ -13,7 +13,11 @@ Figures, all from one run:
   seconds: reported as "> N s" when it hits the cap); its output is compared with ours;
 - `aggregation_materialize`: `materialize` of the tiles into a real Redis, entities/s;
 - `aggregation_online_read`: `get_online_features` of all 10 features for 1 entity at
-  the data's end time, p50/p99 over `READS` calls.
+  the data's end time, p50/p99 over `READS` calls;
+- `aggregation_historical_hot_keys`: the same events aggregated per merchant (10,000
+  merchants: about 1,000 events per 30-day window each, where a customer has 33), a
+  1M-row spine of merchants — the case a range join handles worst; beside it the naive
+  range join of the same view (capped at `HOT_NAIVE_CAP` seconds).
 
     .venv/bin/python benchmarks/bench_aggregations.py small
 """
@@ -45,6 +49,8 @@ END = START + timedelta(days=DAYS)
 REPEATS = {"small": 2, "medium": 2, "large": 1}
 NAIVE_CAP = {"small": 120, "medium": 300, "large": 300}
 READS = 10_000
+HOT_NAIVE_CAP = 120
+DATA_VERSION = "2: with hot_spine.parquet\n"
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,21 @@ customer_spend = AggregationView(
         Aggregation(column="merchant_id", function="count_distinct", windows=["30d"]),
     ],
 )
+merchant = Entity(name="merchant", join_keys=["merchant_id"])
+merchant_activity = AggregationView(
+    name="merchant_activity", entities=[merchant], source=transactions,
+    aggregations=[
+        Aggregation(column="amount", function="sum", windows=["1h", "7d", "30d"]),
+        Aggregation(function="count", windows=["7d", "30d"]),
+        Aggregation(column="customer_id", function="count_distinct", windows=["30d"]),
+    ],
+)
 '''
+HOT_FEATURES = [
+    f"merchant_activity:{name}"
+    for name in ["amount_sum_1h", "amount_sum_7d", "amount_sum_30d", "count_7d", "count_30d",
+                 "customer_id_count_distinct_30d"]
+]  # fmt: skip
 
 FEATURES = [
     f"customer_spend:{name}"
@@ -93,7 +113,9 @@ def make_repo(size: str) -> Path:
     """Write (once) and return the benchmark repo for `size`."""
     spec = SIZES[size]
     repo = DATA_DIR / f"aggregations-{size}"
-    if (repo / ".complete").exists():
+    (repo / "features.py").parent.mkdir(parents=True, exist_ok=True)
+    if (repo / ".complete").exists() and (repo / ".complete").read_text() == DATA_VERSION:
+        (repo / "features.py").write_text(FEATURES_PY)  # definitions may change; data not
         return repo
     import shutil
 
@@ -131,9 +153,19 @@ def make_repo(size: str) -> Path:
         }
     )
     pq.write_table(spine, repo / "spine.parquet")
+    seconds = rng.integers(30 * 86_400, DAYS * 86_400, spec.spine)
+    hot_spine = pa.table(
+        {
+            "merchant_id": names.take(pa.array(rng.integers(0, spec.merchants, spec.spine))),
+            "event_timestamp": pa.array(start_us + seconds * 1_000_000, pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    pq.write_table(hot_spine, repo / "hot_spine.parquet")
     (repo / "almanac.yaml").write_text("project: bench_agg\noffline:\n  temp_directory: .almanac/tmp\n")  # fmt: skip
     (repo / "features.py").write_text(FEATURES_PY)
-    (repo / ".complete").write_text("ok\n")
+    (repo / ".complete").write_text(DATA_VERSION)
     return repo
 
 
@@ -146,6 +178,7 @@ import pyarrow.compute as pc
 
 mode, repo, features = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 names = [f.split(":")[1] for f in features]
+spine_file = "hot_spine.parquet" if mode.startswith("hot") else "spine.parquet"
 
 
 def fingerprint(table):
@@ -157,12 +190,33 @@ def fingerprint(table):
     return out
 
 
-if mode == "almanac":
+if mode in ("almanac", "hot_almanac"):
     from almanac.store import FeatureStore
 
     store = FeatureStore(repo)
     start = time.perf_counter()
-    table = store.get_historical_features(repo + "/spine.parquet", features).to_arrow()
+    table = store.get_historical_features(f"{repo}/{spine_file}", features).to_arrow()
+    seconds = time.perf_counter() - start
+elif mode == "hot_naive":
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    def within(hours):
+        return f"e.ts > s.event_timestamp - INTERVAL {hours} HOUR"
+    query = f'''
+    SELECT
+      sum(e.amount) FILTER (WHERE {within(1)}) AS amount_sum_1h,
+      sum(e.amount) FILTER (WHERE {within(168)}) AS amount_sum_7d,
+      sum(e.amount) AS amount_sum_30d,
+      count(e.ts) FILTER (WHERE {within(168)}) AS count_7d,
+      count(e.ts) AS count_30d,
+      count(DISTINCT e.customer_id) AS customer_id_count_distinct_30d
+    FROM read_parquet('{repo}/{spine_file}', file_row_number = true) AS s
+    LEFT JOIN read_parquet('{repo}/data/transactions/*.parquet') AS e
+      ON s.merchant_id = e.merchant_id AND e.ts <= s.event_timestamp
+      AND e.ts > s.event_timestamp - INTERVAL 720 HOUR
+    GROUP BY s.file_row_number ORDER BY s.file_row_number'''
+    start = time.perf_counter()
+    table = con.sql(query).to_arrow_table()
     seconds = time.perf_counter() - start
 else:
     con = duckdb.connect()
@@ -197,11 +251,13 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": table.num_rows,
 """
 
 
-def _measure(mode: str, repo: Path, timeout: float | None = None) -> dict[str, Any] | None:
+def _measure(
+    mode: str, repo: Path, timeout: float | None = None, features: list[str] = FEATURES
+) -> dict[str, Any] | None:
     """One measurement in its own subprocess; None when it ran past `timeout`."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, mode, str(repo), json.dumps(FEATURES)],
+            [sys.executable, "-c", CHILD, mode, str(repo), json.dumps(features)],
             capture_output=True, text=True, check=False, timeout=timeout,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
@@ -302,6 +358,34 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
             records.append(_record("aggregation_naive_range_join", size, "duckdb", "peak_rss",
                                    naive["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
         records += _online(repo, size)
+        records += _hot_keys(repo, size)
+    return records
+
+
+def _hot_keys(repo: Path, size: str) -> list[dict[str, Any]]:
+    spec = SIZES[size]
+    shape = f"{spec.spine:,} spine × {spec.events:,} events, {spec.merchants:,} merchants"
+    ours = _measure("hot_almanac", repo, features=HOT_FEATURES)
+    assert ours is not None
+    naive = _measure("hot_naive", repo, timeout=HOT_NAIVE_CAP, features=HOT_FEATURES)
+    check = "not compared (naive stopped at the cap)"
+    if naive is not None:
+        check = "outputs agree" if _same(ours, naive) else "OUTPUTS DIFFER"
+    records = [
+        _record("aggregation_historical_hot_keys", size, "duckdb", "seconds", ours["seconds"],
+                "s", f"6 features per merchant, {shape}; vs naive: {check}"),
+        _record("aggregation_historical_hot_keys", size, "duckdb", "peak_rss", ours["peak_mib"],
+                "MiB", "whole subprocess"),
+    ]  # fmt: skip
+    if naive is None:
+        records.append(_record("aggregation_naive_range_join_hot_keys", size, "duckdb", "seconds",
+                               f"> {HOT_NAIVE_CAP}", "s", "spine ⋈ events per merchant; stopped "
+                               "at the cap"))  # fmt: skip
+    else:
+        records.append(_record("aggregation_naive_range_join_hot_keys", size, "duckdb", "seconds",
+                               naive["seconds"], "s", "spine ⋈ events per merchant, grouped"))  # fmt: skip
+        records.append(_record("aggregation_naive_range_join_hot_keys", size, "duckdb", "peak_rss",
+                               naive["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
     return records
 
 

@@ -104,8 +104,9 @@ class PushRequest(_Request):
     push_source_name: str
     df: dict[str, list[Any]] = Field(
         description="Columns: join keys, the source's event-time column (ISO-8601 text; "
-        "naive means UTC) and every feature of the views reading the source. Bytes "
-        "features are base64 text.",
+        "naive means UTC) and every feature of the views reading the source (of an "
+        "aggregation view, the columns it aggregates: its windowed values move at once). "
+        "Bytes features are base64 text.",
         examples=[
             {"user_id": ["8a2f"], "event_timestamp": ["2024-05-01T12:00:00Z"], "clicks": [3]}
         ],
