@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from almanac import FeatureStore
-from almanac.errors import InputError, NotFoundError
+from almanac.errors import DefinitionError, InputError, NotFoundError
 
 T1 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 T2 = T1 + timedelta(hours=1)
@@ -212,27 +212,35 @@ def test_a_push_source_feeding_a_transformed_view_is_refused_before_any_write(
         assert offline_files(store, "clicks") == []
 
 
+AGG_REPO = (
+    "from almanac import Aggregation, AggregationView, Entity, Field, PushSource, String\n"
+    "user = Entity(name='user', join_keys=['user_id'])\n"
+    "clicks = PushSource(name='clicks')\n"
+    "click_counts = AggregationView(name='click_counts', entities=[user], source=clicks,\n"
+    "    columns=[Field('page', String)],\n"
+    "    aggregations=[Aggregation(function='count', windows=['1h']),\n"
+    "                  Aggregation(column='page', function='count_distinct', windows=['1h'])])\n"
+    "visits = PushSource(name='visits')\n"
+    "visit_counts = AggregationView(name='visit_counts', entities=[user], source=visits,\n"
+    "    aggregations=[Aggregation(function='count', windows=['1h'])])\n"
+)
+
+
 def test_a_push_to_a_source_of_an_aggregation_view_counts_online_and_offline(
     tmp_path,
 ) -> None:
-    """The whole path for a user: a count over a push source, an undeclared counted
-    column that keeps its pushed type, both stores updated by one push."""
+    """The whole path for a user: counts over push sources (one that reads a column, one
+    that reads nothing but keys and times), both stores updated by one push."""
     repo = tmp_path / "agg"
     repo.mkdir()
     (repo / "almanac.yaml").write_text("project: agg\n")
-    (repo / "features.py").write_text(
-        "from almanac import Aggregation, AggregationView, Entity, PushSource\n"
-        "user = Entity(name='user', join_keys=['user_id'])\n"
-        "clicks = PushSource(name='clicks')\n"
-        "click_counts = AggregationView(name='click_counts', entities=[user], source=clicks,\n"
-        "    aggregations=[Aggregation(function='count', windows=['1h']),\n"
-        "                  Aggregation(column='page', function='count_distinct', windows=['1h'])])\n"
-    )
+    (repo / "features.py").write_text(AGG_REPO)
     with FeatureStore(repo) as store:
         store.apply()
         rows = {"user_id": ["a", "a", "b"], "event_timestamp": [T1, T1, T1],
                 "page": ["/x", "/y", "/x"]}  # fmt: skip
         assert store.push("clicks", rows) == 3
+        assert store.push("visits", {"user_id": ["a"], "event_timestamp": [T1]}) == 1
         features = ["click_counts:count_1h", "click_counts:page_count_distinct_1h"]
         online = store.get_online_features(features, [{"user_id": "a"}, {"user_id": "b"}], now=T1)
         assert online.to_dict()["count_1h"] == [2, 1]
@@ -240,4 +248,18 @@ def test_a_push_to_a_source_of_an_aggregation_view_counts_online_and_offline(
         spine = {"user_id": ["a", "b"], "event_timestamp": [T1, T1]}
         offline = store.get_historical_features(pa.table(spine), features).to_arrow()
         assert offline.column("count_1h").to_pylist() == [2, 1]
+        visits = store.get_historical_features(pa.table(spine), ["visit_counts:count_1h"])
+        assert visits.to_arrow().column("count_1h").to_pylist() == [1, 0]
         assert len(offline_files(store, "clicks")) == 1
+        assert len(offline_files(store, "visits")) == 1
+
+
+def test_a_counted_column_of_a_push_source_must_declare_its_type(tmp_path) -> None:
+    repo = tmp_path / "untyped"
+    repo.mkdir()
+    (repo / "almanac.yaml").write_text("project: untyped\n")
+    (repo / "features.py").write_text(
+        AGG_REPO.replace("    columns=[Field('page', String)],\n", "")
+    )
+    with FeatureStore(repo) as store, pytest.raises(DefinitionError, match="'page' is counted but has no declared type"):  # fmt: skip
+        store.apply()

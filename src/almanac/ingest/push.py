@@ -20,7 +20,8 @@ Then, in this order:
    late events included. A merge adds, so pushing the same rows twice counts them twice.
 
 Offline first: if the online store then fails (unreachable), the history is complete
-and the next materialization or a retry brings the online store up to date; the other
+and the next materialization brings the online store up to date (so does a retry, for
+feature views; for an aggregation view a retry would record the rows twice); the other
 order could leave online values that training data never saw. Within a batch, rows are
 applied to the online store in (event time, created time) order, so among rows with the
 same key the one that wins the point-in-time rule is the one the store keeps.
@@ -29,7 +30,7 @@ same key the one that wins the point-in-time rule is the one the store keeps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from almanac.definitions.sources import PushSource
 from almanac.definitions.types import arrow_type
 from almanac.errors import InputError, NotFoundError
 from almanac.online.base import EVENT_TIMESTAMP
-from almanac.online.batch import prepare_batch, scalar_dtype
+from almanac.online.batch import prepare_batch
 from almanac.online.tiles import TILES_FEATURE, merge_blobs, reach_micros
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def push(
     for view in online_views:
         keys = list(catalog.join_keys(view))
         if isinstance(view, AggregationView):
-            columns = [*keys, source.timestamp_field, *_columns_read(view, batch, what)]
+            columns = [*keys, source.timestamp_field, *_columns_read(view)]
             tiles = store.offline.tiles_of_rows(catalog, view, batch.select(columns))
             online_writes.append((view, keys, [TILES_FEATURE], tiles))
             continue
@@ -109,10 +110,10 @@ def push(
         prepare_batch(view.name, rows, keys, features)
         online_writes.append((view, keys, features, rows))
     if to != "online":
-        store.offline.write(catalog, _union_view(views, source, batch, what), batch)
+        store.offline.write(catalog, _union_view(views, source), batch)
     for view, keys, features, rows in online_writes:
         if isinstance(view, AggregationView):
-            merge = partial(merge_blobs, reach=reach_micros(view))
+            merge = partial(merge_blobs, reach=reach_micros(view), now=_now_micros())
             store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
         else:
             store.online.write_batch(store.project, view.name, keys, features, rows)
@@ -198,10 +199,10 @@ def normalize(
     created = source.created_timestamp_field
     if created is not None and created in table.column_names:
         columns[created] = _timestamps(table, created, what, nulls=True)
-    features = _union(views, catalog, what, keys=False, table=table)
+    features = _union(views, catalog, what, keys=False)
     missing = [name for name in features if name not in table.column_names]
     if missing:
-        readers = {n: next(v.name for v in views if n in _columns_read(v, table, what)) for n in missing}  # fmt: skip
+        readers = {n: next(v.name for v in views if n in _columns_read(v)) for n in missing}  # fmt: skip
         raise InputError(
             f"{what}: missing column(s) "
             + ", ".join(f"'{n}' (of view '{readers[n]}')" for n in missing)
@@ -212,19 +213,13 @@ def normalize(
     return pa.table(columns)
 
 
-def _union(
-    views: list[FeatureView],
-    catalog: Catalog,
-    what: str,
-    keys: bool,
-    table: pa.Table | None = None,
-) -> dict[str, str]:
+def _union(views: list[FeatureView], catalog: Catalog, what: str, keys: bool) -> dict[str, str]:
     """Join keys (or the columns views read) of all views with their dtypes; a name typed
     differently by two views cannot be pushed as one column."""
     out: dict[str, str] = {}
     owner: dict[str, str] = {}
     for view in views:
-        items = catalog.join_keys(view) if keys else _columns_read(view, table, what)
+        items = catalog.join_keys(view) if keys else _columns_read(view)
         for name, dtype in items.items():
             if out.setdefault(name, dtype) != dtype:
                 raise InputError(
@@ -334,26 +329,18 @@ def _feature(table: pa.Table, name: str, dtype: str, what: str) -> pa.ChunkedArr
         ) from None
 
 
-def _columns_read(view: FeatureView, table: pa.Table | None, what: str) -> dict[str, str]:
+def _now_micros() -> int:
+    return (datetime.now(UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _columns_read(view: FeatureView) -> dict[str, str]:
     """The pushed columns a view reads, with the dtype each is read as: a feature view's
-    features; an aggregation view's aggregated columns (a column it only counts, of no
-    declared type, keeps the type it arrives with)."""
+    features; an aggregation view's aggregated columns (typed: the catalog requires it
+    of aggregations over push sources)."""
     if not isinstance(view, AggregationView):
         return {f.name: f.dtype for f in view.features}
-    out = {}
-    for column, dtype in input_dtypes(view.aggregations, view.columns).items():
-        if dtype is None and table is not None and column in table.column_names:
-            kind = table.column(column).type
-            if pa.types.is_dictionary(kind):
-                kind = kind.value_type
-            dtype = scalar_dtype(kind)
-            if dtype is None:
-                raise InputError(
-                    f"{what}: column '{column}' (counted by aggregation view '{view.name}') "
-                    f"has type {kind}; declare its type in the view's columns"
-                )
-        out[column] = dtype or "string"
-    return out
+    dtypes = input_dtypes(view.aggregations, view.columns)
+    return {column: dtype or "string" for column, dtype in dtypes.items()}
 
 
 # ---- writing ----------------------------------------------------------------------------
@@ -375,9 +362,7 @@ def _online_rows(
     return pa.table(columns).take(order)
 
 
-def _union_view(
-    views: list[FeatureView], source: PushSource, batch: pa.Table, what: str
-) -> FeatureView:
+def _union_view(views: list[FeatureView], source: PushSource) -> FeatureView:
     """A view with every column that the source's views read, so that the source's one
     dataset gets them all in one file (writing per view would keep only that view's)."""
     if len(views) == 1 and not isinstance(views[0], AggregationView):
@@ -385,10 +370,12 @@ def _union_view(
     entities = list(dict.fromkeys(e for view in views for e in view.entities))
     fields: dict[str, str] = {}
     for view in views:
-        fields |= _columns_read(view, batch, what)
-    return FeatureView(
+        fields |= _columns_read(view)
+    # Built without validation: a source read only by counts has no column beyond its
+    # keys and times, which a declared feature view may not have (no features).
+    return FeatureView.model_construct(
         name=views[0].name,
         entities=entities,
         source=source.name,
-        schema=[Field(name, dtype) for name, dtype in fields.items()],
+        schema_=[Field(name, dtype) for name, dtype in fields.items()],
     )

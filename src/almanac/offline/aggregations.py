@@ -17,7 +17,8 @@ Tiles (`tiles_query`): per entity and tile (a tile ``(b - tile, b]``; without a 
 every distinct event time is its own tile, ``b = t``), the partial aggregates: row
 count, per column the non-null count, sum, mean and M2 (for variance, merged with
 Chan's formula), min, max, the latest (t, value), and the distinct values. Per entity
-they become one JSON blob: ``{"b": [tile ends], "n": [...], "c": {column: {state: [...]}}}``,
+they become one JSON blob: ``{"g": tile µs, "b": [tile ends], "n": [...], "c": {column:
+{state: [...]}}}``,
 lists in tile order. DuckDB writes doubles in shortest round-trip form, so values
 survive the trip exactly.
 """
@@ -261,7 +262,8 @@ def tiles_query(
     for item in columns.values():
         fields = ", ".join(f"'{s}': {listed(f'{item.alias}_{s}')}" for s in sorted(item.states))
         per_column.append(f"'{_sql_text(item.column)}': {{{fields}}}")
-    body = f"'b': {listed('b')}, 'n': {listed('n')}"
+    tile_us = 1 if view.tile is None else micros(view.tile)
+    body = f"'g': {tile_us}, 'b': {listed('b')}, 'n': {listed('n')}"
     if per_column:
         body += f", 'c': {{{', '.join(per_column)}}}"
     grouped = (

@@ -127,9 +127,9 @@ for i = 1, #KEYS do
   local current = redis.call('HMGET', key, unpack(fields))
   local parts = {}
   for j = 1, #current do
-    if current[j] then parts[j] = 'v' .. current[j] else parts[j] = '-' end
+    if current[j] then parts[j] = 'v' .. #current[j] .. ':' .. current[j] else parts[j] = '-' end
   end
-  if redis.sha1hex(table.concat(parts, '\\0')) == ARGV[at + 1] then
+  if redis.sha1hex(table.concat(parts)) == ARGV[at + 1] then
     local set = {ts_field, ARGV[at + 2]}
     local nulls = {}
     for j = 1, nf do
@@ -316,6 +316,10 @@ class RedisOnlineStore(OnlineStore):
         table: pa.Table,
         merge: Merge,
     ) -> int:
+        if table.num_rows > self.batch_size:  # bounded payloads, as write_batch has
+            size = self.batch_size
+            parts = (table.slice(start, size) for start in range(0, table.num_rows, size))
+            return sum(self.merge_batch(project, view, join_keys, features, part, merge) for part in parts)  # fmt: skip
         batch = prepare_batch(view, table, join_keys, features)
         if batch.num_rows == 0:
             return 0
@@ -526,9 +530,10 @@ class RedisOnlineStore(OnlineStore):
 
 
 def _digest(fields: list[bytes | None]) -> bytes:
-    """What MERGE_SCRIPT computes of the fields it finds: absent and empty differ."""
-    parts = [b"-" if value is None else b"v" + value for value in fields]
-    return hashlib.sha1(b"\0".join(parts)).hexdigest().encode()
+    """What MERGE_SCRIPT computes of the fields it finds: length-prefixed, so no two
+    different field lists give the same text; absent and empty differ."""
+    parts = [b"-" if value is None else b"v%d:%s" % (len(value), value) for value in fields]
+    return hashlib.sha1(b"".join(parts)).hexdigest().encode()
 
 
 def _decode_read(

@@ -7,7 +7,7 @@ store's monotonic rule keeps the newest blob), and `get_online_features` reads i
 holds partial aggregates per tile ``(b - tile, b]`` (without a tile, per distinct event
 time ``b``):
 
-    {"b": [tile ends, µs, ascending], "n": [rows],
+    {"g": tile size µs (1: exact), "b": [tile ends, µs, ascending], "n": [rows],
      "c": {column: {"n": [non-null count], "s": [sum], "m": [mean], "q": [M2],
                     "lo": [min], "hi": [max], "l": [{"t": µs, "v": value}], "d": [[distinct]]}}}
 
@@ -23,6 +23,12 @@ their states; others are inserted), under the online store's atomic read-modify-
 Tiles that no read at or after the blob's latest event can reach (ending at or before
 ``latest - longest window - tile``) are dropped, so a blob stays as small as
 materialization makes it.
+
+Online values are exact for reads at or after the blob's latest event (serving reads
+"now"). A read before it (a `now=` replay) also counts, with a tile, the later events of
+its own tile. A materialization writes blobs computed from a snapshot of the offline
+data: a late event pushed while it runs may be overwritten for that entity until the
+next materialization (which reads it back from the offline data).
 
 Float results (sum, mean, stddev, variance of floats) are computed in another order than
 the offline query, so they agree to rounding (about 1e-12 relative), not bit for bit.
@@ -86,7 +92,12 @@ def evaluate(plan: TilePlan, rows: ViewRows, now_micros: int) -> ViewRows:
             for column, default in zip(columns, plan.defaults, strict=True):
                 column.append(default)
             continue
-        values = values_at(plan, decode(blob), now_micros)
+        try:
+            values = values_at(plan, decode(blob), now_micros)
+        except (KeyError, IndexError):
+            # A blob written under an earlier definition of the view (`apply` clears
+            # them, but a server with a cached catalog may write one meanwhile).
+            values = plan.defaults
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     return ViewRows(rows.event_times, columns)
@@ -159,7 +170,11 @@ def _moments(states: dict[str, list[Any]], i: int, j: int) -> tuple[int, float]:
 
 def _variance(states: dict[str, list[Any]], i: int, j: int, dtype: str) -> Any:
     n, m2 = _moments(states, i, j)
-    return m2 / (n - 1) if n >= 2 else None
+    if n < 2:
+        return None
+    if any(m is not None and not math.isfinite(m) for m in states["m"][i:j]):
+        return math.nan  # an infinite value among them: inf - inf, as the offline query has
+    return m2 / (n - 1)
 
 
 def _stddev(states: dict[str, list[Any]], i: int, j: int, dtype: str) -> Any:
@@ -173,12 +188,22 @@ def _typed(value: Any, dtype: str) -> Any:
     return micros_to_datetime(value) if dtype == "timestamp" else value
 
 
+def _nan_greatest(value: Any) -> Any:
+    """A sort key ordering NaN above every number, as DuckDB (and so the offline query)
+    does; Python's comparisons with NaN are all false."""
+    return (
+        (True, 0.0) if value != value else (False, value)
+    )  # NaN is the one value unequal to itself
+
+
 def _min(states: dict[str, list[Any]], i: int, j: int, dtype: str) -> Any:
-    return _typed(min((v for v in states["lo"][i:j] if v is not None), default=None), dtype)
+    values = [v for v in states["lo"][i:j] if v is not None]
+    return _typed(min(values, key=_nan_greatest, default=None), dtype)
 
 
 def _max(states: dict[str, list[Any]], i: int, j: int, dtype: str) -> Any:
-    return _typed(max((v for v in states["hi"][i:j] if v is not None), default=None), dtype)
+    values = [v for v in states["hi"][i:j] if v is not None]
+    return _typed(max(values, key=_nan_greatest, default=None), dtype)
 
 
 def _last(states: dict[str, list[Any]], i: int, j: int, dtype: str) -> Any:
@@ -218,35 +243,50 @@ def reach_micros(view: AggregationView) -> int:
     return (view.max_window + (view.tile or timedelta(0))) // _US
 
 
-def merge_blobs(stored: ViewRows, new: pa.Table, reach: int) -> pa.Table:
+def merge_blobs(stored: ViewRows, new: pa.Table, reach: int, now: int) -> pa.Table:
     """`new` (keys, event time, tiles of pushed rows) with each row's tiles merged into
-    the entity's stored ones (`stored`: one row per row of `new`, in order)."""
+    the entity's stored ones (`stored`: one row per row of `new`, in order). `now` (µs)
+    bounds what is dropped: an event pushed with a future time must not discard tiles
+    that reads until then still need."""
     times = new.column(EVENT_TIMESTAMP).cast(pa.int64()).to_pylist()
     blobs = new.column(TILES_FEATURE).to_pylist()
     merged_times, merged_blobs = [], []
     for old_time, old_blob, time, blob in zip(
         stored.event_times, stored.columns[0], times, blobs, strict=True
     ):
-        latest = time if old_time is None else max(old_time, time)
         tiles = decode(blob)
-        if old_blob is not None:
-            tiles = merge_tiles(decode(old_blob), tiles)
-        merged_times.append(latest)
-        merged_blobs.append(orjson.dumps(_drop_before(tiles, latest - reach)))
+        old = None if old_blob is None else decode(old_blob)
+        if old is not None and _layout(old) == _layout(tiles):
+            tiles = merge_tiles(old, tiles)
+            time = max(time, old_time if old_time is not None else time)
+        # (A blob of another layout was written under an earlier definition of the view:
+        # it no longer counts, nor does its event time.)
+        merged_times.append(time)
+        merged_blobs.append(_encode(_drop_before(tiles, min(time, now) - reach)))
     columns = {name: new.column(name) for name in new.column_names}
     columns[EVENT_TIMESTAMP] = pa.array(merged_times, pa.int64()).cast(new.schema.field(EVENT_TIMESTAMP).type)  # fmt: skip
     columns[TILES_FEATURE] = pa.array(merged_blobs, pa.binary())
     return pa.table(columns)
 
 
+def _layout(tiles: dict[str, Any]) -> tuple[Any, ...]:
+    """What two blobs must share to merge: the tile size, the columns and their states."""
+    columns = tiles.get("c", {})
+    return tiles.get("g"), sorted((name, sorted(states)) for name, states in columns.items())
+
+
+def _encode(tiles: dict[str, Any]) -> bytes:
+    # The json module, not orjson: orjson writes NaN and infinities as null.
+    return json.dumps(tiles, separators=(",", ":"), allow_nan=True).encode()
+
+
 def merge_tiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The union of two blobs of the same view, tiles with equal ends combined."""
-    if set(old.get("c", {})) != set(new.get("c", {})):
-        return new  # written under another definition of the view: it no longer counts
+    """The union of two blobs of the same layout, tiles with equal ends combined."""
     ends = sorted(set(old["b"]) | set(new["b"]))
     where_old = {b: i for i, b in enumerate(old["b"])}
     where_new = {b: i for i, b in enumerate(new["b"])}
-    out: dict[str, Any] = {"b": ends, "n": []}
+    out: dict[str, Any] = {key: value for key, value in new.items() if key not in ("b", "n", "c")}
+    out |= {"b": ends, "n": []}
     columns = {name: {state: [] for state in states} for name, states in new.get("c", {}).items()}
     for end in ends:
         i, j = where_old.get(end), where_new.get(end)
@@ -276,9 +316,9 @@ def _merge_state(state: str, a: dict[str, list[Any]], i: int, b: dict[str, list[
     if state in ("n", "s"):
         return x + y
     if state == "lo":
-        return min(x, y)
+        return min(x, y, key=_nan_greatest)
     if state == "hi":
-        return max(x, y)
+        return max(x, y, key=_nan_greatest)
     if state == "l":
         return max(x, y, key=lambda item: (item["t"], item["v"]))
     if state == "d":
@@ -303,7 +343,8 @@ def _drop_before(tiles: dict[str, Any], edge: int) -> dict[str, Any]:
     start = bisect_right(tiles["b"], edge)
     if start == 0:
         return tiles
-    out: dict[str, Any] = {"b": tiles["b"][start:], "n": tiles["n"][start:]}
+    out = {key: value for key, value in tiles.items() if key not in ("b", "n", "c")}
+    out |= {"b": tiles["b"][start:], "n": tiles["n"][start:]}
     if "c" in tiles:
         out["c"] = {
             name: {state: values[start:] for state, values in states.items()}

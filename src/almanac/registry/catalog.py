@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from almanac.definitions import Entity, FeatureService, FeatureView
-from almanac.definitions.aggregation import AggregationView
+from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.base import Definition
 from almanac.definitions.feature_view import Field, check_join_keys_not_features
 from almanac.definitions.sources import FileSource, PushSource, SqlSource, source_from_spec
@@ -167,6 +167,8 @@ class Catalog:
                         )
                     owners[key] = entity.name
             source = self.sources[view.source]
+            if isinstance(source, PushSource) and isinstance(view, AggregationView):
+                _check_pushed_columns_typed(view, label)
             reserved = {source.timestamp_field, source.created_timestamp_field}
             for feature in view.feature_names:
                 if feature in reserved:
@@ -288,3 +290,16 @@ class Catalog:
             seen[item.output_name] = item.ref
         # The same feature asked for twice is returned once.
         return list({item.ref: item for item in resolved}.values())
+
+
+def _check_pushed_columns_typed(view: AggregationView, label: str) -> None:
+    """Pushed rows carry no schema of their own: a column that a push-fed aggregation
+    only counts needs a declared type, or every push could bring another one (1 and "1"
+    would count as two values online and as one offline)."""
+    for column, dtype in input_dtypes(view.aggregations, view.columns).items():
+        if dtype is None:
+            raise DefinitionError(
+                f"{label}: field 'columns': column '{column}' is counted but has no declared "
+                f"type, and source '{view.source}' is a push source, which keeps no schema; "
+                f"declare it, e.g. columns=[Field('{column}', String)]"
+            )
