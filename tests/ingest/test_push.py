@@ -143,7 +143,7 @@ def test_unknown_push_source_lists_close_names(store: FeatureStore) -> None:
     [
         ({"clicks": ["1", "2"]}, "column 'clicks' holds text, but the feature is declared int64"),
         ({"clicks": [1.5, 2.0]}, "column 'clicks'"),
-        ({"user_id": [1, 2]}, "join key 'user_id' must be string"),
+        ({"user_id": [1, 2]}, r"join key 'user_id' has type int64, but .* declares it string"),
         ({"user_id": ["a", None]}, "join key 'user_id' has 1 null"),
         ({"event_timestamp": ["soon", "later"]}, "'soon' is not an ISO-8601 timestamp"),
         ({"event_timestamp": [T1, None]}, "timestamp column 'event_timestamp' has 1 null"),
@@ -163,7 +163,7 @@ def test_bad_rows_name_the_column_and_write_nothing(
 
 def test_missing_columns(store: FeatureStore) -> None:
     with pytest.raises(
-        InputError, match=r"missing column\(s\) 'last_page' \(of view 'user_recent'\)"
+        InputError, match=r"missing column\(s\) 'last_page' \(of feature view 'user_recent'\)"
     ):
         store.push("user_events", {k: v for k, v in ROWS.items() if k != "last_page"})
     with pytest.raises(InputError, match="missing timestamp column 'event_timestamp'"):

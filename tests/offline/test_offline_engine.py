@@ -171,8 +171,11 @@ def test_latest_rows_agree_with_historical_at_end(repo: Repo) -> None:
     for end_hours in (0, 1, 4, 30):
         end = ts(end_hours)
         latest = repo.engine.latest_rows(catalog, no_ttl, None, end).read_all()
-        assert latest.schema.names == ["user_id", "clicks", "score", "event_timestamp"]
+        # The created time comes along: the online store breaks event-time ties with it.
+        names = ["user_id", "clicks", "score", "event_timestamp", "created_timestamp"]
+        assert latest.schema.names == names
         assert latest.schema.field("event_timestamp").type == UTC_US
+        assert latest.schema.field("created_timestamp").type == UTC_US
         users = sorted(latest.column("user_id").to_pylist())
         entity = spine(users, [end_hours] * len(users))
         hist = repo.engine.get_historical_features(

@@ -294,6 +294,7 @@ def test_engine_matches_reference(data: st.DataObject) -> None:
                             "a_num": row["a_num"],
                             "a_txt": row["a_txt"],
                             "event_timestamp": row["e"],
+                            **({"created_timestamp": row["c"]} if a_created else {}),
                         }
                     )
             assert sorted(latest, key=lambda r: str(r["user_id"])) == want

@@ -427,3 +427,32 @@ def test_concurrent_merges_lose_no_update(online: OnlineStore) -> None:
     assert not errors, errors
     _, rows = read_one(online, "c", {"user_id": [1, 2]}, {"n": "int64"})
     assert rows == [[120], [240]]
+
+
+def test_equal_event_times_are_ordered_by_created_time(online: OnlineStore) -> None:
+    """Rule 2's order online: on an equal event time the later created time wins, a row
+    without one is the oldest, and an equal pair overwrites (replays are harmless)."""
+    stamp = pa.timestamp("us", tz="UTC")
+
+    def put(created: datetime | None, value: int, at: datetime = T0) -> int:
+        table = pa.table({
+            "user_id": pa.array([1], pa.int64()),
+            "event_timestamp": pa.array([at], stamp),
+            "created_timestamp": pa.array([created], stamp),
+            "f": pa.array([value], pa.int64()),
+        })  # fmt: skip
+        return online.write_batch(PROJECT, "v", ["user_id"], ["f"], table)
+
+    def stored() -> int:
+        return read_one(online, "v", {"user_id": [1]}, {"f": "int64"})[1][0][0]
+
+    later, earlier = T0 + timedelta(hours=2), T0 + timedelta(hours=1)
+    assert put(later, 2) == 1
+    assert put(earlier, 1) == 0 and stored() == 2  # created earlier: older
+    assert put(None, 0) == 0 and stored() == 2  # no created time: the oldest
+    assert put(later, 3) == 1 and stored() == 3  # the same pair: a replay overwrites
+    assert put(None, 4, at=T0 + timedelta(seconds=1)) == 1 and stored() == 4  # newer event
+    # Rows without created times keep the plain rule: an equal event time overwrites.
+    write(online, "w", INT_KEY, {"f": pa.int64()}, [{"user_id": 1, "event_timestamp": T0, "f": 1}])
+    write(online, "w", INT_KEY, {"f": pa.int64()}, [{"user_id": 1, "event_timestamp": T0, "f": 2}])
+    assert read_one(online, "w", {"user_id": [1]}, {"f": "int64"})[1] == [[2]]

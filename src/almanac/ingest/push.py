@@ -5,7 +5,9 @@ anything is written (DESIGN.md, rule 7): the batch must carry every join key of 
 view reading the source (in its declared type, no nulls), the source's event-time
 column (no nulls; naive times are UTC) and every feature of those views, each castable
 to its declared dtype without loss. Columns no view reads are ignored (a Feast client
-sends a `created` column even when the source declares none).
+sends a `created` column even when the source declares none). The rules are those of
+`almanac.validate`, which `write_to_offline_store` follows too: rows get the same answer
+whichever way they come in.
 
 Then, in this order:
 
@@ -30,7 +32,7 @@ same key the one that wins the point-in-time rule is the one the store keeps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +42,11 @@ import pyarrow.compute as pc
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource
-from almanac.definitions.types import arrow_type
 from almanac.errors import InputError, NotFoundError
-from almanac.online.base import EVENT_TIMESTAMP
+from almanac.online.base import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.online.batch import prepare_batch
 from almanac.online.tiles import TILES_FEATURE, merge_blobs, reach_micros
+from almanac.validate import Declared, check_batch
 
 if TYPE_CHECKING:
     from almanac.registry.catalog import Catalog
@@ -94,7 +96,7 @@ def push(
     table = to_arrow(df, what)
     if table.num_rows == 0:
         return 0
-    batch = normalize(table, catalog, source, views)
+    batch = _with_created_time(normalize(table, catalog, source, views), source)
     # Every check happens before the first write: the online batches are prepared (and
     # so validated) by the same code that `write_batch` runs.
     online_writes = []
@@ -190,143 +192,37 @@ def normalize(
     table: pa.Table, catalog: Catalog, source: PushSource, views: list[FeatureView]
 ) -> pa.Table:
     """The batch with the join keys, the event (and created) time as UTC microseconds and
-    every feature of `views` in its declared type; InputError naming the first problem."""
+    every column of `views` in its declared type; InputError naming the first problem.
+    The rules are `almanac.validate`'s, which `write_to_offline_store` follows too."""
     what = f"push to '{source.name}'"
-    columns: dict[str, pa.ChunkedArray] = {}
-    for key, dtype in _union(views, catalog, what, keys=True).items():
-        columns[key] = _key(table, key, dtype, what)
-    columns[source.timestamp_field] = _timestamps(table, source.timestamp_field, what, nulls=False)
-    created = source.created_timestamp_field
-    if created is not None and created in table.column_names:
-        columns[created] = _timestamps(table, created, what, nulls=True)
-    features = _union(views, catalog, what, keys=False)
-    missing = [name for name in features if name not in table.column_names]
-    if missing:
-        readers = {n: next(v.name for v in views if n in _columns_read(v)) for n in missing}  # fmt: skip
-        raise InputError(
-            f"{what}: missing column(s) "
-            + ", ".join(f"'{n}' (of view '{readers[n]}')" for n in missing)
-            + f"; columns given: {', '.join(table.column_names) or 'none'}"
-        )
-    for name, dtype in features.items():
-        columns[name] = _feature(table, name, dtype, what)
-    return pa.table(columns)
+    return check_batch(
+        table,
+        what,
+        keys=_union(views, catalog, what, keys=True),
+        timestamp_field=source.timestamp_field,
+        created_field=source.created_timestamp_field,
+        columns=_union(views, catalog, what, keys=False),
+    )
 
 
-def _union(views: list[FeatureView], catalog: Catalog, what: str, keys: bool) -> dict[str, str]:
-    """Join keys (or the columns views read) of all views with their dtypes; a name typed
-    differently by two views cannot be pushed as one column."""
-    out: dict[str, str] = {}
-    owner: dict[str, str] = {}
+def _union(
+    views: list[FeatureView], catalog: Catalog, what: str, keys: bool
+) -> dict[str, Declared]:
+    """Join keys (or the columns views read) of all views with their dtypes and the first
+    view declaring each; a name typed differently by two views cannot be pushed as one
+    column."""
+    out: dict[str, Declared] = {}
     for view in views:
         items = catalog.join_keys(view) if keys else _columns_read(view)
+        owner = f"{view.kind.replace('_', ' ')} '{view.name}'"
         for name, dtype in items.items():
-            if out.setdefault(name, dtype) != dtype:
+            first = out.setdefault(name, Declared(dtype, owner))
+            if first.dtype != dtype:
                 raise InputError(
-                    f"{what}: column '{name}' is {out[name]} in view '{owner[name]}' but "
-                    f"{dtype} in view '{view.name}'; a pushed column has one type"
+                    f"{what}: column '{name}' is {first.dtype} in {first.owner} but "
+                    f"{dtype} in {owner}; a pushed column has one type"
                 )
-            owner.setdefault(name, view.name)
     return out
-
-
-def _key(table: pa.Table, key: str, dtype: str, what: str) -> pa.ChunkedArray:
-    if key not in table.column_names:
-        raise InputError(f"{what}: missing join key column '{key}' ({dtype})")
-    column = table.column(key)
-    kind = column.type
-    if pa.types.is_dictionary(kind):
-        column, kind = column.cast(kind.value_type), kind.value_type
-    ok = pa.types.is_integer(kind) if dtype == "int64" else _is_text(kind)
-    if not (ok or pa.types.is_null(kind)):
-        raise InputError(f"{what}: join key '{key}' must be {dtype}, got {kind}")
-    try:
-        column = column.cast(pa.int64() if dtype == "int64" else pa.string())
-    except pa.ArrowInvalid:
-        raise InputError(f"{what}: join key '{key}' has values that do not fit int64") from None
-    if column.null_count:
-        raise InputError(f"{what}: join key '{key}' has {column.null_count} null value(s)")
-    return column
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-def _timestamps(table: pa.Table, name: str, what: str, nulls: bool) -> pa.ChunkedArray:
-    if name not in table.column_names:
-        raise InputError(f"{what}: missing timestamp column '{name}'")
-    column = utc_micros(table.column(name), f"{what}: column '{name}'")
-    if not nulls and column.null_count:
-        raise InputError(f"{what}: timestamp column '{name}' has {column.null_count} null value(s)")
-    return column
-
-
-def utc_micros(column: pa.ChunkedArray | pa.Array, what: str) -> pa.ChunkedArray:
-    """Timestamps (any unit or zone; naive read as UTC), dates or ISO-8601 text, as
-    timestamp[us, UTC]; sub-microsecond digits are dropped as the stores keep micros."""
-    if isinstance(column, pa.Array):
-        column = pa.chunked_array([column])
-    kind = column.type
-    if pa.types.is_dictionary(kind):
-        column, kind = column.cast(kind.value_type), kind.value_type
-    if pa.types.is_timestamp(kind):
-        column = column.cast(pa.timestamp(kind.unit, tz="UTC"))  # metadata only: UTC instants
-        return column.cast(UTC_US, safe=False)
-    if pa.types.is_date(kind) or pa.types.is_null(kind):
-        return column.cast(pa.timestamp("us")).cast(UTC_US)
-    if _is_text(kind):
-        for target in (UTC_US, pa.timestamp("us")):  # with an offset, then naive (UTC)
-            try:
-                return pc.cast(column, target, safe=False).cast(UTC_US)
-            except pa.ArrowInvalid:
-                continue
-        return pa.chunked_array([pa.array(_parse_texts(column.to_pylist(), what), UTC_US)])
-    raise InputError(f"{what} has type {kind}; expected timestamps, dates or ISO-8601 text")
-
-
-def _parse_texts(values: list[str | None], what: str) -> list[datetime | None]:
-    # Mixed forms (some with an offset, some without) or other ISO-8601 variants.
-    out: list[datetime | None] = []
-    for index, text in enumerate(values):
-        if text is None:
-            out.append(None)
-            continue
-        try:
-            value = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise InputError(
-                f"{what}: row {index}: '{text}' is not an ISO-8601 timestamp"
-            ) from None
-        if not isinstance(value, datetime) and isinstance(value, date):
-            value = datetime(value.year, value.month, value.day)
-        out.append(value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC))
-    return out
-
-
-def _feature(table: pa.Table, name: str, dtype: str, what: str) -> pa.ChunkedArray:
-    column = table.column(name)
-    kind = column.type
-    if pa.types.is_dictionary(kind):
-        column, kind = column.cast(kind.value_type), kind.value_type
-    label = f"{what}: column '{name}'"
-    if dtype == "timestamp":
-        return utc_micros(column, label)
-    if _is_text(kind) and dtype not in ("string", "bytes"):
-        # Arrow would parse "12" as 12; text where a number is declared is a wrong type.
-        raise InputError(f"{label} holds text, but the feature is declared {dtype}")
-    if dtype == "string" and not (_is_text(kind) or pa.types.is_null(kind)):
-        # ...and would print 12 as "12": a number where text is declared is one too.
-        raise InputError(f"{label} holds {kind}, but the feature is declared string")
-    if dtype.startswith("list<timestamp") and pa.types.is_list(kind) and _is_text(kind.value_type):
-        raise InputError(f"{label}: timestamps inside lists must be timestamps, not text")
-    try:
-        return column.cast(arrow_type(dtype))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-        raise InputError(
-            f"{label} has type {kind}, which does not convert to the declared {dtype}: "
-            f"{str(error).splitlines()[0]}"
-        ) from None
 
 
 def _now_micros() -> int:
@@ -346,6 +242,16 @@ def _columns_read(view: FeatureView) -> dict[str, str]:
 # ---- writing ----------------------------------------------------------------------------
 
 
+def _with_created_time(batch: pa.Table, source: PushSource) -> pa.Table:
+    """A source with a created time that the rows lack: they get the push's time, the
+    same in both stores (so a later push wins event-time ties online as offline)."""
+    created = source.created_timestamp_field
+    if created is None or created in batch.column_names:
+        return batch
+    now = pa.scalar(datetime.now(UTC), UTC_US)
+    return batch.append_column(created, pa.repeat(now, batch.num_rows))
+
+
 def _online_rows(
     batch: pa.Table, source: PushSource, keys: list[str], features: list[str]
 ) -> pa.Table:
@@ -358,6 +264,8 @@ def _online_rows(
     order = pc.sort_indices(batch, sort_keys=sort)
     columns = {key: batch.column(key) for key in keys}
     columns[EVENT_TIMESTAMP] = batch.column(source.timestamp_field)
+    if created is not None and created in batch.column_names:
+        columns[CREATED_TIMESTAMP] = batch.column(created)  # ties online as offline
     columns |= {name: batch.column(name) for name in features}
     return pa.table(columns).take(order)
 

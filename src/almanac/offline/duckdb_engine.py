@@ -170,11 +170,12 @@ class DuckDBEngine(OfflineEngine):
         if start is not None and start > end:
             raise InputError(f"start {start.isoformat()} is after end {end.isoformat()}")
         keys = catalog.join_keys(view)
-        if "event_timestamp" in keys or "event_timestamp" in view.feature_names:
-            raise InputError(
-                f"feature view '{view.name}' has a column named 'event_timestamp', which "
-                "latest_rows uses for the row's event time"
-            )
+        for reserved in ("event_timestamp", "created_timestamp"):
+            if reserved in keys or reserved in view.feature_names:
+                raise InputError(
+                    f"feature view '{view.name}' has a column named '{reserved}', which "
+                    "latest_rows uses for the row's times"
+                )
         cursor = self._cursor()
         source = catalog.source_of(view)
         scan = scan_view(cursor, self.config, source, view, start, end)
@@ -183,6 +184,7 @@ class DuckDBEngine(OfflineEngine):
             [(k, arrow_type(t)) for k, t in keys.items()]
             + [(f.name, arrow_type(f.dtype)) for f in view.features]
             + [("event_timestamp", UTC_US)]
+            + ([("created_timestamp", UTC_US)] if rows.has_created else [])
         )
         return _reader(cursor, latest_query(rows, start, end), schema, 128 * 1024, "latest_rows")
 
@@ -251,7 +253,7 @@ class DuckDBEngine(OfflineEngine):
             table = to_arrow(df, cursor, what=f"batch for feature view '{view.name}'")
             if table.num_rows == 0:
                 return 0
-            batch = prepare_batch(table, view, catalog.join_keys(view), source, cursor)
+            batch = prepare_batch(table, view, catalog.join_keys(view), source)
         finally:
             cursor.close()
         write_parquet(batch, folder, pattern)

@@ -59,7 +59,8 @@ class OfflineEngine(ABC):
     ) -> pa.RecordBatchReader:
         """Per entity key, the row that wins rule 2 at `end` among rows with
         start <= event time <= end (no TTL). Columns: join keys, features,
-        `event_timestamp` (UTC)."""
+        `event_timestamp` (UTC) and, when the source has a created time,
+        `created_timestamp` (the online store breaks ties with it)."""
 
     @abstractmethod
     def aggregation_tiles(

@@ -2,13 +2,15 @@
 
 Everything a user hands the offline store goes through here first: pandas, Polars,
 Arrow, a Parquet path or SQL text becomes an Arrow table; join keys are checked against
-their declared types; timestamps become tz-aware UTC (rule 1: naive means UTC). Errors
-name the column and say what was expected.
+their declared types and timestamps become tz-aware UTC (rule 1: naive means UTC), by the
+rules of `almanac.validate` that batches follow too. Errors name the column and say what
+was expected.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from almanac.definitions.types import Int64, String
+from almanac import validate
 from almanac.errors import InputError
 from almanac.times import to_utc
-
-UTC_US = pa.timestamp("us", tz="UTC")
+from almanac.validate import UTC_US
 
 
 def to_arrow(data: Any, con: duckdb.DuckDBPyConnection, what: str = "entity_df") -> pa.Table:
@@ -116,70 +117,29 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-# ---- join keys ---------------------------------------------------------------------------
+# ---- entity rows: join keys and times (the rules of `almanac.validate`) ---------------
 
 
 def key_column(table: pa.Table, key: str, dtype: str, what: str, owner: str) -> pa.ChunkedArray:
-    """The join key column cast to its declared type, or an InputError naming it."""
-    if key not in table.column_names:
-        raise InputError(f"{what} has no column '{key}' (join key of {owner})")
-    column = table.column(key)
-    kind = column.type
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-        column = column.cast(kind)
-    if dtype == Int64 and (pa.types.is_integer(kind) or pa.types.is_null(kind)):
-        try:
-            return column.cast(pa.int64())
-        except pa.ArrowInvalid:
-            raise InputError(f"{what}: column '{key}' has values that do not fit int64") from None
-    if dtype == String and (
-        pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or pa.types.is_null(kind)
-        or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))
-    ):
-        return column.cast(pa.string())
-    raise InputError(
-        f"{what}: column '{key}' has type {kind}, but {owner} declares it as {dtype}"
-        + (" (cast it, e.g. with .astype)" if dtype == Int64 else " (convert the keys to text)")
-    )
-
-
-# ---- timestamps --------------------------------------------------------------------------
+    """An entity_df join key cast to its declared type; nulls pass (they match nothing)."""
+    return validate.key_column(table, key, dtype, what, owner, nulls=True)
 
 
 def utc_timestamps(
     table: pa.Table, column: str, con: duckdb.DuckDBPyConnection, what: str
 ) -> pa.ChunkedArray:
-    """The column as tz-aware UTC timestamps, keeping its precision.
+    """The entity_df time column as tz-aware UTC timestamps, keeping its precision.
 
-    Naive timestamps are UTC; dates are midnight UTC; text is parsed (ISO 8601, with or
-    without an offset). Anything unparseable is an InputError quoting the first bad value.
+    Naive timestamps are UTC; dates are midnight UTC; text is parsed by DuckDB (ISO 8601,
+    with or without an offset, or a zone name). Anything unparseable is an InputError
+    quoting the first bad value.
     """
-    if column not in table.column_names:
-        raise InputError(f"{what} has no timestamp column '{column}'")
-    values = table.column(column)
-    kind = values.type
-    if pa.types.is_dictionary(kind):
-        values, kind = values.cast(kind.value_type), kind.value_type
-    if pa.types.is_timestamp(kind):
-        # Changing the zone is metadata only: Arrow stores instants as UTC already.
-        return values.cast(pa.timestamp(kind.unit, tz="UTC"))
-    if pa.types.is_date(kind):
-        return values.cast(pa.timestamp("s")).cast(pa.timestamp("s", tz="UTC"))
-    if pa.types.is_null(kind):
-        return values.cast(UTC_US)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return _parse_text(values, con, what, column)
-    raise InputError(
-        f"{what}: column '{column}' has type {kind}; expected timestamps, dates or ISO-8601 text"
-    )
+    parse = partial(_parse_text, con)
+    return validate.time_column(table, column, what, nulls=True, parse_text=parse, keep_unit=True)
 
 
-def _parse_text(
-    values: pa.ChunkedArray, con: duckdb.DuckDBPyConnection, what: str, column: str
-) -> pa.ChunkedArray:
+def _parse_text(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text as timestamp[us, UTC], null where DuckDB cannot read a value as a time."""
     cursor = con.cursor()
     try:
         cursor.execute("SET TimeZone = 'UTC'")
@@ -187,17 +147,8 @@ def _parse_text(
         parsed = cursor.sql(
             "SELECT TRY_CAST(trim(v) AS TIMESTAMPTZ) AS t FROM __almanac_text"
         ).to_arrow_table()
-        bad = cursor.sql(
-            "SELECT v FROM __almanac_text WHERE v IS NOT NULL "
-            "AND TRY_CAST(trim(v) AS TIMESTAMPTZ) IS NULL LIMIT 1"
-        ).fetchall()
     finally:
         cursor.close()
-    if bad:
-        raise InputError(
-            f"{what}: column '{column}' has a value that is not a timestamp: {bad[0][0]!r} "
-            "(expected ISO 8601, e.g. '2024-05-01T12:00:00Z')"
-        )
     return parsed.column("t").cast(UTC_US)
 
 

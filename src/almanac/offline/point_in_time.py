@@ -224,10 +224,12 @@ def historical_query(parts: list[JoinPart | PointPart], order: list[str]) -> str
 
 
 def latest_query(rows: ViewRows, start: datetime | None, end: datetime) -> str:
-    """Per entity key, the winning row among rows with start <= event time <= end."""
+    """Per entity key, the winning row among rows with start <= event time <= end: its
+    keys, features, ``event_timestamp`` and, when the source has one, ``created_timestamp``."""
     keys = [quote(k) for k in rows.keys]
+    created = [f"'{CREATED}': {CREATED}"] if rows.has_created else []
     packed = ", ".join(
-        [f"'{TS}': {TS}"] + [f"{_field(f.name)}: {quote(f.name)}" for f in rows.features]
+        [f"'{TS}': {TS}", *created] + [f"{_field(f.name)}: {quote(f.name)}" for f in rows.features]
     )
     where = [f"{TS} <= {sql_timestamp(end)}"]
     if start is not None:
@@ -238,6 +240,8 @@ def latest_query(rows: ViewRows, start: datetime | None, end: datetime) -> str:
     )
     outputs = [*keys, *[f"w.{quote(f.name)} AS {quote(f.name)}" for f in rows.features]]
     outputs.append(f"w.{TS} AS event_timestamp")
+    if rows.has_created:  # the online store breaks event-time ties with it, as rule 2 does
+        outputs.append(f"w.{CREATED} AS created_timestamp")
     return f"SELECT {', '.join(outputs)} FROM ({grouped})"
 
 

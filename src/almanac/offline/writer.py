@@ -1,10 +1,12 @@
 """Appending a batch to a view's offline dataset (`write_to_offline_store`, pushes).
 
-A batch is checked completely before anything touches the disk — join keys (present,
-declared type, no nulls), event time (present, parseable, no nulls), created time, every
-feature (present, castable to its declared type) — then written as one new Parquet file:
-first to a hidden temporary name in the same folder, then renamed. Readers never see a
-partial file and a rejected batch leaves nothing behind (rule 7).
+A batch is checked completely before anything touches the disk, by the rules of
+`almanac.validate` that pushes follow too — join keys (present, declared type, no nulls),
+event time (present, parseable, no nulls), created time, every feature (present, of or
+castable without loss to its declared type; "12" is not an int64, 12 is not a string) —
+then written as one new Parquet file: first to a hidden temporary name in the same
+folder, then renamed. Readers never see a partial file and a rejected batch leaves
+nothing behind (rule 7).
 
 New files are named `part-<nanoseconds>-<random>.parquet`, so they sort after earlier
 appends: for rows tied on event and created time, the later append wins.
@@ -19,17 +21,15 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
-from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
-from almanac.offline.frames import UTC_US, key_column, utc_timestamps
 from almanac.offline.sources import CSV_SUFFIXES, glob_root, has_glob, push_folder
+from almanac.validate import UTC_US, Declared, check_batch
 
 Source = FileSource | SqlSource | PushSource
 
@@ -66,49 +66,25 @@ def prepare_batch(
     view: FeatureView,
     keys: dict[str, str],
     source: Source,
-    con: duckdb.DuckDBPyConnection,
 ) -> pa.Table:
-    """The batch with exactly the view's columns in their declared types, or InputError."""
-    what = f"batch for feature view '{view.name}'"
-    columns: dict[str, pa.ChunkedArray] = {}
-    for key, dtype in keys.items():
-        column = key_column(data, key, dtype, what, f"feature view '{view.name}'")
-        if column.null_count:
-            raise InputError(f"{what}: join key column '{key}' has {column.null_count} null(s)")
-        columns[key] = column
-    ts = source.timestamp_field
-    columns[ts] = _times(data, ts, con, what, required=True)
+    """The batch with exactly the view's columns in their declared types, or InputError.
+    The rules are `almanac.validate`'s, which pushes follow too."""
+    owner = f"feature view '{view.name}'"
     created = source.created_timestamp_field
-    if created is not None:
-        if created in data.column_names:
-            columns[created] = _times(data, created, con, what, required=False)
-        else:
-            # No created time given: the write time, so a later write wins ties.
-            now = pa.scalar(datetime.now(UTC), UTC_US)
-            columns[created] = pa.chunked_array([pa.repeat(now, data.num_rows)], UTC_US)
-    missing = [f.name for f in view.features if f.name not in data.column_names]
-    if missing:
-        raise InputError(f"{what}: missing feature column(s) {', '.join(map(repr, missing))}")
-    for field in view.features:
-        want = arrow_type(field.dtype)
-        column = data.column(field.name)
-        try:
-            columns[field.name] = column.cast(want)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-            raise InputError(
-                f"{what}: column '{field.name}' has type {column.type}, which does not "
-                f"convert to the declared {field.dtype}: {str(error).splitlines()[0]}"
-            ) from None
-    return pa.table(columns)
-
-
-def _times(
-    data: pa.Table, column: str, con: duckdb.DuckDBPyConnection, what: str, required: bool
-) -> pa.ChunkedArray:
-    values = utc_timestamps(data, column, con, what).cast(UTC_US, safe=False)
-    if required and values.null_count:
-        raise InputError(f"{what}: timestamp column '{column}' has {values.null_count} null(s)")
-    return values
+    batch = check_batch(
+        data,
+        f"batch for {owner}",
+        keys={key: Declared(dtype, owner) for key, dtype in keys.items()},
+        timestamp_field=source.timestamp_field,
+        created_field=created,
+        columns={field.name: Declared(field.dtype, owner) for field in view.features},
+    )
+    if created is not None and created not in batch.column_names:
+        # No created time given: the write time, so a later write wins ties.
+        now = pa.scalar(datetime.now(UTC), UTC_US)
+        column = pa.chunked_array([pa.repeat(now, batch.num_rows)], UTC_US)
+        batch = batch.add_column(len(keys) + 1, created, column)
+    return batch
 
 
 def write_parquet(table: pa.Table, folder: Path, pattern: str = "") -> Path:

@@ -4,7 +4,9 @@ A backend is a small class behind this interface. Two rules hold inside every ba
 not in the caller (DESIGN.md, rule 3):
 
 * a write never replaces a newer event time with an older one for the same
-  (project, view, entity key); an equal event time overwrites, so replays are harmless;
+  (project, view, entity key); on an equal event time the later created time wins (a
+  row without one is the oldest, as offline), and an equal pair overwrites, so replays
+  are harmless. That is rule 2's order, so the store keeps the row training data uses;
 * the rule holds across concurrent writers (it is enforced by the store itself: a Lua
   script on Redis, a conditional upsert on SQLite).
 
@@ -23,6 +25,8 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 EVENT_TIMESTAMP = "event_timestamp"
+# Optional column of rows to write: the created time that breaks event-time ties.
+CREATED_TIMESTAMP = "created_timestamp"
 
 
 class ViewRead(NamedTuple):
@@ -65,8 +69,9 @@ class OnlineStore(ABC):
     def write_batch(
         self, project: str, view: str, join_keys: list[str], features: list[str], table: pa.Table
     ) -> int:
-        """Write rows (join keys, features, `event_timestamp`); return how many rows
-        changed the store (rows older than what is stored are skipped).
+        """Write rows (join keys, features, `event_timestamp`, optionally
+        `created_timestamp`); return how many rows changed the store (rows older than
+        what is stored are skipped).
 
         A batch that fails validation raises `InputError` before anything is written.
         """

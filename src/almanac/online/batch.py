@@ -6,6 +6,7 @@ a small set of physical types that the backends encode in bulk:
 
 * join keys: int64 or string, never null;
 * event times: int64 microseconds since the epoch (UTC; naive timestamps read as UTC);
+* created times (optional, may be null): the same;
 * features: bool, int32, int64, float32, float64, string, binary, timestamps as int64
   microseconds, and lists of those.
 """
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from almanac.errors import InputError
-from almanac.online.base import EVENT_TIMESTAMP
+from almanac.online.base import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 # A column of nulls only (Arrow type `null`) carries no dtype; it is written as nulls.
 NULL_DTYPE = "null"
@@ -51,6 +52,7 @@ class PreparedBatch:
     features: list[FeatureColumn]
     event_times: pa.Array  # int64 microseconds, no nulls
     num_rows: int
+    created_times: pa.Array | None = None  # int64 microseconds, nulls allowed
 
     def slices(self, size: int) -> Iterator[PreparedBatch]:
         """Zero-copy slices of at most `size` rows (bounds memory of encoded payloads)."""
@@ -65,6 +67,9 @@ class PreparedBatch:
                 ],
                 event_times=self.event_times.slice(start, length),
                 num_rows=length,
+                created_times=None
+                if self.created_times is None
+                else self.created_times.slice(start, length),
             )
 
 
@@ -89,7 +94,9 @@ def prepare_batch(
             )
     if len(set(join_keys) | set(features)) != len(join_keys) + len(features):
         raise InputError(f"view '{view}': a column is listed twice among keys and features")
-    table = table.select([*join_keys, EVENT_TIMESTAMP, *features]).combine_chunks()
+    created = CREATED_TIMESTAMP in names and CREATED_TIMESTAMP not in [*join_keys, *features]
+    extra = [CREATED_TIMESTAMP] if created else []
+    table = table.select([*join_keys, EVENT_TIMESTAMP, *extra, *features]).combine_chunks()
 
     def column(name: str) -> pa.Array:
         chunks = table.column(name).chunks
@@ -98,7 +105,8 @@ def prepare_batch(
     keys = [_key_column(view, name, column(name)) for name in join_keys]
     event_times = _event_times(view, column(EVENT_TIMESTAMP))
     columns = [_feature_column(view, name, column(name)) for name in features]
-    return PreparedBatch(view, keys, columns, event_times, table.num_rows)
+    created_times = _created_times(view, column(CREATED_TIMESTAMP)) if created else None
+    return PreparedBatch(view, keys, columns, event_times, table.num_rows, created_times)
 
 
 def _key_column(view: str, name: str, values: pa.Array) -> KeyColumn:
@@ -123,6 +131,16 @@ def _event_times(view: str, values: pa.Array) -> pa.Array:
     if values.null_count:
         raise InputError(
             f"view '{view}': column '{EVENT_TIMESTAMP}' has {values.null_count} null values"
+        )
+    return _timestamps_to_micros(values)
+
+
+def _created_times(view: str, values: pa.Array) -> pa.Array:
+    if pa.types.is_null(values.type):
+        return pa.nulls(len(values), pa.int64())
+    if not pa.types.is_timestamp(values.type):
+        raise InputError(
+            f"view '{view}': column '{CREATED_TIMESTAMP}' must be a timestamp, got {values.type}"
         )
     return _timestamps_to_micros(values)
 

@@ -6,7 +6,7 @@ describes the layout. Beside the entity hashes the store keeps
 tuples ever written, so `delete_view` knows what to remove.
 
 Writes are monotonic inside Redis: a Lua script takes many rows per call and, per row,
-compares the stored event time with the new one before setting the fields (scripts
+compares the stored (event time, created time) with the new one before setting the fields (scripts
 run atomically, so concurrent writers cannot interleave). The wire payload, built in
 bulk from Arrow columns by `redis_wire.write_payload`, is streamed on a raw connection
 by a sender thread, so the client encodes the next slice while Redis runs the previous
@@ -57,6 +57,7 @@ from almanac.online.redis_wire import (
     bulk,
     command,
     count_written,
+    created_field,
     entity_keys,
     feature_field,
     first_error,
@@ -69,33 +70,52 @@ from almanac.online.redis_wire import (
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# KEYS: one hash per row. ARGV: feature count, event-time field, expiry seconds (0 for
-# none), the feature fields, then per row the event time (decimal microseconds) and one
-# value per feature (empty: null, the field is deleted).
+# KEYS: one hash per row. ARGV: feature count, event-time field, created-time field,
+# expiry seconds (0 for none), the feature fields, then per row the event time and the
+# created time (decimal microseconds; empty: none, the oldest) and one value per feature
+# (empty: null, the field is deleted). A row is written when its (event time, created
+# time) is not older than the stored pair: rule 2's order.
 WRITE_SCRIPT = """
 local nf = tonumber(ARGV[1])
 local ts_field = ARGV[2]
-local expire = tonumber(ARGV[3])
-local base = 3 + nf
+local created_field = ARGV[3]
+local expire = tonumber(ARGV[4])
+local base = 4 + nf
 local written = 0
 local set = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local at = base + (i - 1) * (nf + 1) + 1
+  local at = base + (i - 1) * (nf + 2) + 1
   local ts = ARGV[at]
-  local stored = redis.call('HGET', key, ts_field)
-  if (not stored) or tonumber(stored) <= tonumber(ts) then
+  local created = ARGV[at + 1]
+  local stored = redis.call('HMGET', key, ts_field, created_field)
+  local newer = not stored[1]
+  if not newer then
+    local old, new = tonumber(stored[1]), tonumber(ts)
+    newer = old < new
+    if old == new then
+      newer = (not stored[2]) or (created ~= '' and tonumber(created) >= tonumber(stored[2]))
+    end
+  end
+  if newer then
     set[1] = ts_field
     set[2] = ts
     local n = 2
     local nulls = nil
+    if created == '' then
+      nulls = {created_field}
+    else
+      set[3] = created_field
+      set[4] = created
+      n = 4
+    end
     for j = 1, nf do
-      local value = ARGV[at + j]
+      local value = ARGV[at + 1 + j]
       if value == '' then
         nulls = nulls or {}
-        nulls[#nulls + 1] = ARGV[3 + j]
+        nulls[#nulls + 1] = ARGV[4 + j]
       else
-        set[n + 1] = ARGV[3 + j]
+        set[n + 1] = ARGV[4 + j]
         set[n + 2] = value
         n = n + 2
       end
@@ -296,7 +316,8 @@ class RedisOnlineStore(OnlineStore):
             return 0
         sha = self._load_script()  # also (re)connects through the retrying path
         self._register(project, view, join_keys, features)
-        header = [str(len(features)).encode(), ts_field(view), str(self.key_ttl_seconds).encode()]
+        header = [str(len(features)).encode(), ts_field(view), created_field(view),
+                  str(self.key_ttl_seconds).encode()]  # fmt: skip
         header += [feature_field(view, f) for f in features]
         header_args = b"".join(bulk(a) for a in header)
         try:
@@ -421,7 +442,8 @@ class RedisOnlineStore(OnlineStore):
         try:
             features = self._client.smembers(fields_key)
             key_sets = self._client.smembers(keys_key)
-            fields = [ts_field(view)] + [feature_field(view, f.decode()) for f in features]
+            fields = [ts_field(view), created_field(view)]
+            fields += [feature_field(view, f.decode()) for f in features]
             for names in key_sets:
                 # Keys start with the first join key (they are sorted by name); a wider
                 # match only costs HDELs of fields that are not there.

@@ -7,9 +7,9 @@ Layout
   (no separator inside a string can end it early) and the type tag keeps int 1 and
   string "1" apart. Views of the same entity share the hash, so one HMGET reads all of
   an entity's views.
-* Fields: ``<view>:<feature>`` per feature and ``<view>#ts`` for the view's event time
-  (decimal microseconds). Names are identifiers, so ':' and '#' cannot collide. A null
-  value is an absent field.
+* Fields: ``<view>:<feature>`` per feature, ``<view>#ts`` for the view's event time and
+  ``<view>#c`` for its created time, when the row has one (decimal microseconds). Names
+  are identifiers, so ':' and '#' cannot collide. A null value is an absent field.
 * Values: the compact binary encodings of `almanac.online.codec`.
 
 Keys are encoded two ways that must agree byte for byte: `entity_keys` in bulk from
@@ -47,6 +47,10 @@ _SEND_PIECE = 256 * 1024
 
 def ts_field(view: str) -> bytes:
     return f"{view}#ts".encode()
+
+
+def created_field(view: str) -> bytes:
+    return f"{view}#c".encode()
 
 
 def feature_field(view: str, feature: str) -> bytes:
@@ -172,12 +176,17 @@ def write_payload(
     keys = key_pieces.join()
     row_pieces = Pieces()
     row_pieces.bulk(part.event_times.cast(pa.string()).cast(pa.binary()))
+    if part.created_times is None:
+        row_pieces.add(b"$0\r\n\r\n")  # no created time: an empty argument
+    else:
+        created = part.created_times.cast(pa.string()).cast(pa.binary())
+        row_pieces.bulk(created.fill_null(b""))
     for feature in part.features:
         row_pieces.bulk(*redis_values(feature))
     rows = row_pieces.join()
     key_offsets, row_offsets = _offsets(keys), _offsets(rows)
     key_data, row_data = memoryview(keys.buffers()[2]), memoryview(rows.buffers()[2])
-    args_per_row = len(part.features) + 1
+    args_per_row = len(part.features) + 2  # event time, created time, values
     pieces: list[bytes] = []
     group: list[Any] = []
     size = calls = 0

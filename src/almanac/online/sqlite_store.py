@@ -3,13 +3,14 @@
 Layout: one table per (project, view), named ``"<project>:<view>"`` (':' cannot occur
 in a name, so two pairs never share a table), with the join keys as a composite
 primary key (``WITHOUT ROWID``: the row lives in the key's B-tree, so a point lookup is
-one index descent), an ``@ts`` column (event time, int microseconds) and one column per
-feature. A table per view rather than one table of encoded values because SQLite then
+one index descent), an ``@ts`` column (event time, int microseconds), an ``@created``
+column (created time, null when the row has none) and one column per feature. A table per view rather than one table of encoded values because SQLite then
 stores numbers and text natively (no decoding on the hot path for most dtypes), a
 lookup reads one row for all of a view's features, and deleting a view is DROP TABLE.
 
 Monotonic writes (rule 3) are one statement per row, run by SQLite itself:
-``INSERT ... ON CONFLICT (keys) DO UPDATE ... WHERE excluded."@ts" >= "@ts"``. SQLite
+``INSERT ... ON CONFLICT (keys) DO UPDATE ... WHERE (excluded."@ts", excluded."@created")
+>= ("@ts", "@created")`` (a null created time compares as the oldest). SQLite
 serializes writers, so the rule holds across threads and processes; each batch is one
 transaction, so a failed batch writes nothing.
 
@@ -38,6 +39,9 @@ from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, prepare_b
 from almanac.online.codec import sqlite_decoder, sqlite_values
 
 TS_COLUMN = '"@ts"'
+CREATED_COLUMN = '"@created"'
+_RESERVED = ("@ts", "@created")
+_OLDEST = -(2**63)  # a null created time in comparisons: older than any
 # Column affinities, so SQLite keeps each value's natural storage class.
 _AFFINITY = {
     "bool": "INTEGER",
@@ -137,7 +141,7 @@ class SqliteOnlineStore(OnlineStore):
     def _table_columns(self, table: str) -> set[str] | None:
         """Feature columns of a table (None when it does not exist)."""
         rows = self._connection().execute(f"PRAGMA table_info({table})").fetchall()
-        return {row[1] for row in rows if row[5] == 0 and row[1] != "@ts"} if rows else None
+        return {row[1] for row in rows if row[5] == 0 and row[1] not in _RESERVED} if rows else None
 
     def _ensure_table(
         self, connection: sqlite3.Connection, table: str, batch: PreparedBatch
@@ -148,6 +152,7 @@ class SqliteOnlineStore(OnlineStore):
         if not rows:
             columns = [f"{_quote(k.name)} {_KEY_AFFINITY[k.dtype]} NOT NULL" for k in batch.keys]
             columns.append(f"{TS_COLUMN} INTEGER NOT NULL")
+            columns.append(f"{CREATED_COLUMN} INTEGER")
             columns += [
                 f"{_quote(f.name)} {_AFFINITY.get(f.dtype, 'BLOB')}"
                 if f.dtype != NULL_DTYPE
@@ -169,6 +174,8 @@ class SqliteOnlineStore(OnlineStore):
                     "delete the view's online data first"
                 )
             existing = {row[1] for row in rows}
+            if "@created" not in existing:  # a table made before created times were kept
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {CREATED_COLUMN} INTEGER")
             missing = [f for f in batch.features if f.name not in existing]
             if not missing:
                 return
@@ -233,17 +240,22 @@ class SqliteOnlineStore(OnlineStore):
         name = _table(project, batch.view)
         self._ensure_table(connection, name, batch)
         keys = [_quote(k.name) for k in batch.keys]
-        columns = [*keys, TS_COLUMN, *(_quote(f.name) for f in batch.features)]
+        columns = [*keys, TS_COLUMN, CREATED_COLUMN, *(_quote(f.name) for f in batch.features)]
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[len(keys) :])
         sql = (
             f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
-            f"WHERE excluded.{TS_COLUMN} >= {name}.{TS_COLUMN}"
+            f"WHERE (excluded.{TS_COLUMN}, coalesce(excluded.{CREATED_COLUMN}, {_OLDEST})) "
+            f">= ({name}.{TS_COLUMN}, coalesce({name}.{CREATED_COLUMN}, {_OLDEST}))"
         )
         before = connection.total_changes
         for part in batch.slices(self.batch_size):
             python_columns = [_python_keys(k) for k in part.keys]
             python_columns.append(part.event_times.to_numpy().tolist())
+            created = part.created_times
+            python_columns.append(
+                [None] * part.num_rows if created is None else created.to_pylist()
+            )
             python_columns += [sqlite_values(f) for f in part.features]
             connection.executemany(sql, zip(*python_columns, strict=True))
         return connection.total_changes - before
