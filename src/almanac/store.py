@@ -55,9 +55,22 @@ class FeatureStore:
         return load_definitions(self.repo_path, self.config.definitions)
 
     def plan(self) -> Plan:
+        """What `apply` would change. New and changed views are checked against their
+        sources' schemas too: a column the data does not have is a definition error."""
         from almanac.registry.diff import make_plan
 
-        return make_plan(self.registry.catalog(fresh=True), self.load_repo())
+        plan = make_plan(self.registry.catalog(fresh=True), self.load_repo())
+        touched = {(c.kind, c.name) for c in plan.changes if c.action != "delete"}
+        changed = [
+            name
+            for name, view in plan.target.all_views().items()
+            if ("feature_view", name) in touched
+            or ("aggregation_view", name) in touched
+            or ("source", view.source) in touched
+        ]
+        if changed:
+            self.offline.check_views(plan.target, changed)
+        return plan
 
     def apply(self, plan: Plan | None = None) -> Plan:
         """Apply the repo's definitions atomically; returns what changed.

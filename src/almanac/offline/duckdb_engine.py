@@ -44,6 +44,7 @@ from almanac.offline.point_in_time import (
     view_rows,
 )
 from almanac.offline.retrieval import RetrievalJob
+from almanac.offline.source_check import check_views
 from almanac.offline.sources import SourceScan, describe
 from almanac.offline.transformations import scan_view
 from almanac.offline.writer import prepare_batch, target_folder, write_parquet
@@ -199,6 +200,9 @@ class DuckDBEngine(OfflineEngine):
         scan = scan_view(cursor, self.config, source, view, since, end)
         query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), start, end)
         return _reader(cursor, query, schema, 16 * 1024, f"tiles of '{view.name}'")
+
+    def check_views(self, catalog: Catalog, names: list[str]) -> None:
+        check_views(self._cursor(), self.config, catalog, names)
 
     def tiles_of_rows(self, catalog: Catalog, view: AggregationView, rows: pa.Table) -> pa.Table:
         cursor = self._cursor()

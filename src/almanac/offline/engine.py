@@ -72,6 +72,11 @@ class OfflineEngine(ABC):
         `almanac.offline.aggregations`)."""
 
     @abstractmethod
+    def check_views(self, catalog: Catalog, names: list[str]) -> None:
+        """DefinitionError naming every column the views `names` read that their
+        sources' data lacks (see `almanac.offline.source_check`)."""
+
+    @abstractmethod
     def tiles_of_rows(self, catalog: Catalog, view: AggregationView, rows: pa.Table) -> pa.Table:
         """The tiles of `rows` alone (pushed rows: the source's join keys, timestamp
         and aggregated columns), per entity, in `aggregation_tiles`' columns; the online

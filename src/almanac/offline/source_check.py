@@ -1,0 +1,82 @@
+"""Definitions checked against their sources' data at plan time.
+
+A definition can be valid on its own and still not fit its data: a feature or an
+aggregated column the source does not have (a typo), a sum over a text column. `plan`
+(and so `apply`) reads the schema of each new or changed view's source — Parquet footers
+or a query's plan, never the data — and names every such problem at once, instead of
+letting the first training set or materialization fail.
+
+A source without data yet (an empty folder, a push source before its first push) and
+a view with a Python transformation (its columns are known only by running it) are not
+checked; retrieval reports their problems.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from almanac.config import RepoConfig
+from almanac.definitions.aggregation import AggregationView, input_dtypes
+from almanac.definitions.transformations import PythonTransformation
+from almanac.errors import DefinitionError, InputError
+from almanac.offline.transformations import scan_view
+from almanac.registry.catalog import Catalog
+
+# DuckDB types a sum, mean, stddev or variance can read as numbers.
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "BOOLEAN")  # fmt: skip
+_NEEDS_NUMBERS = ("sum", "mean", "stddev", "variance")
+
+
+def check_views(
+    con: duckdb.DuckDBPyConnection, config: RepoConfig, catalog: Catalog, names: list[str]
+) -> None:
+    """DefinitionError naming every column the views `names` read and their sources lack
+    (or hold in a type an aggregation cannot use)."""
+    problems: list[str] = []
+    for name in names:
+        view = catalog.view(name)
+        if isinstance(view.transformation, PythonTransformation):
+            continue
+        source = catalog.source_of(view)
+        try:
+            scan = scan_view(con, config, source, view)
+        except InputError:
+            continue  # unreadable: retrieval says why, with the file's name
+        if scan.empty:
+            continue
+        have = scan.columns
+        label = f"{type(view).__name__} '{view.name}'"
+        needed = [*catalog.join_keys(view), source.timestamp_field]
+        missing = [column for column in needed if column not in have]
+        if isinstance(view, AggregationView):
+            missing += [c for c in input_dtypes(view.aggregations, view.columns) if c not in have]
+            problems += _untyped_numbers(view, have, label)
+        else:
+            missing += [f.name for f in view.features if f.name not in have]
+        if missing:
+            listed = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
+            problems.append(
+                f"{label} reads {listed}, which {scan.label or source.name} does not have "
+                f"(it has: {', '.join(have)})"
+            )
+    if problems:
+        raise DefinitionError("; ".join(problems))
+
+
+def _untyped_numbers(view: AggregationView, have: dict[str, str], label: str) -> list[str]:
+    """Sums and means over columns the source holds as something other than numbers (a
+    declared column type is the user's statement that the values convert)."""
+    declared = {c.name for c in view.columns}
+    out = []
+    for aggregation in view.aggregations:
+        column = aggregation.column
+        if aggregation.function not in _NEEDS_NUMBERS or column is None or column in declared:
+            continue
+        kind = have.get(column)
+        if kind is not None and not kind.upper().startswith(_NUMERIC):
+            out.append(
+                f"{label}: '{aggregation.function}' needs a numeric column; '{column}' is "
+                f"{kind} in the source"
+            )
+    return out
