@@ -197,49 +197,32 @@ if mode in ("almanac", "hot_almanac"):
     start = time.perf_counter()
     table = store.get_historical_features(f"{repo}/{spine_file}", features).to_arrow()
     seconds = time.perf_counter() - start
-elif mode == "hot_naive":
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+else:  # the naive approach: spine ⋈ events on key and (T - 30d, T], grouped per row
     def within(hours):
         return f"e.ts > s.event_timestamp - INTERVAL {hours} HOUR"
+    key = "merchant_id" if mode == "hot_naive" else "customer_id"
+    counted = "customer_id" if mode == "hot_naive" else "merchant_id"
+    select = {
+        "amount_sum_1h": f"sum(e.amount) FILTER (WHERE {within(1)})",
+        "amount_sum_7d": f"sum(e.amount) FILTER (WHERE {within(168)})",
+        "amount_sum_30d": "sum(e.amount)",
+        "amount_mean_7d": f"avg(e.amount) FILTER (WHERE {within(168)})",
+        "amount_mean_30d": "avg(e.amount)",
+        "amount_max_30d": "max(e.amount)",
+        "count_1h": f"count(e.ts) FILTER (WHERE {within(1)})",
+        "count_7d": f"count(e.ts) FILTER (WHERE {within(168)})",
+        "count_30d": "count(e.ts)",
+        f"{counted}_count_distinct_30d": f"count(DISTINCT e.{counted})",
+    }
     query = f'''
-    SELECT
-      sum(e.amount) FILTER (WHERE {within(1)}) AS amount_sum_1h,
-      sum(e.amount) FILTER (WHERE {within(168)}) AS amount_sum_7d,
-      sum(e.amount) AS amount_sum_30d,
-      count(e.ts) FILTER (WHERE {within(168)}) AS count_7d,
-      count(e.ts) AS count_30d,
-      count(DISTINCT e.customer_id) AS customer_id_count_distinct_30d
+    SELECT {", ".join(f"{select[name]} AS {name}" for name in names)}
     FROM read_parquet('{repo}/{spine_file}', file_row_number = true) AS s
     LEFT JOIN read_parquet('{repo}/data/transactions/*.parquet') AS e
-      ON s.merchant_id = e.merchant_id AND e.ts <= s.event_timestamp
+      ON s.{key} = e.{key} AND e.ts <= s.event_timestamp
       AND e.ts > s.event_timestamp - INTERVAL 720 HOUR
     GROUP BY s.file_row_number ORDER BY s.file_row_number'''
-    start = time.perf_counter()
-    table = con.sql(query).to_arrow_table()
-    seconds = time.perf_counter() - start
-else:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    def within(hours):
-        return f"e.ts > s.event_timestamp - INTERVAL {hours} HOUR"
-    query = f'''
-    SELECT
-      sum(e.amount) FILTER (WHERE {within(1)}) AS amount_sum_1h,
-      sum(e.amount) FILTER (WHERE {within(168)}) AS amount_sum_7d,
-      sum(e.amount) AS amount_sum_30d,
-      avg(e.amount) FILTER (WHERE {within(168)}) AS amount_mean_7d,
-      avg(e.amount) AS amount_mean_30d,
-      max(e.amount) AS amount_max_30d,
-      count(e.ts) FILTER (WHERE {within(1)}) AS count_1h,
-      count(e.ts) FILTER (WHERE {within(168)}) AS count_7d,
-      count(e.ts) AS count_30d,
-      count(DISTINCT e.merchant_id) AS merchant_id_count_distinct_30d
-    FROM read_parquet('{repo}/spine.parquet', file_row_number = true) AS s
-    LEFT JOIN read_parquet('{repo}/data/transactions/*.parquet') AS e
-      ON s.customer_id = e.customer_id AND e.ts <= s.event_timestamp
-      AND e.ts > s.event_timestamp - INTERVAL 720 HOUR
-    GROUP BY s.file_row_number ORDER BY s.file_row_number'''
     start = time.perf_counter()
     table = con.sql(query).to_arrow_table()
     seconds = time.perf_counter() - start
