@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from almanac.online.batch import NULL_DTYPE, FeatureColumn
+from almanac.online.batch import NULL_DTYPE, FeatureColumn, numbers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FIXED_WIDTH = {"bool": 1, "int32": 4, "int64": 8, "float32": 4, "float64": 8, "timestamp": 8}
@@ -93,7 +93,7 @@ def redis_values(column: FeatureColumn) -> tuple[pa.Array, int | None]:
 def list_blobs(values: pa.Array, item: str) -> pa.Array:
     """Encode a list column to one blob per row (null rows stay null)."""
     width = FIXED_WIDTH.get(item)
-    offsets = values.offsets.to_numpy()
+    offsets = numbers(values.offsets)
     child = values.values
     if item == "bool":
         child = child.cast(pa.uint8())
@@ -159,7 +159,7 @@ def sqlite_values(column: FeatureColumn) -> list[Any]:
     elif dtype.startswith("list<"):
         return list_blobs(values, column.item_dtype).to_pylist()
     python = (
-        values.to_numpy().tolist()
+        numbers(values).tolist()
         if values.null_count == 0 and dtype in FIXED_WIDTH
         else values.to_pylist()
     )

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from almanac.errors import InputError, StoreUnavailableError
 from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
-from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, prepare_batch
+from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, numbers, prepare_batch
 from almanac.online.codec import sqlite_decoder, sqlite_values
 
 TS_COLUMN = '"@ts"'
@@ -251,7 +251,7 @@ class SqliteOnlineStore(OnlineStore):
         before = connection.total_changes
         for part in batch.slices(self.batch_size):
             python_columns = [_python_keys(k) for k in part.keys]
-            python_columns.append(part.event_times.to_numpy().tolist())
+            python_columns.append(numbers(part.event_times).tolist())
             created = part.created_times
             python_columns.append(
                 [None] * part.num_rows if created is None else created.to_pylist()
@@ -354,7 +354,7 @@ class SqliteOnlineStore(OnlineStore):
 
 
 def _python_keys(key: KeyColumn) -> list[Any]:
-    return key.values.to_numpy().tolist() if key.dtype == "int64" else key.values.to_pylist()
+    return numbers(key.values).tolist() if key.dtype == "int64" else key.values.to_pylist()
 
 
 def _to_view_rows(rows: list[tuple[Any, ...] | None], start: int, layout: _Layout) -> ViewRows:
