@@ -103,7 +103,7 @@ for i = 1, #KEYS do
     local n = 2
     local nulls = nil
     if created == '' then
-      nulls = {created_field}
+      if stored[2] then nulls = {created_field} end
     else
       set[3] = created_field
       set[4] = created

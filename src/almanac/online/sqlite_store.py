@@ -240,8 +240,12 @@ class SqliteOnlineStore(OnlineStore):
         name = _table(project, batch.view)
         self._ensure_table(connection, name, batch)
         keys = [_quote(k.name) for k in batch.keys]
-        columns = [*keys, TS_COLUMN, CREATED_COLUMN, *(_quote(f.name) for f in batch.features)]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[len(keys) :])
+        # Without created times the column is left out of the INSERT: `excluded` then holds
+        # its default (null), and each row binds one parameter fewer.
+        created = [CREATED_COLUMN] if batch.created_times is not None else []
+        features = [_quote(f.name) for f in batch.features]
+        columns = [*keys, TS_COLUMN, *created, *features]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in [TS_COLUMN, CREATED_COLUMN, *features])
         sql = (
             f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
@@ -252,10 +256,8 @@ class SqliteOnlineStore(OnlineStore):
         for part in batch.slices(self.batch_size):
             python_columns = [_python_keys(k) for k in part.keys]
             python_columns.append(numbers(part.event_times).tolist())
-            created = part.created_times
-            python_columns.append(
-                [None] * part.num_rows if created is None else created.to_pylist()
-            )
+            if part.created_times is not None:
+                python_columns.append(part.created_times.to_pylist())
             python_columns += [sqlite_values(f) for f in part.features]
             connection.executemany(sql, zip(*python_columns, strict=True))
         return connection.total_changes - before
