@@ -330,19 +330,24 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
                                f"best of {len(runs)}; vs naive: {check}"))  # fmt: skip
         records.append(_record("aggregation_historical", size, "duckdb", "peak_rss",
                                ours["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
-        if naive is None:
-            records.append(_record("aggregation_naive_range_join", size, "duckdb", "seconds",
-                                   f"> {cap}", "s", "spine ⋈ events on key and (T-30d, T], "
-                                   "grouped per spine row; stopped at the cap"))  # fmt: skip
-        else:
-            records.append(_record("aggregation_naive_range_join", size, "duckdb", "seconds",
-                                   naive["seconds"], "s", "spine ⋈ events on key and (T-30d, T], "
-                                   "grouped per spine row, one DuckDB query"))  # fmt: skip
-            records.append(_record("aggregation_naive_range_join", size, "duckdb", "peak_rss",
-                                   naive["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
+        records += _naive_records("aggregation_naive_range_join", size, naive, cap,
+                                  "spine ⋈ events on key and (T-30d, T], grouped per spine row")  # fmt: skip
         records += _online(repo, size)
         records += _hot_keys(repo, size)
     return records
+
+
+def _naive_records(
+    benchmark: str, size: str, naive: dict[str, Any] | None, cap: float, what: str
+) -> list[dict[str, Any]]:
+    """The naive query's time and memory, or that it was stopped at `cap` seconds."""
+    if naive is None:
+        return [_record(benchmark, size, "duckdb", "seconds", f"> {cap}", "s",
+                        f"{what}; stopped at the cap")]  # fmt: skip
+    return [
+        _record(benchmark, size, "duckdb", "seconds", naive["seconds"], "s", f"{what}, one DuckDB query"),
+        _record(benchmark, size, "duckdb", "peak_rss", naive["peak_mib"], "MiB", "whole subprocess"),
+    ]  # fmt: skip
 
 
 def _hot_keys(repo: Path, size: str) -> list[dict[str, Any]]:
@@ -360,15 +365,8 @@ def _hot_keys(repo: Path, size: str) -> list[dict[str, Any]]:
         _record("aggregation_historical_hot_keys", size, "duckdb", "peak_rss", ours["peak_mib"],
                 "MiB", "whole subprocess"),
     ]  # fmt: skip
-    if naive is None:
-        records.append(_record("aggregation_naive_range_join_hot_keys", size, "duckdb", "seconds",
-                               f"> {HOT_NAIVE_CAP}", "s", "spine ⋈ events per merchant; stopped "
-                               "at the cap"))  # fmt: skip
-    else:
-        records.append(_record("aggregation_naive_range_join_hot_keys", size, "duckdb", "seconds",
-                               naive["seconds"], "s", "spine ⋈ events per merchant, grouped"))  # fmt: skip
-        records.append(_record("aggregation_naive_range_join_hot_keys", size, "duckdb", "peak_rss",
-                               naive["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
+    records += _naive_records("aggregation_naive_range_join_hot_keys", size, naive,
+                              HOT_NAIVE_CAP, "spine ⋈ events per merchant, grouped")  # fmt: skip
     return records
 
 

@@ -19,7 +19,7 @@ import pytest
 from agg_repo import BASE, FEATURES_PY, VIEWS, reference, same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_aggregation_properties import KEYS, _events, event
+from test_aggregation_properties import KEYS, _events, _read_times, event
 
 from almanac.errors import InputError
 from almanac.online.retrieval import get_online_features
@@ -81,17 +81,6 @@ def _assert_agrees(store: FeatureStore, events: list[dict[str, Any]], times: lis
                     got_offline = offline_rows[i * len(keys) + j][name]
                     assert same(got_offline, expected), f"offline {where}: {got_offline} != {expected}"  # fmt: skip
                     assert same(online[name][j], expected), f"online {where}: {online[name][j]} != {expected}"  # fmt: skip
-
-
-def _read_times(events: list[dict[str, Any]], rng: random.Random) -> list[Any]:
-    end = max(e["ts"] for e in events)
-    candidates = [end, end + timedelta(minutes=30), end + timedelta(hours=23)]
-    for e in events:
-        for window in (timedelta(hours=1), timedelta(hours=2), timedelta(days=1)):
-            edge = e["ts"] + window
-            candidates += [edge, edge - timedelta(microseconds=1), edge + timedelta(microseconds=1)]
-    later = [t for t in candidates if t >= end]
-    return rng.sample(later, min(5, len(later)))
 
 
 @settings(
