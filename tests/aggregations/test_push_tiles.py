@@ -218,11 +218,12 @@ def test_an_event_pushed_with_a_future_time_keeps_the_tiles_reads_need_now(
 
 def test_a_blob_of_an_earlier_definition_is_replaced_not_merged(store: FeatureStore) -> None:
     """A blob of another layout (written before the view changed, e.g. by a server with
-    a cached catalog) reads as absent and is replaced by the next push."""
+    a cached catalog) reads as absent and is replaced by the next push, even when its
+    event time is later than the pushed event's."""
     stale = b'{"g":1,"b":[1],"n":[5],"c":{"amount":{"n":[5]}}}'
     store.online.write_batch(store.project, "spend", ["customer_id"], ["tiles"], pa.table({
         "customer_id": pa.array([1], pa.int64()),
-        "event_timestamp": pa.array([BASE], pa.timestamp("us", tz="UTC")),
+        "event_timestamp": pa.array([BASE + timedelta(minutes=5)], pa.timestamp("us", tz="UTC")),
         "tiles": pa.array([stale], pa.binary()),
     }))  # fmt: skip
     read = get_online_features(store, ["spend:count_1d", "spend:amount_max_1d"],

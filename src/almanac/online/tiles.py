@@ -254,15 +254,16 @@ def merge_blobs(stored: ViewRows, new: pa.Table, reach: int, now: int) -> pa.Tab
     for old_time, old_blob, time, blob in zip(
         stored.event_times, stored.columns[0], times, blobs, strict=True
     ):
-        tiles = decode(blob)
+        tiles, latest = decode(blob), time
         old = None if old_blob is None else decode(old_blob)
         if old is not None and _layout(old) == _layout(tiles):
             tiles = merge_tiles(old, tiles)
-            time = max(time, old_time if old_time is not None else time)
-        # (A blob of another layout was written under an earlier definition of the view:
-        # it no longer counts, nor does its event time.)
-        merged_times.append(time)
-        merged_blobs.append(_encode(_drop_before(tiles, min(time, now) - reach)))
+            latest = max(time, old_time if old_time is not None else time)
+        # A blob of another layout was written under an earlier definition of the view:
+        # its tiles no longer count (nor does its time for what to drop), but the write
+        # keeps the stored time, so that the store's monotonic rule accepts it.
+        merged_times.append(max(latest, old_time) if old_time is not None else latest)
+        merged_blobs.append(_encode(_drop_before(tiles, min(latest, now) - reach)))
     columns = {name: new.column(name) for name in new.column_names}
     columns[EVENT_TIMESTAMP] = pa.array(merged_times, pa.int64()).cast(new.schema.field(EVENT_TIMESTAMP).type)  # fmt: skip
     columns[TILES_FEATURE] = pa.array(merged_blobs, pa.binary())
