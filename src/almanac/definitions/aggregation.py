@@ -164,6 +164,12 @@ class AggregationView(FeatureView):
     def max_window(self) -> timedelta:
         return max(w for a in self.aggregations for w in a.windows)
 
+    @property
+    def reach(self) -> timedelta:
+        """How far back from a time T its windows can look: the longest window, plus a
+        tile when the far edge is rounded down to tiles."""
+        return self.max_window + (self.tile or timedelta(0))
+
     def input_dtype(self, column: str) -> str | None:
         """The dtype a column is read as (None: as the source has it)."""
         return input_dtypes(self.aggregations, self.columns).get(column)

@@ -32,7 +32,7 @@ same key the one that wins the point-in-time rule is the one the store keeps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from almanac.definitions.sources import PushSource
 from almanac.errors import InputError, NotFoundError
 from almanac.online.base import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.online.batch import prepare_batch
+from almanac.online.codec import datetime_to_micros
 from almanac.online.tiles import TILES_FEATURE, merge_blobs, reach_micros
 from almanac.validate import Declared, check_batch
 
@@ -115,7 +116,9 @@ def push(
         store.offline.write(catalog, _union_view(views, source), batch)
     for view, keys, features, rows in online_writes:
         if isinstance(view, AggregationView):
-            merge = partial(merge_blobs, reach=reach_micros(view), now=_now_micros())
+            merge = partial(
+                merge_blobs, reach=reach_micros(view), now=datetime_to_micros(datetime.now(UTC))
+            )
             store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
         else:
             store.online.write_batch(store.project, view.name, keys, features, rows)
@@ -223,10 +226,6 @@ def _union(
                     f"{dtype} in {owner}; a pushed column has one type"
                 )
     return out
-
-
-def _now_micros() -> int:
-    return (datetime.now(UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _columns_read(view: FeatureView) -> dict[str, str]:

@@ -332,7 +332,7 @@ def aggregation_part(
     columns = inputs(view, scan)
     by_name = {f.name: f for f in view.aggregate_features}
     features = [by_name[ref.field.name] for ref in refs]
-    reach = view.max_window + (view.tile or timedelta(0))
+    reach = view.reach
     lower = None if low is None else _micros_of(low - reach)
     upper = None if high is None else _micros_of(high)
     events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
@@ -355,7 +355,7 @@ def tiles_reader(
     `end` is None too), and its Arrow schema: the keys, ``event_timestamp`` and
     ``tiles`` (bytes)."""
     columns = inputs(view, scan)
-    reach = view.max_window + (view.tile or timedelta(0))
+    reach = view.reach
     lower = None if end is None else _micros_of(end - reach)
     upper = None if end is None else _micros_of(end)
     events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)

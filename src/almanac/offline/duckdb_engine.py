@@ -143,7 +143,7 @@ class DuckDBEngine(OfflineEngine):
             source = catalog.source_of(view)
             if isinstance(view, AggregationView):
                 keys = catalog.join_keys(view)
-                since = None if low is None else low - view.max_window - (view.tile or timedelta(0))
+                since = None if low is None else low - view.reach
                 scan = scan_view(cursor, self.config, source, view, since, high)
                 parts.append(aggregation_part(scan, source, view, keys, by_view[view.name], low, high))  # fmt: skip
                 continue
@@ -196,7 +196,7 @@ class DuckDBEngine(OfflineEngine):
         start = None if start is None else to_utc(start, "start")
         cursor = self._cursor()
         source = catalog.source_of(view)
-        since = end - view.max_window - (view.tile or timedelta(0))
+        since = end - view.reach
         scan = scan_view(cursor, self.config, source, view, since, end)
         query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), start, end)
         return _reader(cursor, query, schema, 16 * 1024, f"tiles of '{view.name}'")

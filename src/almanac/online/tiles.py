@@ -240,7 +240,7 @@ _FUNCTIONS: dict[str, Callable[[dict[str, list[Any]], int, int, str], Any]] = {
 
 def reach_micros(view: AggregationView) -> int:
     """How far back from a read time the longest window can look, tile included."""
-    return (view.max_window + (view.tile or timedelta(0))) // _US
+    return view.reach // _US
 
 
 def merge_blobs(stored: ViewRows, new: pa.Table, reach: int, now: int) -> pa.Table:
