@@ -7,11 +7,27 @@ line and exits 2, the HTTP service maps it to a 4xx/503. Anything else is a bug.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+from typing import Any
+
+# The password of a URL (scheme://user:password@host) or of a libpq key=value string.
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)")
+_KEY_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|[^\s]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every password in it replaced by ***."""
+    return _KEY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", text))
 
 
 class AlmanacError(Exception):
-    """A problem the user can fix; the message says what and where."""
+    """A problem the user can fix; the message says what and where. Messages never
+    carry a password: any URL credential in them is redacted (they reach logs, terminals
+    and HTTP clients)."""
+
+    def __init__(self, message: Any = "", *args: Any) -> None:
+        super().__init__(redact(str(message)), *args)
 
 
 class DefinitionError(AlmanacError):
@@ -52,3 +68,7 @@ class InputError(AlmanacError):
 
 class StoreUnavailableError(AlmanacError):
     """A backing store (online store, registry database) cannot be reached."""
+
+
+class StorageFullError(AlmanacError):
+    """A store has no room left (disk full); nothing of the refused write was kept."""

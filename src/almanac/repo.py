@@ -7,6 +7,7 @@ without a name is named after its variable, or after the view that uses it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import threading
 import traceback
@@ -18,13 +19,27 @@ from almanac.definitions import FeatureView
 from almanac.definitions.base import Definition
 from almanac.definitions.sources import SourceBase
 from almanac.errors import RepoError
-from almanac.registry.catalog import Catalog
+from almanac.registry.catalog import KINDS, Catalog
 
 # The file being imported while this thread loads definitions (to catch a repo module
 # that loads the repo again, which would recurse without end).
 _state = threading.local()
 
 _SKIP_DIRS = {"data", "__pycache__", ".almanac", ".venv", "venv", "node_modules", "tests"}
+
+
+def guard_writes(verb: str) -> None:
+    """Refuse a write while this thread imports the repo's definitions: `plan` imports
+    every definition module and is documented to write nothing, so a module that calls
+    `materialize` (or push, apply ...) at import time is an error naming it."""
+    loading = getattr(_state, "loading", None)
+    if loading is not None:
+        raise RepoError(
+            f"{loading}: calls {verb}() while Almanac imports the repo's definitions "
+            "(plan and apply import every definition module and must write nothing); "
+            'move that code under `if __name__ == "__main__":` or out of the repo, or '
+            "list the definition modules under 'definitions' in almanac.yaml"
+        )
 
 
 def definition_files(repo: Path, modules: list[str] | None = None) -> list[Path]:
@@ -138,3 +153,43 @@ def load_definitions(repo_path: str | Path, modules: list[str] | None = None) ->
             obj = obj.with_source_name(variables[id(obj._unnamed_source)])
         objects.append(obj)
     return Catalog.from_definitions(objects, validate=False)
+
+
+# ---- what this repo applied -------------------------------------------------------------
+
+# Per registry (URL and project), the objects this repo folder declared at its last apply.
+APPLIED_FILE = Path(".almanac") / "applied.json"
+
+
+def applied_objects(repo_path: str | Path, registry: str) -> set[tuple[str, str]]:
+    """(kind, name) of the objects this repo declared when it last applied to `registry`:
+    the ones `apply` may delete once the repo no longer declares them. Another author's
+    objects were never in this set, so they are kept."""
+    try:
+        state = json.loads((Path(repo_path) / APPLIED_FILE).read_text())
+    except (OSError, ValueError):
+        return set()
+    entries = state.get(registry, []) if isinstance(state, dict) else []
+    return {
+        (kind, name) for kind, name in entries if isinstance(kind, str) and isinstance(name, str)
+    }
+
+
+def record_applied(repo_path: str | Path, registry: str, catalog: Catalog) -> None:
+    """Remember what this repo declared at an apply that landed (best effort: a repo
+    folder that cannot be written only loses the right to delete without --prune)."""
+    path = Path(repo_path) / APPLIED_FILE
+    try:
+        state = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        state = {}
+    if not isinstance(state, dict):
+        state = {}
+    state[registry] = sorted([kind, name] for kind in KINDS for name in catalog.of_kind(kind))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps(state, indent=1))
+        temp.replace(path)
+    except OSError:
+        pass

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from almanac.config import RepoConfig, load_config
-from almanac.errors import ConcurrentApplyError
-from almanac.registry.catalog import Catalog
+from almanac.errors import ConcurrentApplyError, redact
+from almanac.registry.catalog import KINDS, Catalog
 
 if TYPE_CHECKING:
     from almanac.context import Context
@@ -54,12 +54,18 @@ class FeatureStore:
 
         return load_definitions(self.repo_path, self.config.definitions)
 
-    def plan(self) -> Plan:
+    def plan(self, *, prune: bool = False) -> Plan:
         """What `apply` would change. New and changed views are checked against their
-        sources' schemas too: a column the data does not have is a definition error."""
-        from almanac.registry.diff import make_plan
+        sources' schemas too: a column the data does not have is a definition error.
 
-        plan = make_plan(self.registry.catalog(fresh=True), self.load_repo())
+        A registered object the repo does not declare is deleted only if this repo
+        applied it before (it was removed from the repo since); another author's is kept
+        (`Plan.kept`) unless `prune`."""
+        from almanac.registry.diff import make_plan
+        from almanac.repo import applied_objects
+
+        owned = None if prune else applied_objects(self.repo_path, self._registry_key)
+        plan = make_plan(self.registry.catalog(fresh=True), self.load_repo(), owned)
         touched = {(c.kind, c.name) for c in plan.changes if c.action != "delete"}
         changed = [
             name
@@ -72,13 +78,18 @@ class FeatureStore:
             self.offline.check_views(plan.target, changed)
         return plan
 
-    def apply(self, plan: Plan | None = None) -> Plan:
-        """Apply the repo's definitions atomically; returns what changed.
+    def apply(self, plan: Plan | None = None, *, prune: bool = False) -> Plan:
+        """Apply the repo's definitions atomically; returns what changed (see `plan` for
+        what is deleted and what is kept).
 
-        Online values of views that are deleted or change keys or feature types are
-        cleared first (with their watermarks), so that stale values of another layout are
-        never served; if the online store cannot be reached, nothing is applied."""
-        plan = plan or self.plan()
+        Online values of views whose values change (another source, keys, features,
+        types, transformation...) or that are deleted are cleared first, with their
+        watermarks, so that values of another definition are never served; if the online
+        store cannot be reached, nothing is applied."""
+        from almanac.repo import guard_writes, record_applied
+
+        guard_writes("apply")
+        plan = plan or self.plan(prune=prune)
         stale = plan.views_with_stale_online_data()
         if stale and self.registry.backend.version() != plan.base_version:
             # Another apply landed since the plan: fail before clearing anything.
@@ -88,10 +99,22 @@ class FeatureStore:
                 "again and re-apply"
             )
         for view in stale:
-            self.online.delete_view(self.project, view)
-            self.registry.delete_watermark(view)
+            self.online.delete_view(self.project, view)  # its watermark too
         self.registry.apply(plan)
+        kept = set(plan.kept)
+        declared = [
+            obj for kind in KINDS for name, obj in plan.target.of_kind(kind).items()
+            if (kind, name) not in kept
+        ]  # fmt: skip
+        record_applied(
+            self.repo_path, self._registry_key, Catalog.from_definitions(declared, validate=False)
+        )
         return plan
+
+    @property
+    def _registry_key(self) -> str:
+        """Names this repo's registry (and project) in what the repo remembers of it."""
+        return f"{redact(self.config.resolve_url(self.config.registry.url))}#{self.project}"
 
     # ---- offline -----------------------------------------------------------------------
 
@@ -122,6 +145,9 @@ class FeatureStore:
 
     def write_to_offline_store(self, view: str, df: Any) -> int:
         """Append rows to a view's offline dataset (atomic; schema checked first)."""
+        from almanac.repo import guard_writes
+
+        guard_writes("write_to_offline_store")
         return self.offline.write(self.catalog, self.catalog.view(view), df)
 
     # ---- online ------------------------------------------------------------------------
@@ -172,7 +198,9 @@ class FeatureStore:
         served; an online-only push is outside the no-skew guarantee. Returns the number
         of rows accepted."""
         from almanac.ingest.push import push
+        from almanac.repo import guard_writes
 
+        guard_writes("push")
         return push(self, push_source, df, to)
 
     # ---- materialization -----------------------------------------------------------------
@@ -181,14 +209,18 @@ class FeatureStore:
         self, start: datetime, end: datetime, views: Sequence[str] | None = None, **options: Any
     ) -> Any:
         from almanac.materialize.jobs import materialize
+        from almanac.repo import guard_writes
 
+        guard_writes("materialize")
         return materialize(self, start, end, views, **options)
 
     def materialize_incremental(
         self, end: datetime, views: Sequence[str] | None = None, **options: Any
     ) -> Any:
         from almanac.materialize.jobs import materialize_incremental
+        from almanac.repo import guard_writes
 
+        guard_writes("materialize_incremental")
         return materialize_incremental(self, end, views, **options)
 
     def close(self) -> None:

@@ -227,10 +227,10 @@ def test_a_blob_of_an_earlier_definition_is_replaced_not_merged(store: FeatureSt
         "tiles": pa.array([stale], pa.binary()),
     }))  # fmt: skip
     read = get_online_features(store, ["spend:count_1d", "spend:amount_max_1d"],
-                               [{"customer_id": 1}], now=BASE).to_dict()  # fmt: skip
+                               [{"customer_id": 1}], now=BASE + timedelta(minutes=5)).to_dict()  # fmt: skip
     assert read["count_1d"] == [0] and read["amount_max_1d"] == [None]
     row = {"customer_id": 1, "ts": BASE, "amount": 3.0, "qty": 1, "merchant": "a"}
     store.push("events", _frame([row]), to="online")
     read = get_online_features(store, ["spend:count_1d", "spend:amount_max_1d"],
-                               [{"customer_id": 1}], now=BASE).to_dict()  # fmt: skip
+                               [{"customer_id": 1}], now=BASE + timedelta(minutes=5)).to_dict()  # fmt: skip
     assert read["count_1d"] == [1] and read["amount_max_1d"] == [3.0]

@@ -165,6 +165,7 @@ def test_a_dtype_edit_is_planned_applied_as_version_2_and_in_history(
                 ],
             }
         ],
+        "kept": [],
     }
     history = json.loads(cli("--repo", starter_repo, "history", "user_stats", "--json").out)
     assert len(history) == 1  # plan wrote nothing

@@ -63,12 +63,12 @@ def test_redis_killed_mid_materialization_then_rerun(
         store.materialize_incremental(END, views=["no_ttl"], progress=kill_after_a_few_batches)
     assert "redis" in str(failure.value).lower()
     assert sum(written) < len(ACCOUNTS)  # it really died half-way
-    assert store.registry.get_watermark("no_ttl") is None
 
     own_redis.start()  # an empty Redis on the same port: everything must be written again
+    assert store.online.watermarks(store.project) == {}  # gone with the data it described
     result = store.materialize_incremental(END, views=["no_ttl"])
     assert result.rows == len(ACCOUNTS)
-    assert store.registry.get_watermark("no_ttl") == END
+    assert store.online.watermarks(store.project).get("no_ttl") == END
 
     response = get_online_features(
         store, ["no_ttl:score", "no_ttl:label"], {"account_id": ACCOUNTS}, now=END
@@ -88,7 +88,6 @@ def test_unreachable_redis_fails_fast_and_moves_nothing(tmp_path: Path) -> None:
     store.apply()
     with pytest.raises(StoreUnavailableError):
         store.materialize_incremental(END)
-    assert store.registry.watermarks() == {}
     assert set(TTLS) == set(store.catalog.views)
     store.close()
 
@@ -100,10 +99,10 @@ def test_a_window_that_starts_after_the_watermark_keeps_it(tmp_path: Path) -> No
         store.apply()
         early = END - timedelta(hours=2)
         store.materialize_incremental(early, views=["no_ttl"])
-        assert store.registry.get_watermark("no_ttl") == early
+        assert store.online.watermarks(store.project).get("no_ttl") == early
         # [early + 30m, END] skips [early, early + 30m): the watermark must not jump over it.
         run = store.materialize(early + timedelta(minutes=30), END, views=["no_ttl"]).runs[0]
         assert "watermark kept" in run.skipped
-        assert store.registry.get_watermark("no_ttl") == early
+        assert store.online.watermarks(store.project).get("no_ttl") == early
         store.materialize(early, END, views=["no_ttl"])
-        assert store.registry.get_watermark("no_ttl") == END
+        assert store.online.watermarks(store.project).get("no_ttl") == END

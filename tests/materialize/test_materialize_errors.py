@@ -30,7 +30,7 @@ def test_an_end_in_the_future_is_refused(store: FeatureStore) -> None:
     future = datetime.now(UTC) + timedelta(days=1)
     with pytest.raises(InputError, match="in the future"):
         store.materialize_incremental(future)
-    assert store.registry.watermarks() == {}
+    assert store.online.watermarks(store.project) == {}
 
 
 def test_an_unknown_view_names_close_ones(store: FeatureStore) -> None:
@@ -41,7 +41,7 @@ def test_an_unknown_view_names_close_ones(store: FeatureStore) -> None:
 def test_a_missing_source_file_names_its_path(store: FeatureStore) -> None:
     with pytest.raises(InputError, match=r"events\.parquet"):
         store.materialize_incremental(datetime(2025, 1, 1))
-    assert store.registry.watermarks() == {}
+    assert store.online.watermarks(store.project) == {}
 
 
 def test_a_malformed_time_on_the_cli_is_one_line_and_exit_2(store: FeatureStore, capsys) -> None:

@@ -54,7 +54,6 @@ def write_events(store: FeatureStore, rows: list[dict[str, Any]]) -> None:
 def reset(store: FeatureStore) -> None:
     for view in TTLS:
         store.online.delete_view(store.project, view)
-        store.registry.delete_watermark(view)
 
 
 def historical_at(store: FeatureStore, when: datetime) -> dict[str, list[Any]]:
@@ -120,4 +119,4 @@ def test_incremental_runs_end_where_one_full_run_does(
     # Re-running a window already written changes nothing (writes are idempotent).
     store.materialize(BASE, second_end)
     assert_no_skew(store, second_end)
-    assert store.registry.get_watermark("no_ttl") == second_end
+    assert store.online.watermarks(store.project).get("no_ttl") == second_end

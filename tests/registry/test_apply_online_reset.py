@@ -30,7 +30,7 @@ def _write_one_value(store) -> None:
         "event_timestamp": pa.array([datetime(2026, 1, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
     })  # fmt: skip
     store.online.write_batch(store.project, "user_stats", ["user_id"], ["watch_count"], table)
-    store.registry.set_watermark("user_stats", datetime(2026, 1, 2, tzinfo=UTC))
+    store.online.set_watermark(store.project, "user_stats", datetime(2026, 1, 2, tzinfo=UTC))
 
 
 def _status(store) -> FeatureStatus:
@@ -50,7 +50,7 @@ def test_a_dtype_change_clears_the_view_online_and_its_watermark(feature_repo) -
     assert plan.views_with_stale_online_data() == ["user_stats"]
     store.apply(plan)
     assert _status(store) == FeatureStatus.NOT_FOUND
-    assert store.registry.get_watermark("user_stats") is None
+    assert store.online.watermarks(store.project).get("user_stats") is None
 
 
 def test_a_description_change_keeps_online_values(feature_repo) -> None:
@@ -64,7 +64,9 @@ def test_a_description_change_keeps_online_values(feature_repo) -> None:
     assert plan.views_with_stale_online_data() == []
     store.apply(plan)
     assert _status(store) == FeatureStatus.PRESENT
-    assert store.registry.get_watermark("user_stats") == datetime(2026, 1, 2, tzinfo=UTC)
+    assert store.online.watermarks(store.project).get("user_stats") == datetime(
+        2026, 1, 2, tzinfo=UTC
+    )
 
 
 def test_a_source_change_clears_the_views_that_read_it(feature_repo) -> None:
@@ -81,4 +83,4 @@ def test_a_source_change_clears_the_views_that_read_it(feature_repo) -> None:
     assert plan.views_with_stale_online_data() == ["user_stats"]
     store.apply(plan)
     assert _status(store) == FeatureStatus.NOT_FOUND
-    assert store.registry.get_watermark("user_stats") is None
+    assert store.online.watermarks(store.project).get("user_stats") is None

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from datetime import UTC, datetime, timedelta, timezone
-from itertools import count
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from almanac import Entity, FeatureService, FeatureView, Field, FileSource, Int64, String
 from almanac.errors import (
@@ -68,7 +64,7 @@ def snapshot(registry: SqlRegistry) -> tuple:
     names = [name for kind in ("entity", "source", "feature_view", "feature_service")
              for name in catalog.of_kind(kind)]  # fmt: skip
     histories = {name: registry.history(name) for name in names}
-    return registry.version(), catalog.to_specs(), histories, registry.watermarks()
+    return registry.version(), catalog.to_specs(), histories
 
 
 # ---- apply, re-apply, change, history -------------------------------------------------
@@ -237,7 +233,6 @@ def test_a_bad_definition_leaves_the_registry_as_it_was(feature_repo, bad) -> No
     feature_repo.store().apply()
     watcher = open_registry(feature_repo.registry_url, "shop")
     try:
-        watcher.set_watermark("user_stats", datetime(2026, 1, 1, tzinfo=UTC))
         before = snapshot(watcher)
         feature_repo.write(edit(edit(REPO, *VALID_CHANGE), *BAD_EDITS[bad]))
         with pytest.raises(AlmanacError) as info:
@@ -464,59 +459,6 @@ def test_a_cached_registry_reloads_only_when_the_version_moved(open_backend) -> 
     assert cached.catalog(check=False).version == 3
 
 
-# ---- watermarks -------------------------------------------------------------------------
-
-
-def test_watermarks_are_set_read_and_never_move_backwards(open_backend) -> None:
-    registry, other = open_backend(), open_backend()
-    assert registry.get_watermark("user_stats") is None
-    t1 = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-    registry.set_watermark("user_stats", t1)
-    assert registry.get_watermark("user_stats") == t1
-    assert other.get_watermark("user_stats") == t1
-    registry.set_watermark("user_stats", t1 - timedelta(days=1))
-    assert other.get_watermark("user_stats") == t1
-    registry.set_watermark("user_stats", t1)
-    assert registry.get_watermark("user_stats") == t1
-    t2 = t1 + timedelta(microseconds=1)
-    other.set_watermark("user_stats", t2)
-    assert registry.get_watermark("user_stats") == t2
-    assert registry.get_watermark("user_stats").tzinfo is not None
-    registry.set_watermark("user_profile", t1)
-    assert registry.watermarks() == {"user_stats": t2, "user_profile": t1}
-
-
-def test_watermarks_compare_instants_across_time_zones(registry) -> None:
-    naive = datetime(2026, 3, 1, 12, 0)
-    registry.set_watermark("v", naive)
-    assert registry.get_watermark("v") == naive.replace(tzinfo=UTC)
-    # 13:00 in UTC+2 is 11:00 UTC: earlier, so ignored; 10:00 in UTC-5 is 15:00 UTC: later.
-    registry.set_watermark("v", datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=2))))
-    assert registry.get_watermark("v") == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    registry.set_watermark("v", datetime(2026, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=-5))))
-    assert registry.get_watermark("v") == datetime(2026, 3, 1, 15, 0, tzinfo=UTC)
-
-
-_views = count()
-
-
-@settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    marks=st.lists(
-        st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
-        min_size=1,
-        max_size=6,
-    )
-)
-def test_the_watermark_is_the_latest_ever_set(registry, marks) -> None:
-    view = f"view_{next(_views)}"
-    for mark in marks:
-        registry.set_watermark(view, mark)
-    assert registry.get_watermark(view) == max(marks).replace(tzinfo=UTC)
-
-
 # ---- projects and backends -------------------------------------------------------------
 
 
@@ -532,9 +474,6 @@ def test_two_projects_in_one_database_are_isolated(open_backend) -> None:
     assert len(shop.history("user_stats")) == 2
     assert len(games.history("user_stats")) == 1
     assert games.history("user_profile") == []
-    shop.set_watermark("user_stats", datetime(2026, 1, 1, tzinfo=UTC))
-    assert games.get_watermark("user_stats") is None
-    assert games.watermarks() == {}
     # An apply in one project does not make another project's plan stale.
     plan = make_plan(games.load(), target(profile=False, ttl="1d"))
     apply(shop, dtype="string")

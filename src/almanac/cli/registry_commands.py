@@ -34,6 +34,13 @@ def _show(value: Any) -> str:
 
 
 def render_plan(plan: Plan) -> None:
+    for kind, name in plan.kept:
+        console.print(
+            f"[dim]· keep {kind.replace('_', ' ')} [bold]{escape(name)}[/bold]: not in your "
+            "repo and never applied from it (another author's); --prune deletes it[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
     if plan.empty:
         console.print("No changes: the registry matches the repo.")
         return
@@ -69,10 +76,19 @@ def init(
     )
 
 
+_PRUNE_HELP = (
+    "Also delete registered objects this repo does not declare and never applied "
+    "(by default they are another author's, and kept)."
+)
+
+
 @app.command()
-def plan(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def plan(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help=_PRUNE_HELP)] = False,
+) -> None:
     """Show what `apply` would change, field by field. Writes nothing."""
-    result = open_store().plan()
+    result = open_store().plan(prune=prune)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -80,15 +96,20 @@ def plan(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 
 
 @app.command()
-def apply(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Register the repo's definitions: one atomic, versioned change."""
+def apply(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help=_PRUNE_HELP)] = False,
+) -> None:
+    """Register the repo's definitions: one atomic, versioned change. The plan (every
+    deletion included) is printed before anything is applied."""
     store = open_store()
-    result = store.apply()
+    planned = store.plan(prune=prune)
+    if not as_json:
+        render_plan(planned)
+    result = store.apply(planned)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
-        return
-    render_plan(result)
-    if not result.empty:
+    elif not result.empty:
         console.print(f"Applied: registry version {store.catalog.version}.")
 
 

@@ -9,24 +9,28 @@ sends a `created` column even when the source declares none). The rules are thos
 `almanac.validate`, which `write_to_offline_store` follows too: rows get the same answer
 whichever way they come in.
 
-Then, in this order:
+Then, all or nothing across both stores:
 
 1. offline (``to`` = ``offline`` or ``online_and_offline``): the source's one Parquet
-   dataset gets one new file with the union of the views' columns, written atomically
-   by the offline engine (which checks the batch again);
+   dataset gets one new file with the union of the views' columns, *staged* by the
+   offline engine (checked again and written under a hidden name: a full disk fails
+   here, with `StorageFullError`);
 2. online (``online`` or ``online_and_offline``): one `write_batch` per online view.
-   Writes are monotonic (rule 3), so rows older than what is stored are skipped and a
-   retried push is harmless. An aggregation view gets the tiles of the pushed rows
-   (computed by the offline engine, as materialization does) merged into each entity's
-   stored tiles (`OnlineStore.merge_batch`): its windowed values move with every push,
-   late events included. A merge adds, so pushing the same rows twice counts them twice.
+   Writes are monotonic (rule 3), so rows older than what is stored are skipped. An
+   aggregation view gets the tiles of the pushed rows (computed by the offline engine,
+   as materialization does) merged into each entity's stored tiles
+   (`OnlineStore.merge_batch`): its windowed values move with every push, late events
+   included. A merge adds, so pushing the same rows twice counts them twice;
+3. the staged file is committed (renamed into place) only once the online writes
+   succeeded. If the online store fails (unreachable), the file is discarded: the push
+   fails having changed neither store, and a retry records the rows once.
 
-Offline first: if the online store then fails (unreachable), the history is complete
-and the next materialization brings the online store up to date (so does a retry, for
-feature views; for an aggregation view a retry would record the rows twice); the other
-order could leave online values that training data never saw. Within a batch, rows are
-applied to the online store in (event time, created time) order, so among rows with the
-same key the one that wins the point-in-time rule is the one the store keeps.
+What remains outside this: a store failing *during* the online writes of a push that
+feeds several views (or many entities on Redis) may keep the part already written online;
+a retry rewrites it (harmless for feature views; an aggregation view counts that part
+twice). Within a batch, rows are applied to the online store in (event time, created
+time) order, so among rows with the same key the one that wins the point-in-time rule is
+the one the store keeps.
 """
 
 from __future__ import annotations
@@ -112,16 +116,25 @@ def push(
         rows = _online_rows(batch, source, keys, features)
         prepare_batch(view.name, rows, keys, features)
         online_writes.append((view, keys, features, rows))
-    if to != "online":
-        store.offline.write(catalog, _union_view(views, source), batch)
-    for view, keys, features, rows in online_writes:
-        if isinstance(view, AggregationView):
-            merge = partial(
-                merge_blobs, reach=reach_micros(view), now=datetime_to_micros(datetime.now(UTC))
-            )
-            store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
-        else:
-            store.online.write_batch(store.project, view.name, keys, features, rows)
+    # All or nothing across both stores: the offline file is staged (where a full disk
+    # fails), the online store written, and only then the file committed (a rename).
+    staged = (
+        store.offline.stage(catalog, _union_view(views, source), batch) if to != "online" else None
+    )
+    try:
+        for view, keys, features, rows in online_writes:
+            if isinstance(view, AggregationView):
+                now = datetime_to_micros(datetime.now(UTC))
+                merge = partial(merge_blobs, reach=reach_micros(view), now=now)
+                store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
+            else:
+                store.online.write_batch(store.project, view.name, keys, features, rows)
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
+    if staged is not None:
+        staged.commit()
     return batch.num_rows
 
 

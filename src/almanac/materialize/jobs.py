@@ -1,6 +1,11 @@
 """Materialization: copy each view's latest values from the offline store to the online
 store, and move the view's watermark only once all of its rows are written.
 
+A watermark is the state of one online store, so it is kept in that store
+(`OnlineStore.watermarks`): pointing `online.url` at a new store, or a Redis that lost
+its data, starts every view from its first row instead of trusting a watermark that
+describes another store.
+
 For every entity, the row written is the one that wins the point-in-time rule at `end`
 among rows with event time in `[start, end]` (the offline engine computes it, set-based).
 An aggregation view writes, instead, one blob of tiles per entity with events in
@@ -106,9 +111,9 @@ def _run_view(
                 progress(view.name, chunk.num_rows)
     # Only now, with every batch written, does the watermark move — and only when the
     # window reached back to it: otherwise rows before `start` were never read.
-    watermark = store.registry.get_watermark(view.name)
+    watermark = store.online.watermarks(store.project).get(view.name)
     if start is None or (watermark is not None and start <= watermark):
-        store.registry.set_watermark(view.name, end)
+        store.online.set_watermark(store.project, view.name, end)
     else:
         run.skipped = "watermark kept: rows before start were not read"
     run.seconds = time.perf_counter() - started
@@ -145,8 +150,9 @@ def materialize_incremental(
     end = to_utc(end, "end")
     _check_end(end)
     result = MaterializeResult()
+    watermarks = store.online.watermarks(store.project)
     for view in _views(store, views):
-        start = store.registry.get_watermark(view.name)
+        start = watermarks.get(view.name)
         if start is not None and start >= end:
             result.runs.append(
                 ViewRun(view.name, start, end, skipped="already materialized to end")

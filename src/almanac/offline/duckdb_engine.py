@@ -47,7 +47,7 @@ from almanac.offline.retrieval import RetrievalJob
 from almanac.offline.source_check import check_views
 from almanac.offline.sources import SourceScan, describe
 from almanac.offline.transformations import scan_view
-from almanac.offline.writer import prepare_batch, target_folder, write_parquet
+from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
 from almanac.registry.catalog import Catalog, FeatureRef
 from almanac.times import to_utc
 
@@ -249,19 +249,18 @@ class DuckDBEngine(OfflineEngine):
 
     # ---- writes ----------------------------------------------------------------------------
 
-    def write(self, catalog: Catalog, view: FeatureView, df: Any) -> int:
+    def stage(self, catalog: Catalog, view: FeatureView, df: Any) -> StagedFile | None:
         source = catalog.source_of(view)
         folder, pattern = target_folder(self.config, view, source)
         cursor = self._cursor()
         try:
             table = to_arrow(df, cursor, what=f"batch for feature view '{view.name}'")
             if table.num_rows == 0:
-                return 0
+                return None
             batch = prepare_batch(table, view, catalog.join_keys(view), source)
         finally:
             cursor.close()
-        write_parquet(batch, folder, pattern)
-        return batch.num_rows
+        return stage_parquet(batch, folder, pattern)
 
     def close(self) -> None:
         self._con.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -26,7 +26,16 @@ from almanac.errors import ConfigError
 from almanac.offline.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
 
-__all__ = ["OfflineEngine", "RetrievalJob", "open_offline_engine"]
+__all__ = ["OfflineEngine", "RetrievalJob", "Staged", "open_offline_engine"]
+
+
+class Staged(Protocol):
+    """A checked batch, stored but not visible to readers until committed."""
+
+    rows: int
+
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
 
 
 class OfflineEngine(ABC):
@@ -45,13 +54,24 @@ class OfflineEngine(ABC):
         tz-aware UTC), then one column per ref named `ref.output_name`.
         """
 
-    @abstractmethod
     def write(self, catalog: Catalog, view: FeatureView, df: Any) -> int:
         """Append `df` to the view's offline dataset as one new file; returns rows written.
 
         All or nothing: the batch is checked (keys, timestamps, feature types) before
         anything is written, and the file appears atomically.
         """
+        staged = self.stage(catalog, view, df)
+        if staged is None:
+            return 0
+        staged.commit()
+        return staged.rows
+
+    @abstractmethod
+    def stage(self, catalog: Catalog, view: FeatureView, df: Any) -> Staged | None:
+        """`write` in two steps: check `df` and store it where no reader looks yet (None
+        for an empty batch); `commit()` then makes it visible atomically and `discard()`
+        drops it. A push commits only once the online store took the rows too. A full
+        disk raises `StorageFullError` here, leaving nothing behind."""
 
     @abstractmethod
     def latest_rows(

@@ -6,7 +6,8 @@ event time (present, parseable, no nulls), created time, every feature (present,
 castable without loss to its declared type; "12" is not an int64, 12 is not a string) —
 then written as one new Parquet file: first to a hidden temporary name in the same
 folder, then renamed. Readers never see a partial file and a rejected batch leaves
-nothing behind (rule 7).
+nothing behind (rule 7). A push stages the file, writes the online store, and only then
+renames it (`StagedFile`), so a push that fails leaves neither store changed.
 
 New files are named `part-<nanoseconds>-<random>.parquet`, so they sort after earlier
 appends: for rows tied on event and created time, the later append wins.
@@ -14,10 +15,12 @@ appends: for rows tied on event and created time, the later append wins.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +30,7 @@ import pyarrow.parquet as pq
 from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
-from almanac.errors import InputError
+from almanac.errors import InputError, StorageFullError
 from almanac.offline.sources import CSV_SUFFIXES, glob_root, has_glob, push_folder
 from almanac.validate import UTC_US, Declared, check_batch
 
@@ -87,8 +90,29 @@ def prepare_batch(
     return batch
 
 
-def write_parquet(table: pa.Table, folder: Path, pattern: str = "") -> Path:
-    """Write `table` as a new file in `folder`, atomically (temp file + rename)."""
+@dataclass
+class StagedFile:
+    """A batch written to a hidden temporary file beside its final name: readers do not
+    see it until `commit` renames it into place (atomic); `discard` removes it."""
+
+    temp: Path
+    final: Path
+    rows: int
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.temp, self.final)
+        except OSError as error:
+            self.discard()
+            raise _storage_error(error, self.final.parent) from None
+
+    def discard(self) -> None:
+        self.temp.unlink(missing_ok=True)
+
+
+def stage_parquet(table: pa.Table, folder: Path, pattern: str = "") -> StagedFile:
+    """Write `table` as a new, not yet visible file in `folder` (see `StagedFile`). The
+    expensive part that can fail (a full disk) happens here, before any commit."""
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     final = folder / name
     if pattern and not fnmatch.fnmatch(str(final), pattern):
@@ -96,11 +120,24 @@ def write_parquet(table: pa.Table, folder: Path, pattern: str = "") -> Path:
             f"a new file '{name}' in {folder} would not match the source's pattern "
             f"'{pattern}', so it would never be read; use a folder or a broader glob"
         )
-    folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{name}.tmp"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, temp)
-        os.replace(temp, final)
-    finally:
+    except OSError as error:
         temp.unlink(missing_ok=True)
-    return final
+        raise _storage_error(error, folder) from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return StagedFile(temp, final, table.num_rows)
+
+
+def _storage_error(error: OSError, folder: Path) -> Exception:
+    """A full disk (or quota) is the user's to fix: say so; other OS errors stay as they are."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(
+            f"the offline store has no room left in {folder} ({error.strerror}); nothing of "
+            "this batch was written: free disk space and retry"
+        )
+    return error

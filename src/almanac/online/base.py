@@ -10,6 +10,12 @@ not in the caller (DESIGN.md, rule 3):
 * the rule holds across concurrent writers (it is enforced by the store itself: a Lua
   script on Redis, a conditional upsert on SQLite).
 
+Each store also keeps, per (project, view), the materialization watermark: the time up to
+which the view's offline rows have been written into *this* store. It lives beside the
+data it describes, so a new, swapped or emptied store (a Redis restarted without
+persistence) has no watermark and is materialized from the start, and `delete_view`
+forgets it with the data.
+
 Reads take every view and every entity of a request at once so that a backend can
 answer in one round trip. Statuses and TTLs are not the store's business: it returns
 raw values and event times, and `almanac.online.response` turns them into statuses.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -119,7 +126,19 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def delete_view(self, project: str, view: str) -> None:
-        """Forget every value of a view (for example when it is deleted or retyped)."""
+        """Forget every value of a view and its watermark (for example when it is
+        deleted or retyped). The watermark goes first: a deletion that fails half-way
+        leaves a view that the next materialization rewrites from the start."""
+
+    @abstractmethod
+    def watermarks(self, project: str) -> dict[str, datetime]:
+        """Per view, the time up to which materialization has written it into this store
+        (aware UTC); views never materialized here are absent."""
+
+    @abstractmethod
+    def set_watermark(self, project: str, view: str, watermark: datetime) -> None:
+        """Record that `view` is materialized into this store up to `watermark`; a
+        watermark never moves back (an older one is ignored)."""
 
     @abstractmethod
     def ping(self) -> None:

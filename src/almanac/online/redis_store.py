@@ -3,7 +3,9 @@
 Keys, field names and the bytes on the wire come from `almanac.online.redis_wire`, which
 describes the layout. Beside the entity hashes the store keeps
 ``alm:<project>#fields:<view>`` / ``#keys:<view>``: sets of the features and key-name
-tuples ever written, so `delete_view` knows what to remove.
+tuples ever written, so `delete_view` knows what to remove, and
+``alm:<project>#watermarks``: a hash of view → watermark (decimal microseconds), which
+a FLUSHALL or a restart without persistence empties with the data.
 
 Writes are monotonic inside Redis: a Lua script takes many rows per call and, per row,
 compares the stored (event time, created time) with the new one before setting the fields (scripts
@@ -36,6 +38,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -49,7 +52,13 @@ from redis.retry import Retry
 from almanac.errors import ConfigError, StoreUnavailableError
 from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
 from almanac.online.batch import PreparedBatch, prepare_batch
-from almanac.online.codec import Decoder, redis_decoder, redis_values
+from almanac.online.codec import (
+    Decoder,
+    datetime_to_micros,
+    micros_to_datetime,
+    redis_decoder,
+    redis_values,
+)
 from almanac.online.redis_async import AsyncRedis
 from almanac.online.redis_wire import (
     KEY_PREFIX,
@@ -170,6 +179,15 @@ for i = 1, #KEYS do
 end
 return conflicts
 """
+# KEYS: the watermarks hash. ARGV: the view, the watermark (decimal µs). Never moves back.
+WATERMARK_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if (not stored) or tonumber(ARGV[2]) > tonumber(stored) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"""
+
 # Rounds of read, merge, conditional write before giving up on entities that other
 # writers keep changing.
 _MERGE_ROUNDS = 50
@@ -440,6 +458,7 @@ class RedisOnlineStore(OnlineStore):
         meta = f"{KEY_PREFIX}:{project}#"
         fields_key, keys_key = f"{meta}fields:{view}", f"{meta}keys:{view}"
         try:
+            self._client.hdel(_watermarks_key(project), view)  # first: see OnlineStore
             features = self._client.smembers(fields_key)
             key_sets = self._client.smembers(keys_key)
             fields = [ts_field(view), created_field(view)]
@@ -456,6 +475,20 @@ class RedisOnlineStore(OnlineStore):
                         pipe.execute()
                 pipe.execute()
             self._client.delete(fields_key, keys_key)
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+
+    def watermarks(self, project: str) -> dict[str, datetime]:
+        try:
+            stored = self._client.hgetall(_watermarks_key(project))
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from None
+        return {view.decode(): micros_to_datetime(int(mark)) for view, mark in stored.items()}
+
+    def set_watermark(self, project: str, view: str, watermark: datetime) -> None:
+        micros = str(datetime_to_micros(watermark))
+        try:
+            self._client.eval(WATERMARK_SCRIPT, 1, _watermarks_key(project), view, micros)
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None
 
@@ -549,6 +582,10 @@ class RedisOnlineStore(OnlineStore):
             self._async_last = None
         if client is not None:
             client.close()
+
+
+def _watermarks_key(project: str) -> str:
+    return f"{KEY_PREFIX}:{project}#watermarks"
 
 
 def _digest(fields: list[bytes | None]) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
 from almanac.online.base import OnlineStore, ViewRead, ViewRows
-from almanac.online.codec import datetime_to_micros
+from almanac.online.codec import datetime_to_micros, micros_to_datetime
 from almanac.online.response import OnlineResponse, build_response
 from almanac.online.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
 from almanac.registry.catalog import Catalog
@@ -144,13 +144,19 @@ def get_online_features(
     """Latest values of `features` (or a service's) for each entity row, in order.
 
     `entity_rows` is a list of dicts (``[{"user_id": 1}, ...]``) or a dict of columns
-    (``{"user_id": [1, 2]}``); a pandas DataFrame or Arrow table also works. `now` (for
-    tests and replays) is the read time that TTLs are measured from.
+    (``{"user_id": [1, 2]}``); a pandas DataFrame or Arrow table also works. `now` is
+    the read time that TTLs and windows are measured from (default: the clock). The
+    online store holds only each entity's latest values, so it can answer exactly for
+    any time at or after the views' watermarks and latest writes, and refuses an
+    earlier `now` (InputError naming the view): past times are
+    `get_historical_features`' job.
     """
     plan, keys, requests = prepare_read(
         store.catalog, features, entity_rows, feature_service, full_feature_names
     )
     rows = store.online.read(store.project, requests)
+    if now is not None:
+        _check_watermarks(plan, store.online.watermarks(store.project), now)
     return finish_read(plan, keys, rows, now)
 
 
@@ -194,13 +200,59 @@ def prepare_read(
 def finish_read(
     plan: _Plan, keys: dict[str, list[Any]], rows: list[ViewRows], now: datetime | None
 ) -> OnlineResponse:
-    now_micros = time.time_ns() // 1000 if now is None else datetime_to_micros(now)
+    now_micros = _read_time(plan, keys, rows, now)
     ttls = [v.ttl_micros for v in plan.views]
     rows = [
         r if v.tiles is None else evaluate(v.tiles, r, now_micros)
         for v, r in zip(plan.views, rows, strict=True)
     ]
     return build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes, plan.defaults)
+
+
+# ---- read time ------------------------------------------------------------------------------
+
+
+def _read_time(
+    plan: _Plan, keys: dict[str, list[Any]], rows: list[ViewRows], now: datetime | None
+) -> int:
+    """The read time in µs. No value served may be newer than it: a value with a later
+    event time did not exist yet at that time, and what it replaced is gone."""
+    latest = max((t for r in rows for t in r.event_times if t is not None), default=None)
+    if now is None:
+        clock = time.time_ns() // 1000
+        # A producer's clock may run a little ahead of this one (the door accepts event
+        # times up to FUTURE_TOLERANCE ahead): then the read is at that event time.
+        return clock if latest is None or latest <= clock else latest
+    at = datetime_to_micros(now)
+    if latest is not None and latest > at:
+        view, row, stamp = next(
+            (view, i, t)
+            for view, view_rows in zip(plan.views, rows, strict=True)
+            for i, t in enumerate(view_rows.event_times)
+            if t is not None and t > at
+        )
+        entity = {key: keys[key][row] for key in view.join_keys}
+        raise InputError(
+            f"read time {now.isoformat()} is before the value that view '{view.view}' holds "
+            f"for {entity} (event time {micros_to_datetime(stamp).isoformat()}): the online "
+            "store keeps only the latest values and cannot answer for an earlier time; use "
+            "get_historical_features for past times"
+        )
+    return at
+
+
+def _check_watermarks(plan: _Plan, watermarks: Mapping[str, datetime], now: datetime) -> None:
+    """A read before a view's watermark could be answered from values written later."""
+    at = datetime_to_micros(now)
+    for view_plan in plan.views:
+        mark = watermarks.get(view_plan.view)
+        if mark is not None and datetime_to_micros(mark) > at:
+            raise InputError(
+                f"read time {now.isoformat()} is before view '{view_plan.view}' was "
+                f"materialized to ({mark.isoformat()}): the online store keeps only the latest "
+                "values and cannot answer for an earlier time; use get_historical_features "
+                "for past times"
+            )
 
 
 # ---- entity keys ----------------------------------------------------------------------------

@@ -7,6 +7,8 @@ one index descent), an ``@ts`` column (event time, int microseconds), an ``@crea
 column (created time, null when the row has none) and one column per feature. A table per view rather than one table of encoded values because SQLite then
 stores numbers and text natively (no decoding on the hot path for most dtypes), a
 lookup reads one row for all of a view's features, and deleting a view is DROP TABLE.
+Watermarks live in the same file, in ``almanac_watermarks`` (a name without ':', so no
+view's table can take it).
 
 Monotonic writes (rule 3) are one statement per row, run by SQLite itself:
 ``INSERT ... ON CONFLICT (keys) DO UPDATE ... WHERE (excluded."@ts", excluded."@created")
@@ -28,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,12 @@ import pyarrow as pa
 from almanac.errors import InputError, StoreUnavailableError
 from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
 from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, numbers, prepare_batch
-from almanac.online.codec import sqlite_decoder, sqlite_values
+from almanac.online.codec import (
+    datetime_to_micros,
+    micros_to_datetime,
+    sqlite_decoder,
+    sqlite_values,
+)
 
 TS_COLUMN = '"@ts"'
 CREATED_COLUMN = '"@created"'
@@ -69,6 +77,9 @@ _WRITE_BUSY_SECONDS = 60.0
 # in a thread, the GIL's switch interval lets the loop answer small requests meanwhile.
 # Readers never wait for writers in WAL mode, so an inline read cannot block on a lock.
 INLINE_READ_ROWS = 1000
+
+
+_WATERMARKS = "almanac_watermarks"
 
 
 def _table(project: str, view: str) -> str:
@@ -263,9 +274,34 @@ class SqliteOnlineStore(OnlineStore):
         return connection.total_changes - before
 
     def delete_view(self, project: str, view: str) -> None:
-        table = _table(project, view)
-        self._connection().execute(f"DROP TABLE IF EXISTS {table}")
+        with self._write_transaction() as connection:  # data and watermark together
+            connection.execute(f"DROP TABLE IF EXISTS {_table(project, view)}")
+            if self._table_columns(_WATERMARKS) is not None:
+                connection.execute(
+                    f"DELETE FROM {_WATERMARKS} WHERE project = ? AND view = ?", (project, view)
+                )
         self._layouts.clear()
+
+    def watermarks(self, project: str) -> dict[str, datetime]:
+        if self._table_columns(_WATERMARKS) is None:
+            return {}
+        rows = self._connection().execute(
+            f"SELECT view, micros FROM {_WATERMARKS} WHERE project = ?", (project,)
+        )
+        return {view: micros_to_datetime(micros) for view, micros in rows}
+
+    def set_watermark(self, project: str, view: str, watermark: datetime) -> None:
+        with self._write_transaction() as connection:
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {_WATERMARKS} (project TEXT NOT NULL, "
+                "view TEXT NOT NULL, micros INTEGER NOT NULL, PRIMARY KEY (project, view)) "
+                "WITHOUT ROWID"
+            )
+            connection.execute(
+                f"INSERT INTO {_WATERMARKS} VALUES (?, ?, ?) ON CONFLICT (project, view) "
+                f"DO UPDATE SET micros = excluded.micros WHERE excluded.micros > {_WATERMARKS}.micros",
+                (project, view, datetime_to_micros(watermark)),
+            )
 
     # ---- reads ----------------------------------------------------------------------
 

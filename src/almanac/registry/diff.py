@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,11 +42,15 @@ class Change:
 
 @dataclass(frozen=True)
 class Plan:
-    """The changes from the registry's catalog (at `base_version`) to the repo's."""
+    """The changes from the registry's catalog (at `base_version`) to the repo's.
+
+    `kept` lists (kind, name) of registered objects that the repo does not declare and
+    never applied (another author's): they stay, and `target` holds them too."""
 
     base_version: int
     changes: list[Change]
     target: Catalog
+    kept: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -55,12 +60,17 @@ class Plan:
         return {a: sum(c.action == a for c in self.changes) for a in ("create", "update", "delete")}
 
     def to_json(self) -> dict[str, Any]:
-        return {"base_version": self.base_version, "changes": [c.to_json() for c in self.changes]}
+        return {
+            "base_version": self.base_version,
+            "changes": [c.to_json() for c in self.changes],
+            "kept": [{"kind": kind, "name": name} for kind, name in self.kept],
+        }
 
     def views_with_stale_online_data(self) -> list[str]:
         """Views whose online values no longer fit their definition: deleted views, views
-        whose join keys, feature names, dtypes or transformation change, and views that
-        read a changed source (other rows, other time columns). Their online data and
+        whose source, keys, features, dtypes, transformation or aggregations change (any
+        field but documentation, TTL and cadence), views whose entity's join keys change,
+        and views that read a changed source (other rows, other time columns). Their online data and
         watermark must be cleared before the change lands (the next materialization
         then rewrites them from the offline store)."""
         stale: set[str] = set()
@@ -68,8 +78,7 @@ class Plan:
             if change.kind in _VIEW_KINDS and change.action == "delete":
                 stale.add(change.name)
             elif change.kind in _VIEW_KINDS and change.action == "update":
-                layout = _VIEW_KINDS[change.kind]
-                if layout(change.before or {}) != layout(change.after or {}):
+                if _view_layout(change.before or {}) != _view_layout(change.after or {}):
                     stale.add(change.name)
             elif change.kind == "entity" and change.action == "update" and _keys_changed(change):
                 stale.update(
@@ -82,34 +91,40 @@ class Plan:
         return sorted(stale)
 
 
+# Documentation: changes nothing a store holds, at any depth (a field's description).
+_DOCUMENTATION = ("owner", "description", "tags")
+# Fields of a view that are read-time settings or schedules, not what its stored values are
+# computed from: a TTL is applied at read time, a cadence only says when to run.
+_READ_TIME = ("ttl", "materialize_every")
+
+
 def _rows_changed(change: Change) -> bool:
     """Everything but documentation changes which rows a source yields."""
-    cosmetic = ("owner", "description", "tags")
-    return any(f.path.split(".")[0].split("[")[0] not in cosmetic for f in change.fields)
+    return _values_layout(change.before) != _values_layout(change.after)
 
 
 def _keys_changed(change: Change) -> bool:
     return (change.before or {}).get("join_keys") != (change.after or {}).get("join_keys")
 
 
-def _layout(view_spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What the online store's data depends on: keys, feature names and dtypes, and
-    the transformation that computes the values."""
-    fields = tuple((f["name"], f["dtype"]) for f in view_spec.get("schema", []))
-    return tuple(view_spec.get("entities", [])), fields, view_spec.get("transformation")
+def _values_layout(spec: Any) -> Any:
+    """A spec without its documentation, at any depth."""
+    if isinstance(spec, dict):
+        return {k: _values_layout(v) for k, v in spec.items() if k not in _DOCUMENTATION}
+    if isinstance(spec, list):
+        return [_values_layout(item) for item in spec]
+    return spec
 
 
-# Fields of an aggregation view that do not change its stored tiles.
-_COSMETIC = ("owner", "description", "tags", "materialize_every", "online")
+def _view_layout(view_spec: dict[str, Any]) -> Any:
+    """What a view's online values depend on: every field of its spec but documentation,
+    its TTL and its cadence — the source it reads, its keys, features and types, its
+    transformation, aggregations and tile size, and whether it is served at all (a view
+    switched back online must not serve what it held before it was switched off)."""
+    return {k: v for k, v in _values_layout(view_spec).items() if k not in _READ_TIME}
 
 
-def _tile_layout(view_spec: dict[str, Any]) -> dict[str, Any]:
-    """Tiles depend on everything but the cosmetic fields (entities, source, aggregations,
-    column types, tile size, transformation)."""
-    return {k: v for k, v in view_spec.items() if k not in _COSMETIC}
-
-
-_VIEW_KINDS = {"feature_view": _layout, "aggregation_view": _tile_layout}
+_VIEW_KINDS = ("feature_view", "aggregation_view")
 
 
 def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
@@ -156,11 +171,27 @@ def _named_list(value: Any) -> bool:
     return all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
 
 
-def make_plan(current: Catalog, target: Catalog) -> Plan:
+def make_plan(
+    current: Catalog, target: Catalog, owned: Collection[tuple[str, str]] | None = None
+) -> Plan:
     """Compare the applied catalog with the repo's; refuse deleting what is still used.
 
+    A registered object that the repo does not declare is deleted only if it is `owned`:
+    (kind, name) pairs the repo applied before and has since removed. Any other is
+    another author's, kept (`Plan.kept`) and validated with the repo's objects, so an
+    apply never deletes work it did not know about. `owned=None` owns everything (prune).
     Deletions are checked before the target is validated as a whole, so that removing a
     view a service still lists gets the message that says so."""
+    kept = [
+        (kind, name)
+        for kind in KINDS
+        for name in sorted(set(current.of_kind(kind)) - set(target.of_kind(kind)))
+        if owned is not None and (kind, name) not in owned
+    ]
+    if kept:
+        objects = [obj for kind in KINDS for obj in target.of_kind(kind).values()]
+        objects += [current.of_kind(kind)[name] for kind, name in kept]
+        target = Catalog.from_definitions(objects, version=target.version, validate=False)
     changes: list[Change] = []
     for kind in KINDS:
         old, new = current.of_kind(kind), target.of_kind(kind)
@@ -182,4 +213,4 @@ def make_plan(current: Catalog, target: Catalog) -> Plan:
                     Change(kind, name, "update", before, after, diff_specs(before, after))
                 )
     target.validate()
-    return Plan(base_version=current.version, changes=changes, target=target)
+    return Plan(base_version=current.version, changes=changes, target=target, kept=kept)

@@ -37,9 +37,6 @@ _SCHEMA = [
         project TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, version BIGINT NOT NULL,
         registry_version BIGINT NOT NULL, action TEXT NOT NULL, spec TEXT, diff TEXT NOT NULL,
         author TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (project, kind, name, version))""",
-    """CREATE TABLE IF NOT EXISTS almanac_watermarks (
-        project TEXT NOT NULL, view TEXT NOT NULL, watermark TEXT NOT NULL,
-        updated_at TEXT NOT NULL, PRIMARY KEY (project, view))""",
 ]
 
 
@@ -74,28 +71,47 @@ class SqlRegistry(ABC):
     def __init__(self, project: str) -> None:
         self.project = project
         self._lock = threading.RLock()
-        self._conn: Any = self._connect()
-        with self._lock:
-            self._begin_write()
-            try:
-                self._lock_schema()
-                for statement in _SCHEMA:
-                    self._execute(statement)
-                self._execute(
-                    "INSERT INTO almanac_registry (project, version, updated_at, author) "
-                    "VALUES (?, 0, ?, ?) ON CONFLICT (project) DO NOTHING",
-                    (project, _now(), current_author()),
-                )
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
+        self._conn: Any = None  # connected on first use
+        self._exists = False  # the tables are known to be there
+        self._created = False  # ... and this project's row
+
+    def _open(self, create: bool) -> bool:
+        """Whether the registry exists, connecting on first use. Only `apply` creates
+        it (`create`): a read of a registry that is not there (a typo'd path, nothing
+        applied yet) reads as empty and leaves no file, folder or table behind."""
+        if create and not self._created:
+            self._conn = self._conn or self._connect()
+            self._create()
+            self._exists = self._created = True
+        elif not self._exists:
+            self._exists = self._found()
+        return self._exists
+
+    def _create(self) -> None:
+        self._begin_write()
+        try:
+            self._lock_schema()
+            for statement in _SCHEMA:
+                self._execute(statement)
+            self._execute(
+                "INSERT INTO almanac_registry (project, version, updated_at, author) "
+                "VALUES (?, 0, ?, ?) ON CONFLICT (project) DO NOTHING",
+                (self.project, _now(), current_author()),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
 
     # ---- dialect hooks ------------------------------------------------------------------
 
     @abstractmethod
     def _connect(self) -> Any:
         """A DB-API connection in autocommit mode (transactions are explicit)."""
+
+    @abstractmethod
+    def _found(self) -> bool:
+        """Whether the registry's tables exist, creating nothing to find out."""
 
     def _begin_write(self) -> None:
         self._execute("BEGIN")
@@ -122,6 +138,8 @@ class SqlRegistry(ABC):
 
     def version(self) -> int:
         with self._lock:
+            if not self._open(create=False):
+                return 0
             row = self._read_one(
                 "SELECT version FROM almanac_registry WHERE project = ?", (self.project,)
             )
@@ -130,6 +148,8 @@ class SqlRegistry(ABC):
     def load(self) -> Catalog:
         """The applied catalog, read in one transaction so it is consistent."""
         with self._lock:
+            if not self._open(create=False):
+                return Catalog.from_specs({}, version=0)
             self._execute("BEGIN")
             try:
                 version = self._execute(
@@ -156,6 +176,8 @@ class SqlRegistry(ABC):
             sql += " AND kind = ?"
             params += (kind,)
         with self._lock:
+            if not self._open(create=False):
+                return []
             rows = self._read_all(sql + " ORDER BY kind, version", params)
         return [
             VersionRecord(
@@ -197,6 +219,7 @@ class SqlRegistry(ABC):
         author = author or current_author()
         applied_at = _now()
         with self._lock:
+            self._open(create=True)
             self._begin_write()
             try:
                 self._lock_registry_row()
@@ -251,60 +274,10 @@ class SqlRegistry(ABC):
                 (*key, spec, version, at),
             )
 
-    # ---- materialization watermarks ----------------------------------------------------
-
-    def get_watermark(self, view: str) -> datetime | None:
-        with self._lock:
-            row = self._read_one(
-                "SELECT watermark FROM almanac_watermarks WHERE project = ? AND view = ?",
-                (self.project, view),
-            )
-        return datetime.fromisoformat(row[0]) if row else None
-
-    def watermarks(self) -> dict[str, datetime]:
-        with self._lock:
-            rows = self._read_all(
-                "SELECT view, watermark FROM almanac_watermarks WHERE project = ?", (self.project,)
-            )
-        return {view: datetime.fromisoformat(mark) for view, mark in rows}
-
-    def set_watermark(self, view: str, watermark: datetime) -> None:
-        """Record that `view` is materialized up to `watermark` (it never moves back)."""
-        if watermark.tzinfo is None:
-            watermark = watermark.replace(tzinfo=UTC)
-        mark = watermark.astimezone(UTC).isoformat(timespec="microseconds")
-        with self._lock:
-            self._begin_write()
-            try:
-                self._execute(
-                    "INSERT INTO almanac_watermarks (project, view, watermark, updated_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (project, view) DO UPDATE SET "
-                    "watermark = excluded.watermark, updated_at = excluded.updated_at "
-                    "WHERE excluded.watermark > almanac_watermarks.watermark",
-                    (self.project, view, mark, _now()),
-                )
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
-
-    def delete_watermark(self, view: str) -> None:
-        """Forget a view's watermark: its next incremental run starts from the first row."""
-        with self._lock:
-            self._begin_write()
-            try:
-                self._execute(
-                    "DELETE FROM almanac_watermarks WHERE project = ? AND view = ?",
-                    (self.project, view),
-                )
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
-
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
 
 class SqliteRegistry(SqlRegistry):
@@ -321,6 +294,15 @@ class SqliteRegistry(SqlRegistry):
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
+    def _found(self) -> bool:
+        if not self.path.is_file():
+            return False
+        self._conn = self._conn or self._connect()
+        found = self._execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'almanac_registry'"
+        ).fetchone()
+        return found is not None
+
     def _begin_write(self) -> None:
         # IMMEDIATE takes the write lock now, so the version check and the writes that
         # follow cannot interleave with another process's apply.
@@ -336,6 +318,7 @@ class PostgresRegistry(SqlRegistry):
         self.url = url
         self.connect_timeout = connect_timeout
         super().__init__(project)
+        self._conn = self._connect()  # an unreachable database is reported at once
 
     def _connect(self) -> Any:
         import psycopg
@@ -346,6 +329,11 @@ class PostgresRegistry(SqlRegistry):
             )
         except psycopg.OperationalError as error:
             raise StoreUnavailableError(f"cannot reach the registry database: {error}") from None
+
+    def _found(self) -> bool:
+        self._conn = self._conn or self._connect()
+        row = self._execute("SELECT to_regclass('almanac_registry') IS NOT NULL").fetchone()
+        return bool(row[0])
 
     def _lock_registry_row(self) -> None:
         self._execute(
@@ -413,18 +401,6 @@ class CachedRegistry:
 
     def history(self, name: str, kind: str | None = None) -> list[VersionRecord]:
         return self.backend.history(name, kind)
-
-    def get_watermark(self, view: str) -> datetime | None:
-        return self.backend.get_watermark(view)
-
-    def set_watermark(self, view: str, watermark: datetime) -> None:
-        self.backend.set_watermark(view, watermark)
-
-    def watermarks(self) -> dict[str, datetime]:
-        return self.backend.watermarks()
-
-    def delete_watermark(self, view: str) -> None:
-        self.backend.delete_watermark(view)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,0 +1,79 @@
+"""Watermarks are the state of one online store: kept in it, on SQLite and a real Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from itertools import count
+
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from online_helpers import PROJECT, T0, write
+
+from almanac.config import RepoConfig
+from almanac.online import OnlineStore, open_online_store
+
+
+def test_watermarks_are_set_read_and_never_move_backwards(
+    online: OnlineStore, config: RepoConfig
+) -> None:
+    other = open_online_store(config)  # another process's view of the same store
+    try:
+        assert online.watermarks(PROJECT) == {}
+        t1 = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+        online.set_watermark(PROJECT, "user_stats", t1)
+        assert online.watermarks(PROJECT) == {"user_stats": t1}
+        assert other.watermarks(PROJECT) == {"user_stats": t1}
+        online.set_watermark(PROJECT, "user_stats", t1 - timedelta(days=1))
+        assert other.watermarks(PROJECT)["user_stats"] == t1
+        t2 = t1 + timedelta(microseconds=1)
+        other.set_watermark(PROJECT, "user_stats", t2)
+        online.set_watermark(PROJECT, "user_profile", t1)
+        assert online.watermarks(PROJECT) == {"user_stats": t2, "user_profile": t1}
+        assert online.watermarks(PROJECT)["user_stats"].tzinfo is not None
+        assert online.watermarks("another_project") == {}
+    finally:
+        other.close()
+
+
+def test_watermarks_compare_instants_across_time_zones(online: OnlineStore) -> None:
+    online.set_watermark(PROJECT, "v", datetime(2026, 3, 1, 12, 0))  # naive: UTC
+    assert online.watermarks(PROJECT)["v"] == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    # 13:00 in UTC+2 is 11:00 UTC: earlier, so ignored; 10:00 in UTC-5 is 15:00 UTC: later.
+    online.set_watermark(
+        PROJECT, "v", datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=2)))
+    )
+    assert online.watermarks(PROJECT)["v"] == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    online.set_watermark(
+        PROJECT, "v", datetime(2026, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=-5)))
+    )
+    assert online.watermarks(PROJECT)["v"] == datetime(2026, 3, 1, 15, 0, tzinfo=UTC)
+
+
+def test_deleting_a_view_forgets_its_watermark_and_only_its(online: OnlineStore) -> None:
+    rows = [{"user_id": 1, "event_timestamp": T0, "clicks": 3}]
+    write(online, "user_stats", {"user_id": pa.int64()}, {"clicks": pa.int64()}, rows)
+    online.set_watermark(PROJECT, "user_stats", T0)
+    online.set_watermark(PROJECT, "user_profile", T0)
+    online.delete_view(PROJECT, "user_stats")
+    assert online.watermarks(PROJECT) == {"user_profile": T0}
+
+
+_views = count()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    marks=st.lists(
+        st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_watermark_is_the_latest_ever_set(online: OnlineStore, marks: list[datetime]) -> None:
+    view = f"view_{next(_views)}"
+    for mark in marks:
+        online.set_watermark(PROJECT, view, mark)
+    assert online.watermarks(PROJECT)[view] == max(marks).replace(tzinfo=UTC)
