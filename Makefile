@@ -32,7 +32,16 @@ system-deps:
 demo: install
 	$(RUN) -m almanac.demo
 
-test: install system-deps
+# The Feast client that tests/serving/test_feast_client.py drives: its own venv, as its
+# pins conflict with our lock file; rebuilt when its requirements change.
+FEAST_VENV := .tools/feast-venv
+$(FEAST_VENV)/.installed: tests/serving/feast-client.txt
+	rm -rf $(FEAST_VENV)
+	$(PYTHON) -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	cp $< $@
+
+test: install system-deps $(FEAST_VENV)/.installed
 	$(RUN) -m pytest -n 2 -q
 
 # The HTTP benchmark drives the server with wrk (it falls back to a Python load generator).

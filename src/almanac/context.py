@@ -2,8 +2,13 @@
 
 A feature service may declare a Jinja2 `prompt_template` over its features. The result
 carries the rendered text, the raw values, their statuses and their ages, so an LLM
-application can both prompt with the text and reason about freshness. A value that is
-missing or past its TTL renders as a placeholder (never as "None").
+application can both prompt with the text and reason about freshness.
+
+The text shows exactly the values: a null value (missing, past its TTL, or null in the
+store) renders as the placeholder (never as "None"), and any other value as itself,
+whatever its status. So an entity without events reads "0" for its counts in the text as
+in `values` (status NOT_FOUND: the count of no events is 0, as in training sets), and
+the two can never disagree.
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ def render_context(
         stamp = event_timestamps[name][0]
         values[name], statuses[name], stamps[name] = value, status, stamp
         ages[name] = (now - stamp).total_seconds() if stamp is not None else None
-        rendered[name] = value if status == "PRESENT" else placeholder
+        rendered[name] = placeholder if value is None else value
     try:
         text = "".join(template.root_render_func(template.new_context(rendered, shared=True)))
     except Exception as error:  # a template can fail on values (e.g. arithmetic on a placeholder)

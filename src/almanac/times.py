@@ -1,10 +1,35 @@
-"""Rule 1 in one place: every time Almanac is handed becomes a tz-aware UTC datetime."""
+"""Rule 1 in one place: every time Almanac is handed becomes a tz-aware UTC datetime.
+
+It is also where the accepted range of times is written (docs/concepts.md, rule 1):
+
+* an event time (and a created time) is between `MIN_EVENT_TIME` (1900-01-01) and
+  now + `FUTURE_TOLERANCE` (5 s of clock skew). A row dated in the future would win
+  rule 2's ordering online until that time came (later rows of its entity ignored) and
+  be served before it happened; materialization refuses an end time in the future with
+  the same tolerance;
+* a timestamp feature value is between `MIN_TIMESTAMP` and `MAX_TIMESTAMP`, what a
+  Python datetime (and so every reader: the SDK, pandas in microseconds, JSON) can hold:
+  0001-01-01 to 9999-12-31T23:59:59.999999 UTC.
+
+Rows outside these ranges are refused where they come in (`almanac.validate`), so a
+store never holds a time that a read cannot return.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from almanac.errors import InputError
+
+MIN_EVENT_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(seconds=5)  # clock skew allowed between a client and Almanac
+MIN_TIMESTAMP = datetime.min.replace(tzinfo=UTC)
+MAX_TIMESTAMP = datetime.max.replace(tzinfo=UTC)
+
+
+def latest_event_time(now: datetime | None = None) -> datetime:
+    """The latest event time accepted at `now` (default: the current time)."""
+    return (now or datetime.now(UTC)) + FUTURE_TOLERANCE
 
 
 def to_utc(value: datetime | str, name: str = "time") -> datetime:

@@ -3,8 +3,9 @@
 A batch reaches a store by `FeatureStore.push` (online, offline or both) or by
 `write_to_offline_store`; both check it with `check_batch`, so the same rows get the
 same answer either way. The entity rows of a training set (spines) use the same join key
-and time rules, except that they may hold nulls, keep their timestamp precision and
-have text times parsed by DuckDB (`offline.frames.utc_timestamps`).
+and time rules, except that they may hold nulls, keep their timestamp precision, have
+text times parsed by DuckDB (`offline.frames.utc_timestamps`) and may ask about any
+time (a spine is a question; it stores nothing, so the range below does not apply).
 
 The rules (a broken one is an InputError naming the batch, the column and the problem):
 
@@ -12,11 +13,15 @@ The rules (a broken one is an InputError naming the batch, the column and the pr
   string key; no nulls in a batch (spines may have them);
 * times: timestamps of any unit or zone (naive ones are UTC), dates (midnight UTC) or
   ISO-8601 text; batches keep microseconds, as the stores do (finer digits are dropped);
-  the event time has no nulls;
+  the event time has no nulls. Event and created times lie between 1900-01-01 and now
+  plus a few seconds of clock skew, timestamp features within what a Python datetime
+  holds (years 1 to 9999): `almanac.times` has the bounds and why;
 * features (and the columns an aggregation reads): present, and castable to the
   declared dtype without loss. Text is not a number (Arrow would turn "12" into 12) and
   a number is not text (Arrow would turn 12 into "12"): both are wrong types, as are
-  timestamps given as text inside lists.
+  timestamps given as text inside lists. Floats are finite: NaN and ±infinity (alone
+  or inside lists) are refused, since JSON has no such values and a reader would get a
+  null marked PRESENT; a missing value is null (pandas' NaN arrives as null already).
 
 Columns nobody declared are ignored. Nothing here writes: callers write only what this
 module returned, so a refused batch leaves every store as it was (rule 7).
@@ -24,15 +29,24 @@ module returned, so a refused batch leaves every store as it was (rule 7).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from almanac.definitions.types import Bytes, Int64, String, Timestamp, arrow_type
+from almanac.definitions.types import Bytes, Float32, Float64, Int64, String, Timestamp, arrow_type
 from almanac.errors import InputError
+from almanac.times import (
+    FUTURE_TOLERANCE,
+    MAX_TIMESTAMP,
+    MIN_EVENT_TIME,
+    MIN_TIMESTAMP,
+    latest_event_time,
+)
 
 UTC_US = pa.timestamp("us", tz="UTC")
 ISO_EXAMPLE = "e.g. '2024-05-01T12:00:00Z'"
@@ -63,9 +77,12 @@ def check_batch(
     out: dict[str, pa.ChunkedArray] = {}
     for key, declared in keys.items():
         out[key] = key_column(table, key, declared.dtype, what, declared.owner, nulls=False)
+    now = datetime.now(UTC)
     out[timestamp_field] = time_column(table, timestamp_field, what, nulls=False)
+    check_event_times(out[timestamp_field], f"{what}: column '{timestamp_field}'", now)
     if created_field is not None and created_field in table.column_names:
         out[created_field] = time_column(table, created_field, what, nulls=True)
+        check_event_times(out[created_field], f"{what}: column '{created_field}'", now)
     missing = [name for name in columns if name not in table.column_names]
     if missing:
         raise InputError(
@@ -114,7 +131,9 @@ def feature_column(table: pa.Table, name: str, dtype: str, what: str) -> pa.Chun
     column, kind = _plain(table.column(name))
     label = f"{what}: column '{name}'"
     if dtype == Timestamp:
-        return utc_times(column, label)
+        values = utc_times(column, label)
+        _check_range(values, MIN_TIMESTAMP, MAX_TIMESTAMP, label, _FEATURE_RANGE)
+        return values
     if _is_text(kind) and dtype not in (String, Bytes):
         # Arrow would parse "12" as 12; text where a number is declared is a wrong type.
         raise InputError(f"{label} holds text, but the feature is declared {dtype}")
@@ -124,15 +143,109 @@ def feature_column(table: pa.Table, name: str, dtype: str, what: str) -> pa.Chun
     if dtype.startswith("list<timestamp") and pa.types.is_list(kind) and _is_text(kind.value_type):
         raise InputError(f"{label}: timestamps inside lists must be timestamps, not text")
     try:
-        return column.cast(arrow_type(dtype))
+        out = column.cast(arrow_type(dtype))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
         raise InputError(
             f"{label} has type {kind}, which does not convert to the declared {dtype}: "
             f"{str(error).splitlines()[0]}"
         ) from None
+    if dtype in (Float32, Float64):
+        _check_finite(out, column, label, dtype)
+    elif dtype in (f"list<{Float32}>", f"list<{Float64}>"):
+        _check_finite(pc.list_flatten(out), column, label, dtype[5:-1], lists=out)
+    elif dtype == f"list<{Timestamp}>":
+        items = pc.list_flatten(out)
+        _check_range(items, MIN_TIMESTAMP, MAX_TIMESTAMP, label, _FEATURE_RANGE, lists=out)
+    return out
+
+
+def _check_finite(
+    values: pa.ChunkedArray,
+    given: pa.ChunkedArray,
+    label: str,
+    dtype: str,
+    lists: pa.ChunkedArray | None = None,
+) -> None:
+    """InputError naming the first NaN or infinite value of `values`: the cast column, or
+    the items of the cast `lists`. `given` is the column as sent (for the message)."""
+    finite = pc.is_finite(values)
+    if pc.all(finite).as_py() is not False:  # all finite (or null), the common case
+        return
+    index = pc.index(finite, False).as_py()
+    value = (given if lists is None else pc.list_flatten(given))[index].as_py()
+    where = _where(index, lists)
+    if isinstance(value, float) and math.isfinite(value):
+        problem = f"{value!r} does not fit {dtype} (it would be {values[index].as_py()!r})"
+    else:
+        problem = f"{value!r} is not a finite number"
+    raise InputError(
+        f"{label}: {where}: {problem}; NaN and ±infinity are refused (send null for a "
+        "missing value)"
+    )
 
 
 # ---- times -------------------------------------------------------------------------------
+
+_FEATURE_RANGE = "the timestamps a feature can hold (years 1 to 9999, UTC)"
+
+
+def check_event_times(values: pa.ChunkedArray, label: str, now: datetime) -> None:
+    """InputError naming the first event (or created) time before `MIN_EVENT_TIME` or
+    later than `now` plus the clock-skew tolerance (see `almanac.times`)."""
+    early = pc.less(values, pa.scalar(MIN_EVENT_TIME, UTC_US))
+    if pc.any(early).as_py():
+        index = pc.index(early, True).as_py()
+        raise InputError(
+            f"{label}: row {index}: {_show(values, index)} is before "
+            f"{_iso_text(MIN_EVENT_TIME)}, the earliest event time accepted"
+        )
+    late = pc.greater(values, pa.scalar(latest_event_time(now), UTC_US))
+    if pc.any(late).as_py():
+        index = pc.index(late, True).as_py()
+        raise InputError(
+            f"{label}: row {index}: {_show(values, index)} is in the future (now is "
+            f"{_iso_text(now)}; times up to {FUTURE_TOLERANCE.total_seconds():g}s "
+            "ahead are accepted): a row is recorded once it has happened"
+        )
+
+
+def _check_range(
+    values: pa.ChunkedArray,
+    low: datetime,
+    high: datetime,
+    label: str,
+    accepted: str,
+    lists: pa.ChunkedArray | None = None,
+) -> None:
+    """InputError naming the first of `values` (UTC microseconds; the items of `lists`,
+    when given) outside [low, high]; `accepted` says what the range is."""
+    outside = pc.or_(
+        pc.less(values, pa.scalar(low, UTC_US)), pc.greater(values, pa.scalar(high, UTC_US))
+    )
+    if not pc.any(outside).as_py():
+        return
+    index = pc.index(outside, True).as_py()
+    where = _where(index, lists)
+    raise InputError(f"{label}: {where}: {_show(values, index)} is outside {accepted}")
+
+
+def _where(index: int, lists: pa.ChunkedArray | None) -> str:
+    """Where value `index` of a column is ("row 3"), or item `index` of the flattened
+    `lists` ("row 3: an item")."""
+    if lists is None:
+        return f"row {index}"
+    ends = np.cumsum(pc.list_value_length(lists).fill_null(0).to_numpy())
+    return f"row {int(np.searchsorted(ends, index, side='right'))}: an item"
+
+
+def _show(values: pa.ChunkedArray, index: int) -> str:
+    """One timestamp as ISO text, even one a Python datetime cannot hold (year 0)."""
+    text = pc.cast(values.slice(index, 1), pa.string())[0].as_py()
+    return text.replace(" ", "T").replace(".000000", "")
+
+
+def _iso_text(value: datetime) -> str:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def time_column(
@@ -186,7 +299,17 @@ def utc_times(
             )
     else:
         raise InputError(f"{label} has type {kind}; expected timestamps, dates or ISO-8601 text")
-    return out if keep_unit or out.type == UTC_US else out.cast(UTC_US, safe=False)
+    if keep_unit or out.type == UTC_US:
+        return out
+    if out.type.unit == "ns":  # finer digits are dropped; nanoseconds always fit
+        return out.cast(UTC_US, safe=False)
+    try:  # seconds or milliseconds: a value past microseconds' range would wrap around
+        return out.cast(UTC_US)
+    except pa.ArrowInvalid:
+        raise InputError(
+            f"{label} has times outside the range of microsecond timestamps "
+            "(about 290,000 years either side of 1970)"
+        ) from None
 
 
 def parse_iso(values: pa.ChunkedArray) -> pa.ChunkedArray:

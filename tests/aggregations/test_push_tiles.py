@@ -175,7 +175,10 @@ def test_a_push_missing_an_aggregated_column_is_refused_whole(store: FeatureStor
     ).to_arrow().column("count_1d").to_pylist() == [0]
 
 
-def test_infinities_and_nan_survive_merges(store: FeatureStore) -> None:
+def test_pushes_of_infinity_or_nan_are_refused_and_leave_the_tiles(store: FeatureStore) -> None:
+    """NaN and ±infinity are refused at the door (rule 7; JSON has no such values): the
+    tiles keep only the finite events, online as offline."""
+
     def one(seconds: int, amount: float) -> dict[str, Any]:
         return {"customer_id": 1, "ts": BASE + timedelta(seconds=seconds), "amount": amount,
                 "qty": 1, "merchant": "a"}  # fmt: skip
@@ -183,19 +186,16 @@ def test_infinities_and_nan_survive_merges(store: FeatureStore) -> None:
     features = ["spend:amount_sum_1d", "spend:amount_max_1d", "spend:amount_stddev_1d"]
     at = BASE + timedelta(hours=1)
     store.push("events", _frame([one(0, 1.0)]))
-    store.push("events", _frame([one(60, math.inf)]))
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(InputError, match=r"column 'amount': row 0: .* is not a finite number"):
+            store.push("events", _frame([one(60, bad)]))
     store.push("events", _frame([one(120, 2.0)]))
-    online = get_online_features(store, features, [{"customer_id": 1}], now=at).to_dict()
-    assert online["amount_sum_1d"] == [math.inf]
-    assert online["amount_max_1d"] == [math.inf]
-    assert math.isnan(online["amount_stddev_1d"][0])
-    store.push("events", _frame([one(180, math.nan)]))
     online = get_online_features(store, features, [{"customer_id": 1}], now=at).to_dict()
     spine = pd.DataFrame({"customer_id": [1], "event_timestamp": [at]})
     offline = store.get_historical_features(spine, features).to_arrow().to_pylist()[0]
-    for name in ("amount_sum_1d", "amount_max_1d", "amount_stddev_1d"):
-        got, want = online[name][0], offline[name]
-        assert (math.isnan(got) and math.isnan(want)) or got == want, (name, got, want)
+    names = ["amount_sum_1d", "amount_max_1d", "amount_stddev_1d"]
+    assert [online[name][0] for name in names] == pytest.approx([3.0, 2.0, math.sqrt(0.5)])
+    assert [online[name][0] for name in names] == pytest.approx([offline[n] for n in names])
 
 
 def test_an_event_pushed_with_a_future_time_keeps_the_tiles_reads_need_now(
@@ -205,15 +205,18 @@ def test_an_event_pushed_with_a_future_time_keeps_the_tiles_reads_need_now(
     rows = [{"customer_id": 1, "ts": now - timedelta(hours=h), "amount": 1.0, "qty": 1,
              "merchant": "a"} for h in (1, 2, 3)]  # fmt: skip
     store.push("events", _frame(rows))
-    future = {**rows[0], "ts": now + timedelta(days=2)}
-    store.push("events", _frame([future]))
+    # Event times ahead of the clock by more than the skew tolerance are refused (rule 1);
+    # one a few seconds ahead (a client's clock) is accepted and counted once it is due.
+    with pytest.raises(InputError, match="is in the future"):
+        store.push("events", _frame([{**rows[0], "ts": now + timedelta(days=2)}]))
+    store.push("events", _frame([{**rows[0], "ts": now + timedelta(seconds=4)}]))
 
     def count_1d(at: datetime) -> int:
         response = get_online_features(store, ["spend:count_1d"], [{"customer_id": 1}], now=at)
         return response.to_dict()["count_1d"][0]
 
-    assert count_1d(now) == 3
-    assert count_1d(now + timedelta(days=2)) == 1
+    assert count_1d(now + timedelta(seconds=5)) == 4
+    assert count_1d(now + timedelta(days=1)) == 1
 
 
 def test_a_blob_of_an_earlier_definition_is_replaced_not_merged(store: FeatureStore) -> None:

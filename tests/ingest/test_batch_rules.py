@@ -17,6 +17,7 @@ from almanac import FeatureStore
 from almanac.errors import InputError
 
 T1 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+YEAR_0 = -62167219200000000  # 0000-01-01T00:00:00Z in microseconds since the epoch
 FEATURES_PY = """
 from almanac import Array, Entity, FeatureView, Field, Float64, Int64, PushSource, String, Timestamp
 
@@ -77,6 +78,14 @@ def refusals(store: FeatureStore, rows: pa.Table) -> tuple[str, str]:
         ({"seen_at": [1.5, 2.5]}, "column 'seen_at' has type double; expected timestamps, dates or ISO-8601 text"),
         ({"seen_at": ["yesterday", None]}, "column 'seen_at': row 0: 'yesterday' is not an ISO-8601 timestamp"),
         ({"visits": [["2024-05-01"], []]}, "column 'visits': timestamps inside lists must be timestamps, not text"),
+        # Times outside the documented range (rule 1), and floats that are not numbers.
+        ({"event_timestamp": ["2024-05-01T12:00:00Z", "0000-01-01T00:00:00Z"]}, "column 'event_timestamp': row 1: 0000-01-01T00:00:00Z is before 1900-01-01T00:00:00Z, the earliest event time accepted"),
+        ({"event_timestamp": [T1, datetime(9999, 1, 1, tzinfo=UTC)]}, "column 'event_timestamp': row 1: 9999-01-01T00:00:00Z is in the future"),
+        ({"event_timestamp": pa.array([0, 10**15], pa.timestamp("s"))}, "column 'event_timestamp' has times outside the range of microsecond timestamps"),
+        ({"seen_at": ["0000-01-01T00:00:00Z", None]}, "column 'seen_at': row 0: 0000-01-01T00:00:00Z is outside the timestamps a feature can hold (years 1 to 9999, UTC)"),
+        ({"visits": pa.array([[], [0, YEAR_0]], pa.list_(pa.timestamp("us")))}, "column 'visits': row 1: an item: 0000-01-01T00:00:00Z is outside the timestamps a feature can hold"),
+        ({"spend": [1.5, float("nan")]}, "column 'spend': row 1: nan is not a finite number; NaN and ±infinity are refused (send null for a missing value)"),
+        ({"spend": [float("-inf"), None]}, "column 'spend': row 0: -inf is not a finite number"),
     ],
 )  # fmt: skip
 def test_a_bad_batch_is_refused_the_same_way_by_both_and_nothing_is_written(

@@ -68,7 +68,7 @@ def test_redis_killed_mid_materialization_then_rerun(
     assert store.online.watermarks(store.project) == {}  # gone with the data it described
     result = store.materialize_incremental(END, views=["no_ttl"])
     assert result.rows == len(ACCOUNTS)
-    assert store.online.watermarks(store.project).get("no_ttl") == END
+    assert store.online.watermarks(store.project).get("no_ttl").time == END
 
     response = get_online_features(
         store, ["no_ttl:score", "no_ttl:label"], {"account_id": ACCOUNTS}, now=END
@@ -99,10 +99,10 @@ def test_a_window_that_starts_after_the_watermark_keeps_it(tmp_path: Path) -> No
         store.apply()
         early = END - timedelta(hours=2)
         store.materialize_incremental(early, views=["no_ttl"])
-        assert store.online.watermarks(store.project).get("no_ttl") == early
+        assert store.online.watermarks(store.project).get("no_ttl").time == early
         # [early + 30m, END] skips [early, early + 30m): the watermark must not jump over it.
         run = store.materialize(early + timedelta(minutes=30), END, views=["no_ttl"]).runs[0]
         assert "watermark kept" in run.skipped
-        assert store.online.watermarks(store.project).get("no_ttl") == early
+        assert store.online.watermarks(store.project).get("no_ttl").time == early
         store.materialize(early, END, views=["no_ttl"])
-        assert store.online.watermarks(store.project).get("no_ttl") == END
+        assert store.online.watermarks(store.project).get("no_ttl").time == END

@@ -12,6 +12,9 @@ from online_helpers import PROJECT, T0, write
 
 from almanac.config import RepoConfig
 from almanac.online import OnlineStore, open_online_store
+from almanac.online.base import Watermark
+
+L1 = "layout-1"  # a view definition's values fingerprint
 
 
 def test_watermarks_are_set_read_and_never_move_backwards(
@@ -21,42 +24,45 @@ def test_watermarks_are_set_read_and_never_move_backwards(
     try:
         assert online.watermarks(PROJECT) == {}
         t1 = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-        online.set_watermark(PROJECT, "user_stats", t1)
-        assert online.watermarks(PROJECT) == {"user_stats": t1}
-        assert other.watermarks(PROJECT) == {"user_stats": t1}
-        online.set_watermark(PROJECT, "user_stats", t1 - timedelta(days=1))
-        assert other.watermarks(PROJECT)["user_stats"] == t1
+        online.set_watermark(PROJECT, "user_stats", t1, L1)
+        assert online.watermarks(PROJECT) == {"user_stats": Watermark(t1, L1)}
+        assert other.watermarks(PROJECT) == {"user_stats": Watermark(t1, L1)}
+        online.set_watermark(PROJECT, "user_stats", t1 - timedelta(days=1), L1)
+        assert other.watermarks(PROJECT)["user_stats"].time == t1
         t2 = t1 + timedelta(microseconds=1)
-        other.set_watermark(PROJECT, "user_stats", t2)
-        online.set_watermark(PROJECT, "user_profile", t1)
-        assert online.watermarks(PROJECT) == {"user_stats": t2, "user_profile": t1}
-        assert online.watermarks(PROJECT)["user_stats"].tzinfo is not None
+        other.set_watermark(PROJECT, "user_stats", t2, L1)
+        online.set_watermark(PROJECT, "user_profile", t1, L1)
+        assert online.watermarks(PROJECT) == {
+            "user_stats": Watermark(t2, L1),
+            "user_profile": Watermark(t1, L1),
+        }
+        assert online.watermarks(PROJECT)["user_stats"].time.tzinfo is not None
         assert online.watermarks("another_project") == {}
     finally:
         other.close()
 
 
 def test_watermarks_compare_instants_across_time_zones(online: OnlineStore) -> None:
-    online.set_watermark(PROJECT, "v", datetime(2026, 3, 1, 12, 0))  # naive: UTC
-    assert online.watermarks(PROJECT)["v"] == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    online.set_watermark(PROJECT, "v", datetime(2026, 3, 1, 12, 0), L1)  # naive: UTC
+    assert online.watermarks(PROJECT)["v"].time == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     # 13:00 in UTC+2 is 11:00 UTC: earlier, so ignored; 10:00 in UTC-5 is 15:00 UTC: later.
     online.set_watermark(
-        PROJECT, "v", datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=2)))
+        PROJECT, "v", datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=2))), L1
     )
-    assert online.watermarks(PROJECT)["v"] == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert online.watermarks(PROJECT)["v"].time == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     online.set_watermark(
-        PROJECT, "v", datetime(2026, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=-5)))
+        PROJECT, "v", datetime(2026, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=-5))), L1
     )
-    assert online.watermarks(PROJECT)["v"] == datetime(2026, 3, 1, 15, 0, tzinfo=UTC)
+    assert online.watermarks(PROJECT)["v"].time == datetime(2026, 3, 1, 15, 0, tzinfo=UTC)
 
 
 def test_deleting_a_view_forgets_its_watermark_and_only_its(online: OnlineStore) -> None:
     rows = [{"user_id": 1, "event_timestamp": T0, "clicks": 3}]
     write(online, "user_stats", {"user_id": pa.int64()}, {"clicks": pa.int64()}, rows)
-    online.set_watermark(PROJECT, "user_stats", T0)
-    online.set_watermark(PROJECT, "user_profile", T0)
+    online.set_watermark(PROJECT, "user_stats", T0, L1)
+    online.set_watermark(PROJECT, "user_profile", T0, L1)
     online.delete_view(PROJECT, "user_stats")
-    assert online.watermarks(PROJECT) == {"user_profile": T0}
+    assert online.watermarks(PROJECT) == {"user_profile": Watermark(T0, L1)}
 
 
 _views = count()
@@ -75,5 +81,16 @@ _views = count()
 def test_the_watermark_is_the_latest_ever_set(online: OnlineStore, marks: list[datetime]) -> None:
     view = f"view_{next(_views)}"
     for mark in marks:
-        online.set_watermark(PROJECT, view, mark)
-    assert online.watermarks(PROJECT)[view] == max(marks).replace(tzinfo=UTC)
+        online.set_watermark(PROJECT, view, mark, L1)
+    assert online.watermarks(PROJECT)[view] == Watermark(max(marks).replace(tzinfo=UTC), L1)
+
+
+def test_a_watermark_of_another_definition_is_replaced_even_by_an_earlier_time(
+    online: OnlineStore,
+) -> None:
+    late, early = datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)
+    online.set_watermark(PROJECT, "v", late, L1)
+    online.set_watermark(PROJECT, "v", early, "layout-2")  # the view was redefined
+    assert online.watermarks(PROJECT)["v"] == Watermark(early, "layout-2")
+    online.set_watermark(PROJECT, "v", early - timedelta(hours=1), "layout-2")
+    assert online.watermarks(PROJECT)["v"] == Watermark(early, "layout-2")

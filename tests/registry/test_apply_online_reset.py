@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from almanac.online.response import FeatureStatus
+from almanac.registry.diff import values_fingerprint
 
 FEATURES = """
 from almanac import Entity, FeatureView, Field, FileSource, {dtype}
@@ -30,7 +31,12 @@ def _write_one_value(store) -> None:
         "event_timestamp": pa.array([datetime(2026, 1, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
     })  # fmt: skip
     store.online.write_batch(store.project, "user_stats", ["user_id"], ["watch_count"], table)
-    store.online.set_watermark(store.project, "user_stats", datetime(2026, 1, 2, tzinfo=UTC))
+    store.online.set_watermark(
+        store.project,
+        "user_stats",
+        datetime(2026, 1, 2, tzinfo=UTC),
+        values_fingerprint(store.catalog, "user_stats"),
+    )
 
 
 def _status(store) -> FeatureStatus:
@@ -64,7 +70,7 @@ def test_a_description_change_keeps_online_values(feature_repo) -> None:
     assert plan.views_with_stale_online_data() == []
     store.apply(plan)
     assert _status(store) == FeatureStatus.PRESENT
-    assert store.online.watermarks(store.project).get("user_stats") == datetime(
+    assert store.online.watermarks(store.project).get("user_stats").time == datetime(
         2026, 1, 2, tzinfo=UTC
     )
 

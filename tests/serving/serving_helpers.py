@@ -1,8 +1,20 @@
-"""A small feature repo for the server tests, written to a temp folder and applied."""
+"""A small feature repo for the server tests, written to a temp folder and applied, and
+`almanac serve` run on it as users run it (a subprocess)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from almanac import FeatureStore
+from servers import free_port
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 FRESH = NOW - timedelta(hours=1)
@@ -103,3 +116,76 @@ def seed(store: FeatureStore) -> None:
     store.online.write_batch("shop", "user_item", ["user_id", "item_id"], ["affinity"], pa.table({
         "user_id": ["u1"], "item_id": [10], "event_timestamp": pa.array([FRESH], stamp), "affinity": [0.75],
     }))  # fmt: skip
+
+
+@dataclass
+class Served:
+    url: str  # http://127.0.0.1:<port>
+    pid: int
+
+
+@contextlib.contextmanager
+def serving(
+    repo: Path, *args: str, prefix: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[Served]:
+    """`almanac serve` on `repo` in a subprocess (its own session) on a free port, until
+    /health answers; yields its URL and process id and stops it afterwards. `prefix` runs
+    it under another command (`unshare ...`, which must exec it), `args` go to `serve`."""
+    port = free_port()
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("ALMANAC_REPO", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-c", "from almanac.cli import main; main()", "--repo",
+         str(repo), "serve", "--port", str(port), *args],
+        env={**environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"almanac serve exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers (a 503 is a health report, not a dead server)
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("almanac serve did not come up within 30 s")
+            time.sleep(0.1)
+        yield Served(base, process.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+def http(
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any]:
+    """One request to a running server: (status, decoded JSON body or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, raw = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()

@@ -61,7 +61,6 @@ def test_unknown_service_on_context_and_entity_endpoints(client: TestClient) -> 
     [
         ({"user_idd": ["u1"]}, "user_id"),  # missing key (mistyped name)
         ({"user_id": [1]}, "user_id"),  # int for a string key
-        ({}, "user_id"),
     ],
 )
 def test_missing_or_mistyped_keys_are_422_naming_the_key(
@@ -88,6 +87,19 @@ def test_missing_or_mistyped_keys_are_422_naming_the_key(
             ["body", "entities", "item_id"],
         ),
         ({"features": ["item_stats:price"]}, ["body", "entities"]),
+        # Rules the schema states (minProperties, oneOf, minItems), refused as it says.
+        ({"features": ["item_stats:price"], "entities": {}}, ["body", "entities"]),
+        ({"features": [], "entities": {"item_id": [1]}}, ["body", "features"]),
+        ({"entities": {"item_id": [1]}}, ["body"]),
+        ({"features": None, "feature_service": None, "entities": {"item_id": [1]}}, ["body"]),
+        (
+            {
+                "features": ["item_stats:price"],
+                "feature_service": "ranker",
+                "entities": {"item_id": [1]},
+            },
+            ["body"],
+        ),
         ({"features": "item_stats:price", "entities": {"item_id": [1]}}, ["body", "features"]),
         ([1, 2], ["body"]),
     ],
@@ -99,10 +111,20 @@ def test_invalid_bodies_are_422_with_the_field(client: TestClient, body: object,
 
 
 def test_int_keys_out_of_range_are_422(client: TestClient) -> None:
-    status, answer = post(
-        client, {"features": ["item_stats:price"], "entities": {"item_id": [2**63]}}
+    for key in (2**63, -(2**63) - 1):
+        status, answer = post(
+            client, {"features": ["item_stats:price"], "entities": {"item_id": [key]}}
+        )
+        assert status == 422
+        assert answer["detail"][0]["loc"][:4] == ["body", "entities", "item_id", 0]
+    assert (
+        post(client, {"features": ["item_stats:price"], "entities": {"item_id": [2**63 - 1]}})[0]
+        == 200
     )
-    assert status == 422 and "int64" in answer["detail"]
+    wrong = client.get(
+        "/entities/item/9223372036854775808", params={"features": "item_stats:price"}
+    )
+    assert wrong.status_code == 422 and "int64" in wrong.json()["detail"][0]["msg"]
 
 
 @pytest.mark.parametrize(
@@ -274,9 +296,9 @@ def test_redis_that_does_not_answer_is_503_within_the_timeout(
 def test_an_oversized_push_is_413_without_reading_it_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool
 ) -> None:
-    import almanac.serving.app as app_module
+    import almanac.serving.body as body_module
 
-    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1_000)
+    monkeypatch.setattr(body_module, "MAX_BODY_BYTES", 1_000)
     repo = write_repo(tmp_path / "repo", "sqlite:///.almanac/online.db")
     with FeatureStore(repo) as store:
         store.apply()

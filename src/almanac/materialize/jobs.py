@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -30,15 +30,13 @@ import pyarrow as pa
 from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
 from almanac.online.tiles import TILES_FEATURE
-from almanac.times import to_utc
+from almanac.registry.diff import values_fingerprint
+from almanac.times import FUTURE_TOLERANCE, to_utc
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
     from almanac.store import FeatureStore
 
-# Clock skew between this machine and the data's producers: an end this far ahead of
-# now is still accepted.
-FUTURE_TOLERANCE = timedelta(seconds=5)
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -92,6 +90,13 @@ def _run_view(
 ) -> ViewRun:  # fmt: skip
     run = ViewRun(view=view.name, start=start, end=end)
     catalog = store.catalog
+    layout = values_fingerprint(catalog, view.name)
+    stored = store.online.watermarks(store.project).get(view.name)
+    if stored is not None and stored.layout != layout:
+        # This store holds values of an earlier definition (the change was applied while
+        # another store was configured): clear them; only a run from the first row
+        # (start None) then sets a watermark again.
+        store.online.delete_view(store.project, view.name)
     join_keys = list(catalog.join_keys(view))
     features = view.feature_names
     started = time.perf_counter()
@@ -112,8 +117,10 @@ def _run_view(
     # Only now, with every batch written, does the watermark move — and only when the
     # window reached back to it: otherwise rows before `start` were never read.
     watermark = store.online.watermarks(store.project).get(view.name)
-    if start is None or (watermark is not None and start <= watermark):
-        store.online.set_watermark(store.project, view.name, end)
+    if start is None or (
+        watermark is not None and watermark.layout == layout and start <= watermark.time
+    ):
+        store.online.set_watermark(store.project, view.name, end, layout)
     else:
         run.skipped = "watermark kept: rows before start were not read"
     run.seconds = time.perf_counter() - started
@@ -152,7 +159,10 @@ def materialize_incremental(
     result = MaterializeResult()
     watermarks = store.online.watermarks(store.project)
     for view in _views(store, views):
-        start = watermarks.get(view.name)
+        mark = watermarks.get(view.name)
+        # A watermark of another definition does not count: start from the first row.
+        current = mark is not None and mark.layout == values_fingerprint(store.catalog, view.name)
+        start = mark.time if current else None
         if start is not None and start >= end:
             result.runs.append(
                 ViewRun(view.name, start, end, skipped="already materialized to end")

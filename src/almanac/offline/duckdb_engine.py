@@ -75,6 +75,9 @@ class DuckDBEngine(OfflineEngine):
         settings: dict[str, Any] = {
             "temp_directory": str(temp),
             "file_search_path": str(config.repo_path),
+            # A source naming an extension's function must not download it while `plan`
+            # reads its schema: extensions are installed deliberately, or not at all.
+            "autoinstall_known_extensions": False,
         }
         if config.offline.memory_limit:
             settings["memory_limit"] = config.offline.memory_limit

@@ -4,7 +4,9 @@ A definition can be valid on its own and still not fit its data: a feature or an
 aggregated column the source does not have (a typo), a sum over a text column. `plan`
 (and so `apply`) reads the schema of each new or changed view's source — Parquet footers
 or a query's plan, never the data — and names every such problem at once, instead of
-letting the first training set or materialization fail.
+letting the first training set or materialization fail. A SQL source or transformation
+must be one read-only SELECT (`sources.check_select`): the check parses it with DuckDB's
+parser before the schema is read, so nothing in a definition runs for effect here.
 
 A source without data yet (an empty folder, a push source before its first push) and
 a view with a Python transformation (its columns are known only by running it) are not
@@ -41,6 +43,9 @@ def check_views(
         source = catalog.source_of(view)
         try:
             scan = scan_view(con, config, source, view)
+        except DefinitionError as error:  # SQL that is not one read-only SELECT
+            problems.append(str(error))
+            continue
         except InputError:
             continue  # unreadable: retrieval says why, with the file's name
         if scan.empty:
@@ -61,7 +66,7 @@ def check_views(
                 f"(it has: {', '.join(have)})"
             )
     if problems:
-        raise DefinitionError("; ".join(problems))
+        raise DefinitionError("; ".join(dict.fromkeys(problems)))
 
 
 def _untyped_numbers(view: AggregationView, have: dict[str, str], label: str) -> list[str]:

@@ -26,7 +26,7 @@ from almanac.definitions.transformations import PythonTransformation, SqlTransfo
 from almanac.errors import InputError
 from almanac.offline.frames import to_arrow
 from almanac.offline.point_in_time import raw_time_bounds
-from almanac.offline.sources import Source, SourceScan, describe, quote, scan_source
+from almanac.offline.sources import Source, SourceScan, check_select, describe, quote, scan_source
 
 _BATCH_ROWS = 256 * 1024
 _counter = itertools.count()
@@ -54,6 +54,7 @@ def scan_view(
             base += f" WHERE {' AND '.join(bounds)}"
     label = f"transformation of feature view '{view.name}'"
     if isinstance(transformation, SqlTransformation):
+        check_select(transformation.query, label)
         query = transformation.query.strip().rstrip(";")
         relation = f"(WITH source AS ({base}) {query})"
         return SourceScan(relation, describe(con, relation, label), False, label=label)

@@ -11,10 +11,11 @@ not in the caller (DESIGN.md, rule 3):
   script on Redis, a conditional upsert on SQLite).
 
 Each store also keeps, per (project, view), the materialization watermark: the time up to
-which the view's offline rows have been written into *this* store. It lives beside the
-data it describes, so a new, swapped or emptied store (a Redis restarted without
-persistence) has no watermark and is materialized from the start, and `delete_view`
-forgets it with the data.
+which the view's offline rows have been written into *this* store, and the fingerprint
+of the definition they were computed under. It lives beside the data it describes, so a
+new, swapped or emptied store (a Redis restarted without persistence) has no watermark
+and is materialized from the start, a store holding values of an earlier definition is
+found out by its fingerprint, and `delete_view` forgets it with the data.
 
 Reads take every view and every entity of a request at once so that a backend can
 answer in one round trip. Statuses and TTLs are not the store's business: it returns
@@ -67,6 +68,14 @@ class ViewRows(NamedTuple):
 
 # (what the store holds for each row's entity, the rows) -> the rows to write
 Merge = Callable[[ViewRows, pa.Table], pa.Table]
+
+
+class Watermark(NamedTuple):
+    """How far a view is materialized into one store: up to `time` (aware UTC), under
+    the definition whose `values_fingerprint` is `layout`."""
+
+    time: datetime
+    layout: str
 
 
 class OnlineStore(ABC):
@@ -131,14 +140,15 @@ class OnlineStore(ABC):
         leaves a view that the next materialization rewrites from the start."""
 
     @abstractmethod
-    def watermarks(self, project: str) -> dict[str, datetime]:
-        """Per view, the time up to which materialization has written it into this store
-        (aware UTC); views never materialized here are absent."""
+    def watermarks(self, project: str) -> dict[str, Watermark]:
+        """Per view, how far materialization has written it into this store; views never
+        materialized here are absent."""
 
     @abstractmethod
-    def set_watermark(self, project: str, view: str, watermark: datetime) -> None:
-        """Record that `view` is materialized into this store up to `watermark`; a
-        watermark never moves back (an older one is ignored)."""
+    def set_watermark(self, project: str, view: str, watermark: datetime, layout: str) -> None:
+        """Record that `view` is materialized into this store up to `watermark` under
+        definition `layout`. Under the same layout a watermark never moves back (an
+        older one is ignored); a new layout replaces it."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -16,6 +16,11 @@ except for lists, which use the list form below):
 No encoded value is empty, so an empty value can mean null on the write path (Redis
 then deletes the field). Numbers decode by their length, so a float32 column later
 read as float64 (or int32 as int64) still decodes to the same number.
+
+Decoding never fails on a stored time: microseconds outside what a Python datetime
+holds (years 1 to 9999; such a time is refused where rows come in, but a store written
+before that rule, or by another writer, may hold one) decode to the nearest time it
+holds, `MIN_DATETIME` or `MAX_DATETIME`, so one bad row cannot make reads fail.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import pyarrow.compute as pc
 from almanac.online.batch import NULL_DTYPE, FeatureColumn, numbers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_DATETIME = datetime.min.replace(tzinfo=UTC)
+MAX_DATETIME = datetime.max.replace(tzinfo=UTC)
 FIXED_WIDTH = {"bool": 1, "int32": 4, "int64": 8, "float32": 4, "float64": 8, "timestamp": 8}
 # array module codes of fixed-width list items ("b" for bools: one byte each).
 _ARRAY_CODE = {"bool": "b", "int32": "i", "int64": "q", "float32": "f", "float64": "d"}
@@ -47,8 +54,12 @@ Decoder = Callable[[Any], Any]
 
 
 def micros_to_datetime(micros: int) -> datetime:
-    """Microseconds since the epoch as an aware UTC datetime (exact, no float rounding)."""
-    return EPOCH + timedelta(microseconds=micros)
+    """Microseconds since the epoch as an aware UTC datetime (exact, no float rounding);
+    outside years 1 to 9999, the nearest datetime there is (never an error)."""
+    try:
+        return EPOCH + timedelta(microseconds=micros)
+    except OverflowError:  # rare: only a time the door would refuse today
+        return MIN_DATETIME if micros < 0 else MAX_DATETIME
 
 
 def datetime_to_micros(value: datetime) -> int:
@@ -181,7 +192,7 @@ def _decode_float(raw: bytes) -> float:
 
 
 def _decode_timestamp(raw: bytes) -> datetime:
-    return EPOCH + timedelta(microseconds=int.from_bytes(raw, "little", signed=True))
+    return micros_to_datetime(int.from_bytes(raw, "little", signed=True))
 
 
 def _decode_bool(raw: bytes) -> bool:

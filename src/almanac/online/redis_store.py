@@ -4,8 +4,8 @@ Keys, field names and the bytes on the wire come from `almanac.online.redis_wire
 describes the layout. Beside the entity hashes the store keeps
 ``alm:<project>#fields:<view>`` / ``#keys:<view>``: sets of the features and key-name
 tuples ever written, so `delete_view` knows what to remove, and
-``alm:<project>#watermarks``: a hash of view → watermark (decimal microseconds), which
-a FLUSHALL or a restart without persistence empties with the data.
+``alm:<project>#watermarks``: a hash of view → ``<µs> <fingerprint>``, which a FLUSHALL
+or a restart without persistence empties with the data.
 
 Writes are monotonic inside Redis: a Lua script takes many rows per call and, per row,
 compares the stored (event time, created time) with the new one before setting the fields (scripts
@@ -50,7 +50,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from almanac.errors import ConfigError, StoreUnavailableError
-from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
+from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows, Watermark
 from almanac.online.batch import PreparedBatch, prepare_batch
 from almanac.online.codec import (
     Decoder,
@@ -179,13 +179,17 @@ for i = 1, #KEYS do
 end
 return conflicts
 """
-# KEYS: the watermarks hash. ARGV: the view, the watermark (decimal µs). Never moves back.
+# KEYS: the watermarks hash. ARGV: the view, the watermark (decimal µs), the layout.
+# Under one layout it never moves back; a new layout replaces it.
 WATERMARK_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
-if (not stored) or tonumber(ARGV[2]) > tonumber(stored) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local value = ARGV[2] .. ' ' .. ARGV[3]
+if stored then
+  local micros, layout = string.match(stored, '^(%S+) (.*)$')
+  if layout == ARGV[3] and tonumber(micros) >= tonumber(ARGV[2]) then return 0 end
 end
-return 0
+redis.call('HSET', KEYS[1], ARGV[1], value)
+return 1
 """
 
 # Rounds of read, merge, conditional write before giving up on entities that other
@@ -478,17 +482,22 @@ class RedisOnlineStore(OnlineStore):
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None
 
-    def watermarks(self, project: str) -> dict[str, datetime]:
+    def watermarks(self, project: str) -> dict[str, Watermark]:
         try:
             stored = self._client.hgetall(_watermarks_key(project))
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None
-        return {view.decode(): micros_to_datetime(int(mark)) for view, mark in stored.items()}
+        out = {}
+        for view, value in stored.items():
+            micros, _, layout = value.decode().partition(" ")
+            out[view.decode()] = Watermark(micros_to_datetime(int(micros)), layout)
+        return out
 
-    def set_watermark(self, project: str, view: str, watermark: datetime) -> None:
+    def set_watermark(self, project: str, view: str, watermark: datetime, layout: str) -> None:
         micros = str(datetime_to_micros(watermark))
+        key = _watermarks_key(project)
         try:
-            self._client.eval(WATERMARK_SCRIPT, 1, _watermarks_key(project), view, micros)
+            self._client.eval(WATERMARK_SCRIPT, 1, key, view, micros, layout)
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None
 

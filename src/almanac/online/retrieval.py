@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
-from almanac.online.base import OnlineStore, ViewRead, ViewRows
+from almanac.online.base import OnlineStore, ViewRead, ViewRows, Watermark
 from almanac.online.codec import datetime_to_micros, micros_to_datetime
 from almanac.online.response import OnlineResponse, build_response
 from almanac.online.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
@@ -241,15 +241,15 @@ def _read_time(
     return at
 
 
-def _check_watermarks(plan: _Plan, watermarks: Mapping[str, datetime], now: datetime) -> None:
+def _check_watermarks(plan: _Plan, watermarks: Mapping[str, Watermark], now: datetime) -> None:
     """A read before a view's watermark could be answered from values written later."""
     at = datetime_to_micros(now)
     for view_plan in plan.views:
         mark = watermarks.get(view_plan.view)
-        if mark is not None and datetime_to_micros(mark) > at:
+        if mark is not None and datetime_to_micros(mark.time) > at:
             raise InputError(
                 f"read time {now.isoformat()} is before view '{view_plan.view}' was "
-                f"materialized to ({mark.isoformat()}): the online store keeps only the latest "
+                f"materialized to ({mark.time.isoformat()}): the online store keeps only the latest "
                 "values and cannot answer for an earlier time; use get_historical_features "
                 "for past times"
             )

@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 
 from almanac.errors import InputError, StoreUnavailableError
-from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows
+from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows, Watermark
 from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, numbers, prepare_batch
 from almanac.online.codec import (
     datetime_to_micros,
@@ -282,25 +282,29 @@ class SqliteOnlineStore(OnlineStore):
                 )
         self._layouts.clear()
 
-    def watermarks(self, project: str) -> dict[str, datetime]:
+    def watermarks(self, project: str) -> dict[str, Watermark]:
         if self._table_columns(_WATERMARKS) is None:
             return {}
         rows = self._connection().execute(
-            f"SELECT view, micros FROM {_WATERMARKS} WHERE project = ?", (project,)
+            f"SELECT view, micros, layout FROM {_WATERMARKS} WHERE project = ?", (project,)
         )
-        return {view: micros_to_datetime(micros) for view, micros in rows}
+        return {
+            view: Watermark(micros_to_datetime(micros), layout) for view, micros, layout in rows
+        }
 
-    def set_watermark(self, project: str, view: str, watermark: datetime) -> None:
+    def set_watermark(self, project: str, view: str, watermark: datetime, layout: str) -> None:
         with self._write_transaction() as connection:
             connection.execute(
                 f"CREATE TABLE IF NOT EXISTS {_WATERMARKS} (project TEXT NOT NULL, "
-                "view TEXT NOT NULL, micros INTEGER NOT NULL, PRIMARY KEY (project, view)) "
-                "WITHOUT ROWID"
+                "view TEXT NOT NULL, micros INTEGER NOT NULL, layout TEXT NOT NULL, "
+                "PRIMARY KEY (project, view)) WITHOUT ROWID"
             )
             connection.execute(
-                f"INSERT INTO {_WATERMARKS} VALUES (?, ?, ?) ON CONFLICT (project, view) "
-                f"DO UPDATE SET micros = excluded.micros WHERE excluded.micros > {_WATERMARKS}.micros",
-                (project, view, datetime_to_micros(watermark)),
+                f"INSERT INTO {_WATERMARKS} VALUES (?, ?, ?, ?) ON CONFLICT (project, view) "
+                "DO UPDATE SET micros = excluded.micros, layout = excluded.layout "
+                f"WHERE excluded.micros > {_WATERMARKS}.micros "
+                f"OR excluded.layout != {_WATERMARKS}.layout",
+                (project, view, datetime_to_micros(watermark), layout),
             )
 
     # ---- reads ----------------------------------------------------------------------

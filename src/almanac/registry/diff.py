@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,6 +53,7 @@ class Plan:
     changes: list[Change]
     target: Catalog
     kept: list[tuple[str, str]] = field(default_factory=list)
+    base: Catalog = field(default_factory=Catalog)
 
     @property
     def empty(self) -> bool:
@@ -67,28 +70,19 @@ class Plan:
         }
 
     def views_with_stale_online_data(self) -> list[str]:
-        """Views whose online values no longer fit their definition: deleted views, views
-        whose source, keys, features, dtypes, transformation or aggregations change (any
-        field but documentation, TTL and cadence), views whose entity's join keys change,
-        and views that read a changed source (other rows, other time columns). Their online data and
+        """Views whose online values no longer fit their definition: deleted views, and
+        views whose `values_fingerprint` changes (another source or source query, keys,
+        features, types, transformation, aggregations...). Their online data and
         watermark must be cleared before the change lands (the next materialization
-        then rewrites them from the offline store)."""
-        stale: set[str] = set()
-        for change in self.changes:
-            if change.kind in _VIEW_KINDS and change.action == "delete":
-                stale.add(change.name)
-            elif change.kind in _VIEW_KINDS and change.action == "update":
-                if _view_layout(change.before or {}) != _view_layout(change.after or {}):
-                    stale.add(change.name)
-            elif change.kind == "entity" and change.action == "update" and _keys_changed(change):
-                stale.update(
-                    v.name for v in self.target.all_views().values() if change.name in v.entities
-                )
-            elif change.kind == "source" and change.action == "update" and _rows_changed(change):
-                stale.update(
-                    v.name for v in self.target.all_views().values() if v.source == change.name
-                )
-        return sorted(stale)
+        then rewrites them from the offline store); another online store finds out from
+        its watermark's fingerprint when it is next materialized."""
+        after = self.target.all_views()
+        return sorted(
+            name
+            for name in self.base.all_views()
+            if name not in after
+            or values_fingerprint(self.base, name) != values_fingerprint(self.target, name)
+        )
 
 
 # Documentation: changes nothing a store holds, at any depth (a field's description).
@@ -96,15 +90,6 @@ _DOCUMENTATION = ("owner", "description", "tags")
 # Fields of a view that are read-time settings or schedules, not what its stored values are
 # computed from: a TTL is applied at read time, a cadence only says when to run.
 _READ_TIME = ("ttl", "materialize_every")
-
-
-def _rows_changed(change: Change) -> bool:
-    """Everything but documentation changes which rows a source yields."""
-    return _values_layout(change.before) != _values_layout(change.after)
-
-
-def _keys_changed(change: Change) -> bool:
-    return (change.before or {}).get("join_keys") != (change.after or {}).get("join_keys")
 
 
 def _values_layout(spec: Any) -> Any:
@@ -124,7 +109,20 @@ def _view_layout(view_spec: dict[str, Any]) -> Any:
     return {k: v for k, v in _values_layout(view_spec).items() if k not in _READ_TIME}
 
 
-_VIEW_KINDS = ("feature_view", "aggregation_view")
+def values_fingerprint(catalog: Catalog, view: str) -> str:
+    """A short hash of everything a view's online values are computed from: the view
+    (but documentation, TTL and cadence), its source (but documentation) and its
+    entities' join keys. Two definitions with the same fingerprint store the same
+    values; materialization records it with each watermark, so that an online store
+    holding values of an earlier definition is cleared and rewritten."""
+    definition = catalog.view(view)
+    layout = {
+        "view": _view_layout(definition.to_spec()),
+        "source": _values_layout(catalog.source_of(definition).to_spec()),
+        "keys": catalog.join_keys(definition),
+    }
+    text = json.dumps(layout, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
@@ -213,4 +211,4 @@ def make_plan(
                     Change(kind, name, "update", before, after, diff_specs(before, after))
                 )
     target.validate()
-    return Plan(base_version=current.version, changes=changes, target=target, kept=kept)
+    return Plan(current.version, changes, target, kept, base=current)

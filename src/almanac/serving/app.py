@@ -4,7 +4,7 @@ Two layers:
 
 * a FastAPI app declares every endpoint, so `/docs` and `/openapi.json` describe the
   whole API with its Pydantic models, and serves the cold endpoints (catalog, health,
-  metrics, push);
+  metrics, and the writes: push and Feast's write-to-online-store, in `writes`);
 * `FeatureServer`, a thin ASGI layer in front of it, answers the three hot endpoints
   (`POST /get-online-features`, `POST /context`, `GET /entities/{entity}/{key}`)
   itself: measured on 2 cores, FastAPI's per-request machinery (routing, dependency
@@ -13,8 +13,10 @@ Two layers:
   (`errors`), and `create_app(fast_path=False)` serves everything through FastAPI (the
   tests check that the two give identical answers).
 
-The same layer authenticates (`auth`, a replaceable hook) and records metrics for
-every request, whichever path serves it.
+The same layer authenticates (`auth`, a replaceable hook), refuses paths that are not
+UTF-8 (400), and records metrics for every request, whichever path serves it, under its
+route template. Bodies are read by `body` on both paths (bounded in size and time); every
+error, the framework's 404 and 405 included, has the body ``{"detail", "error"}``.
 """
 
 from __future__ import annotations
@@ -27,24 +29,30 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from almanac import __version__
 from almanac.errors import AlmanacError
-from almanac.serving import handlers
+from almanac.serving import handlers, writes
 from almanac.serving.auth import OPEN_PATHS, ApiKeyAuth, Authenticator
+from almanac.serving.body import read_body
 from almanac.serving.encode import dumps
 from almanac.serving.errors import (
+    ClientDisconnectedError,
     HttpError,
-    PayloadTooLargeError,
+    InvalidUrlError,
     RequestValidationError,
     UnauthorizedError,
     error_reply,
+    status_error,
+    storage_full,
 )
 from almanac.serving.handlers import ServingState
 from almanac.serving.metrics import Metrics
@@ -62,26 +70,33 @@ from almanac.serving.schemas import (
     OnlineFeaturesResponse,
     PushRequest,
     PushResponse,
+    WriteToOnlineStoreRequest,
+    WriteToOnlineStoreResponse,
 )
 from almanac.store import FeatureStore
 
 log = logging.getLogger("almanac.serving")
 
 JSON = b"application/json"
-# Bodies beyond this are refused before they are read (413); 10,000 entities with
-# long keys take well under 1 MiB, pushes get room for large batches.
-MAX_BODY_BYTES = 64 * 1024 * 1024
 ENTITY_ROUTE = "/entities/{entity}/{key}"
 _ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
-        (400, "Malformed JSON"),
+        (400, "Malformed JSON, or a path or query string that is not UTF-8"),
         (401, "Missing or invalid API key (when keys are configured)"),
         (404, "Unknown feature, view, service, entity or push source (close names listed)"),
         (413, "Too many entities (server.max_entities) or too large a body"),
         (422, "Invalid request: the message names the field"),
         (503, "Online store or registry unavailable"),
     ]
+}
+_BODY_ERRORS = dict(sorted({
+    **_ERRORS,
+    408: {"model": ErrorResponse, "description": "The request body did not arrive in time"},
+}.items()))  # fmt: skip
+_WRITE_ERRORS = {
+    **_BODY_ERRORS,
+    507: {"model": ErrorResponse, "description": "Storage full: the write was refused"},
 }
 
 Handler = Callable[..., Awaitable[bytes]]
@@ -123,7 +138,12 @@ def app_from_env() -> FeatureServer:
 
 
 class FeatureServer:
-    """The ASGI entry point: auth, metrics and the fast path, then FastAPI."""
+    """The ASGI entry point: auth, metrics and the fast path, then FastAPI.
+
+    Metrics label every request with its route template (``/entities/{entity}/{key}``),
+    never its path: whatever paths clients send, 401s and 404s included, the number of
+    series stays bounded and no key reaches the open `/metrics`. Paths that match no
+    route count as ``other``."""
 
     def __init__(self, api: FastAPI, state: ServingState, fast_path: bool) -> None:
         self.api = api
@@ -141,6 +161,9 @@ class FeatureServer:
         started = time.perf_counter()
         state = self.state
         path, method = scope["path"], scope["method"]
+        # The raw path, so that a key holding an encoded '/' stays one segment.
+        raw = (scope.get("raw_path") or path.encode()).split(b"?")[0]
+        status = 0
         if state.auth is not None and path not in OPEN_PATHS:
             principal = state.auth.authenticate(scope["headers"])
             if principal is None:
@@ -148,30 +171,46 @@ class FeatureServer:
                     "missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>",
                     {"www-authenticate": "Bearer"},
                 )
-                status = await self._answer_error(send, error, path)
-                state.metrics.observe_request(path if path in self._post else "other", method, status,
-                                              time.perf_counter() - started)  # fmt: skip
-                return
-            scope.setdefault("state", {})["principal"] = principal
-        endpoint = None
-        if self.fast_path:
-            if method == "POST" and path in self._post:
-                endpoint = path
-                status = await self._serve_body(self._post[path], scope, receive, send, path)
-            elif method == "GET" and path.startswith("/entities/"):
-                # The raw path, so that a key holding an encoded '/' stays one segment.
-                parts = (scope.get("raw_path") or path.encode()).split(b"?")[0].split(b"/")
-                if len(parts) == 4 and parts[2] and parts[3]:
+                endpoint = self._template(scope, raw)
+                status = await self._answer_error(send, error, endpoint)
+            else:
+                scope.setdefault("state", {})["principal"] = principal
+        if status == 0 and (b"%" in raw or not raw.isascii()):
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                # Decoded with replacement characters, it would address another key.
+                error = InvalidUrlError("the path is not valid UTF-8 (after %-decoding)")
+                endpoint = self._template(scope, raw)
+                status = await self._answer_error(send, error, endpoint)
+        if status == 0:
+            endpoint = None
+            if self.fast_path:
+                if method == "POST" and path in self._post:
+                    endpoint = path
+                    status = await self._serve_body(self._post[path], receive, send, scope)
+                elif method == "GET" and _is_entity_path(raw):
                     endpoint = ENTITY_ROUTE
-                    entity, key = (
-                        unquote_to_bytes(p).decode("utf-8", "replace") for p in parts[2:]
-                    )
+                    entity, key = (unquote_to_bytes(p).decode() for p in raw.split(b"/")[2:])
                     status = await self._serve_entity(entity, key, scope, send)
-        if endpoint is None:
-            status, endpoint = await self._forward(scope, receive, send)
+            if endpoint is None:
+                status, endpoint = await self._forward(scope, receive, send, raw)
         state.metrics.observe_request(endpoint, method, status, time.perf_counter() - started)
 
-    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> tuple[int, str]:
+    def _template(self, scope: dict[str, Any], raw: bytes) -> str:
+        """The route template `scope` is for (also when its method is not allowed), else
+        "other"."""
+        if _is_entity_path(raw):
+            return ENTITY_ROUTE
+        for route in self.api.router.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return getattr(route, "path", "other")
+        return "other"
+
+    async def _forward(
+        self, scope: dict[str, Any], receive: Any, send: Any, raw: bytes
+    ) -> tuple[int, str]:
         seen = [500]
 
         async def send_status(message: dict[str, Any]) -> None:
@@ -181,16 +220,17 @@ class FeatureServer:
 
         await self.api(scope, receive, send_status)
         route = scope.get("route")
-        return seen[0], getattr(route, "path", "other")
+        return seen[0], route.path if route is not None else self._template(scope, raw)
 
     async def _serve_body(
-        self, handler: Handler, scope: dict[str, Any], receive: Any, send: Any, endpoint: str
+        self, handler: Handler, receive: Any, send: Any, scope: dict[str, Any]
     ) -> int:
+        endpoint = scope["path"]
         try:
-            body = await _read_body(scope, receive)
+            body = await read_body(scope, receive)
             answer = await handler(self.state, body)
-        except _Disconnected:
-            return 499  # nobody to answer (nginx's code for it, for the metrics)
+        except ClientDisconnectedError:
+            return ClientDisconnectedError.status  # nobody to answer
         except Exception as error:
             return await self._answer_error(send, error, endpoint)
         await _send(send, 200, answer)
@@ -198,9 +238,7 @@ class FeatureServer:
 
     async def _serve_entity(self, entity: str, key: str, scope: dict[str, Any], send: Any) -> int:
         try:
-            query = parse_qsl(
-                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
-            )
+            query = handlers.parse_query(scope.get("query_string", b""))
             answer = await handlers.entity_features(self.state, entity, key, query)
         except Exception as error:
             return await self._answer_error(send, error, ENTITY_ROUTE)
@@ -214,46 +252,21 @@ class FeatureServer:
         return status
 
 
+def _is_entity_path(raw: bytes) -> bool:
+    """`/entities/<entity>/<key>`, split on the raw path's slashes."""
+    parts = raw.split(b"/")
+    return len(parts) == 4 and parts[1] == b"entities" and bool(parts[2]) and bool(parts[3])
+
+
 def _error_name(error: BaseException) -> str:
-    return error.error if isinstance(error, HttpError) else type(error).__name__
+    if isinstance(error, HttpError):
+        return error.error
+    return "StorageFullError" if storage_full(error) is not None else type(error).__name__
 
 
-class _Disconnected(Exception):
-    """The client went away before sending its whole body."""
-
-
-async def _read_body(scope: dict[str, Any], receive: Any) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def _capped_body(request: Request) -> bytes:
-    """The body of a request routed through FastAPI, refused past MAX_BODY_BYTES before
-    it is all in memory (as `_read_body` does on the fast path)."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _request_body(request: Request) -> bytes:
+    """The body of a request routed through FastAPI, bounded as on the fast path."""
+    return await read_body(request.scope, request.receive)
 
 
 async def _send(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -309,7 +322,15 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         ]
         return await _almanac_error(request, RequestValidationError(detail))
 
+    async def _http_error(request: Request, error: Exception) -> Response:
+        # Unknown routes (404) and methods (405): the same body as every other error.
+        assert isinstance(error, StarletteHTTPException)
+        return await _almanac_error(
+            request, status_error(error.status_code, error.detail, dict(error.headers or {}))
+        )
+
     api.add_exception_handler(FastAPIValidationError, _validation_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
     api.add_exception_handler(AlmanacError, _almanac_error)
     api.add_exception_handler(HttpError, _almanac_error)
     api.add_exception_handler(Exception, _almanac_error)  # bugs: a 500 body, then logged
@@ -318,12 +339,12 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         ref = {"$ref": f"#/components/schemas/{model.__name__}"}
         return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
-    @api.post("/get-online-features", response_model=OnlineFeaturesResponse, responses=_ERRORS,
+    @api.post("/get-online-features", response_model=OnlineFeaturesResponse, responses=_BODY_ERRORS,
               openapi_extra=body_of(OnlineFeaturesRequest), tags=["serving"])  # fmt: skip
     async def get_online_features(request: Request) -> Response:
         """Latest feature values for entities, in Feast's columnar format: statuses
         PRESENT, NULL_VALUE, NOT_FOUND or OUTSIDE_MAX_AGE (older than the view's TTL)."""
-        return _reply(200, await handlers.online_features(state, await _capped_body(request)))
+        return _reply(200, await handlers.online_features(state, await _request_body(request)))
 
     @api.get(
         ENTITY_ROUTE, response_model=EntityFeaturesResponse, responses=_ERRORS, tags=["serving"]
@@ -342,22 +363,33 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         declares it (int64 keys must be integers). For a composite key, pass `_` as the
         key and every join key as a query parameter named after it:
         `/entities/user_item/_?user_id=8a2f&item_id=42&service=ranker`."""
-        query = parse_qsl(request.url.query, keep_blank_values=True)
+        query = handlers.parse_query(request.scope.get("query_string", b""))
         return _reply(200, await handlers.entity_features(state, entity, key, query))
 
-    @api.post("/context", response_model=ContextResponse, responses=_ERRORS,
+    @api.post("/context", response_model=ContextResponse, responses=_BODY_ERRORS,
               openapi_extra=body_of(ContextRequest), tags=["serving"])  # fmt: skip
     async def get_context(request: Request) -> Response:
         """A feature service's values for one entity rendered by its prompt template,
         with raw values, statuses and the age of each value."""
-        return _reply(200, await handlers.context(state, await _capped_body(request)))
+        return _reply(200, await handlers.context(state, await _request_body(request)))
 
-    @api.post("/push", response_model=PushResponse, responses=_ERRORS,
+    @api.post("/push", response_model=PushResponse, responses=_WRITE_ERRORS,
               openapi_extra=body_of(PushRequest), tags=["ingestion"])  # fmt: skip
     async def push(request: Request) -> Response:
         """Rows for a push source, validated against every view reading it and written
-        all or nothing to the online store, the offline store or both."""
-        return _reply(200, await handlers.push_rows(state, await _capped_body(request)))
+        all or nothing to the online store, the offline store or both. Takes Feast's
+        push body too."""
+        return _reply(200, await writes.push_rows(state, await _request_body(request)))
+
+    @api.post("/write-to-online-store", response_model=WriteToOnlineStoreResponse,
+              responses=_WRITE_ERRORS, openapi_extra=body_of(WriteToOnlineStoreRequest),
+              tags=["ingestion"])  # fmt: skip
+    async def write_to_online_store(request: Request) -> Response:
+        """Feast's endpoint (its `remote` online store writes through it): rows of one
+        feature view fed by a push source, validated as a push and written to the
+        online store only."""
+        body = await _request_body(request)
+        return _reply(200, await writes.write_to_online_store(state, body))
 
     @api.get("/entities", response_model=list[EntityInfo], tags=["catalog"])
     async def entities() -> Response:
@@ -412,10 +444,17 @@ def _document(api: FastAPI, state: ServingState) -> None:
         if api.openapi_schema:
             return api.openapi_schema
         schema = generate()
-        models = [(m, "validation") for m in (OnlineFeaturesRequest, ContextRequest, PushRequest)]
+        requests = (OnlineFeaturesRequest, ContextRequest, PushRequest, WriteToOnlineStoreRequest)
+        models = [(m, "validation") for m in requests]
         _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
         if state.auth is not None:
+            unauthorized = {
+                "description": _ERRORS[401]["description"],
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+                },
+            }
             schema["components"]["securitySchemes"] = {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
@@ -424,6 +463,7 @@ def _document(api: FastAPI, state: ServingState) -> None:
                 if path not in OPEN_PATHS:
                     for operation in operations.values():
                         operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+                        operation["responses"].setdefault("401", unauthorized)
         return schema
 
     api.openapi = openapi  # type: ignore[method-assign]

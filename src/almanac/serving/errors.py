@@ -1,14 +1,19 @@
 """The one place where errors become HTTP answers.
 
 Almanac's own errors map by type (`STATUS`); request problems found by the server
-itself (malformed JSON, an invalid body, too many entities, a missing API key) are
-`HttpError`s. Anything else is a bug: 500, logged with its traceback, and the answer
-says no more than that (no internals leak to clients).
+itself (malformed JSON, an invalid body, too many entities, a missing API key, a body
+that never arrives) are `HttpError`s. A full disk is 507 whichever layer noticed it
+(`StorageFullError`, or an OSError with ENOSPC/EDQUOT from a library below), logged on
+one line. Anything else is a bug: 500, logged with its traceback, and the answer says
+no more than that (no internals leak to clients). Every error body has the same shape:
+``{"detail": ..., "error": <name>}``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import orjson
@@ -23,6 +28,7 @@ from almanac.errors import (
     NotFoundError,
     RegistryError,
     RepoError,
+    StorageFullError,
     StoreUnavailableError,
 )
 
@@ -33,6 +39,7 @@ log = logging.getLogger("almanac.serving")
 STATUS: list[tuple[type[AlmanacError], int]] = [
     (NotFoundError, 404),
     (InputError, 422),
+    (StorageFullError, 507),
     (StoreUnavailableError, 503),
     (ConcurrentApplyError, 409),
     (RegistryError, 409),
@@ -73,10 +80,63 @@ class PayloadTooLargeError(HttpError):
     status, error = 413, "PayloadTooLarge"
 
 
+class RequestTimeoutError(HttpError):
+    status, error = 408, "RequestTimeout"
+
+
+class InvalidUrlError(HttpError):
+    """A path or query string that is not UTF-8 once %-decoded."""
+
+    status, error = 400, "InvalidUrl"
+
+
+class ClientDisconnectedError(HttpError):
+    """The client went away before sending its whole body (nginx's 499, for metrics)."""
+
+    status, error = 499, "ClientClosedRequest"
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_full(error: BaseException) -> StorageFullError | None:
+    """`error` as a StorageFullError when it (or what caused it) says the disk is full."""
+    seen: BaseException | None = error
+    for _ in range(8):  # the cause chain, bounded
+        if seen is None:
+            return None
+        if isinstance(seen, StorageFullError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return StorageFullError(
+                f"storage full: {seen.strerror or seen}; free space where the stores "
+                "keep their data (offline.data_path, the online store) and retry"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def status_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> HttpError:
+    """An HTTP error raised by the framework itself (unknown route 404, 405) in the
+    shape of every other error: its name is the status phrase (NotFound,
+    MethodNotAllowed)."""
+    error = HttpError(str(detail), headers)
+    error.status = status
+    try:
+        error.error = HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
+    except ValueError:
+        error.error = f"Http{status}"
+    return error
+
+
 def error_reply(error: BaseException) -> tuple[int, bytes, dict[str, str]]:
     """Status, JSON body and extra headers for any exception raised by a handler."""
     if isinstance(error, HttpError):
         return error.status, _body(error.detail, error.error), error.headers
+    full = storage_full(error)
+    if full is not None:
+        log.error("write refused, storage full: %s", full)
+        return 507, _body(str(full), "StorageFullError"), {}
     if isinstance(error, AlmanacError):
         status = next(code for kind, code in STATUS if isinstance(error, kind))
         if status >= 500:

@@ -7,29 +7,35 @@ both call these functions, so the two cannot disagree.
 
 Nothing here blocks the event loop: online reads go through `OnlineStore.read_async`,
 the registry is read from memory (`catalog(check=False)`; a background task refreshes
-it), and pushes (Parquet files, bulk writes) run in a worker thread.
+it), and the health checks run in worker threads with a timeout. The write endpoints
+(push, Feast's write-to-online-store) are in `writes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import re
+import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from almanac.context import check_entity, render_context
-from almanac.errors import InputError, NotFoundError
-from almanac.ingest.push import push, push_source_of
+from almanac.errors import NotFoundError
 from almanac.online.response import OnlineResponse
 from almanac.online.retrieval import finish_read, prepare_read
 from almanac.serving import encode
-from almanac.serving.errors import PayloadTooLargeError, RequestValidationError, parse_body
+from almanac.serving.errors import (
+    InvalidUrlError,
+    PayloadTooLargeError,
+    RequestValidationError,
+    parse_body,
+)
 from almanac.serving.metrics import Metrics
-from almanac.serving.schemas import ContextRequest, OnlineFeaturesRequest, PushRequest
+from almanac.serving.schemas import INT64_MAX, INT64_MIN, ContextRequest, OnlineFeaturesRequest
 
 if TYPE_CHECKING:
     from almanac.config import ServerConfig
@@ -40,7 +46,8 @@ if TYPE_CHECKING:
     from almanac.store import FeatureStore
 
 _INT = re.compile(r"-?[0-9]+")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# /health reports storage as full below this much free space where the stores write.
+STORAGE_FLOOR_BYTES = 1024 * 1024
 
 
 class ServingState:
@@ -56,7 +63,15 @@ class ServingState:
         self.auth = auth
         self.metrics = metrics
         self.refresh_error: str | None = None  # the last background refresh's failure
-        self._offline_lock = threading.Lock()
+        # The last write's storage-full error, until a write succeeds (`writes`).
+        self.storage_error: str | None = None
+        self.offline_lock = threading.Lock()
+        config = store.config
+        # Where writes land on local disks: the offline data path, a SQLite online file.
+        self.storage_paths = [config.resolve_path(config.offline.data_path)]
+        if config.online.url.startswith("sqlite:///"):
+            online = config.resolve_url(config.online.url).removeprefix("sqlite:///")
+            self.storage_paths.append(Path(online).parent)
 
     @property
     def catalog(self) -> Catalog:
@@ -174,6 +189,15 @@ def _problem(loc: list[str], msg: str, kind: str) -> dict[str, Any]:
     return {"loc": loc, "msg": msg, "type": kind}
 
 
+def parse_query(raw: bytes) -> list[tuple[str, str]]:
+    """A query string's parameters; 400 when it is not UTF-8 (decoding with replacement
+    characters would address another key than the one sent)."""
+    try:
+        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidUrlError("the query string is not valid UTF-8 (after %-decoding)") from None
+
+
 # ---- context ----------------------------------------------------------------------------
 
 
@@ -187,48 +211,6 @@ async def context(state: ServingState, body: bytes) -> bytes:
         state.config.missing_placeholder if request.placeholder is None else request.placeholder
     )
     return encode.context_body(render_context(service, request.entity, response, placeholder))
-
-
-# ---- push -------------------------------------------------------------------------------
-
-
-async def push_rows(state: ServingState, body: bytes) -> bytes:
-    request = parse_body(PushRequest, body)
-    catalog = state.catalog
-    source = push_source_of(catalog, request.push_source_name)
-    views = [v.name for v in catalog.all_views().values() if v.source == source.name]
-    df = _decode_bytes(request.df, catalog, source.name)
-    rows = await asyncio.to_thread(_push, state, catalog, source.name, df, request.to)
-    return encode.dumps(
-        {"push_source_name": source.name, "to": request.to, "rows": rows, "views": views}
-    )
-
-
-def _push(state: ServingState, catalog: Catalog, source: str, df: Any, to: str) -> int:
-    if to != "online":
-        with state._offline_lock:  # the engine is created on first use; once
-            state.store.offline  # noqa: B018
-    return push(state.store, source, df, to, catalog=catalog)
-
-
-def _decode_bytes(df: dict[str, list[Any]], catalog: Catalog, source: str) -> dict[str, list[Any]]:
-    """JSON carries bytes as base64 text: decode the columns of bytes features."""
-    kinds = {
-        f.name: f.dtype for v in catalog.views.values() if v.source == source for f in v.features
-    }
-    out = dict(df)
-    for name, values in df.items():
-        if kinds.get(name) != "bytes":
-            continue
-        try:
-            out[name] = [
-                base64.b64decode(v, validate=True) if isinstance(v, str) else v for v in values
-            ]
-        except (binascii.Error, ValueError):
-            raise InputError(
-                f"push to '{source}': column '{name}' (bytes) must hold base64 text"
-            ) from None
-    return out
 
 
 # ---- catalog ----------------------------------------------------------------------------
@@ -322,14 +304,41 @@ async def health(state: ServingState) -> tuple[int, dict[str, Any]]:
         await asyncio.wait_for(state.online.ping_async(), timeout)
     except Exception as error:
         online = {"status": "unavailable", "detail": _reason(error)}
+    storage = await storage_check(state)
     ok = registry["status"] == online["status"] == "ok"
+    status = "unavailable" if not ok else "ok" if storage["status"] == "ok" else "degraded"
     body = {
-        "status": "ok" if ok else "unavailable",
+        "status": status,
         "registry": registry,
         "online_store": online,
+        "storage": storage,
         "registry_version": version,
     }
     return (200 if ok else 503), body
+
+
+async def storage_check(state: ServingState) -> dict[str, Any]:
+    """Full after a write refused for lack of space (until one succeeds), or when a disk
+    the stores write to has less than STORAGE_FLOOR_BYTES free. Reads are still served:
+    /health says "degraded" with 200, not 503."""
+    if state.storage_error is not None:
+        return {"status": "full", "detail": f"the last write was refused: {state.storage_error}"}
+    for path in state.storage_paths:
+        try:
+            free = await asyncio.wait_for(
+                asyncio.to_thread(_free_bytes, path), state.timeout_seconds
+            )
+        except (OSError, TimeoutError):
+            continue  # a disk we cannot measure is not known to be full
+        if free < STORAGE_FLOOR_BYTES:
+            return {"status": "full", "detail": f"{free:,} bytes free on the disk of {path}"}
+    return {"status": "ok"}
+
+
+def _free_bytes(path: Path) -> int:
+    while not path.exists() and path.parent != path:  # not created yet: its disk
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _reason(error: BaseException) -> str:

@@ -53,6 +53,12 @@ def render(schema: dict[str, Any]) -> str:
         lines += [f"### `{name}`", ""]
         if model.get("description"):
             lines += [model["description"].strip(), ""]
+        choices = [
+            " and ".join(f"`{n}`" for n in sub.get("required", []))
+            for sub in model.get("oneOf", [])
+        ]
+        if choices:
+            lines += ["Exactly one of: " + ", ".join(choices) + ".", ""]
         lines += ["```json", json.dumps(model.get("properties", {}), indent=2), "```", ""]
     return "\n".join(lines)
 

@@ -9,20 +9,48 @@ The online request and response follow Feast's feature server, so Feast HTTP cli
 work unchanged: results are columnar, one entry per name in `metadata.feature_names`
 (join keys first, then features), each with one value, status and event time per
 entity. Almanac adds `metadata.join_keys` and `metadata.dtypes`, which Feast clients
-ignore and Almanac's client uses to rebuild typed results.
+ignore and Almanac's client uses to rebuild typed results. Pushes and
+`/write-to-online-store` take Feast's bodies too (its extra flags are accepted and
+ignored; `df` may be pandas' ``to_dict()`` shape, ``{column: {row: value}}``).
+
+Every rule a request body must follow that JSON Schema can state is in the schema
+(exactly one of `features` and `feature_service`, a non-empty entity, int64 bounds), so
+a body the published schema accepts is never refused for its shape; what depends on
+the catalog (names, which join keys, their types) is checked by the server.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from almanac.online.response import FeatureStatus
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _integral(value: Any) -> Any:
+    # JSON (and JSON Schema's "integer") does not tell 3.0 from 3: both are the number 3.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 # A join key value: int64 keys are JSON integers, string keys JSON strings (no coercion:
-# 1.0 or "1" for an int key would address another entity than the caller meant).
-KeyValue = StrictInt | StrictStr
+# 1.5, true or "1" for an int key would address another entity than the caller meant).
+KeyValue = (
+    Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX), BeforeValidator(_integral)] | StrictStr
+)
+# Pushed columns: a list of values, or pandas' `to_dict()` shape {row label: value}
+# (what Feast's server accepts, as it builds a DataFrame from the body).
+Column = list[Any] | dict[str, Any]
 
 
 class _Request(BaseModel):
@@ -31,8 +59,24 @@ class _Request(BaseModel):
 
 
 class OnlineFeaturesRequest(_Request):
+    """Exactly one of `features` and `feature_service` (the other absent or null)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["features"], "properties": {"features": {"type": "array"}}},
+                {
+                    "required": ["feature_service"],
+                    "properties": {"feature_service": {"type": "string"}},
+                },
+            ]
+        },
+    )
+
     features: list[str] | None = Field(
         None,
+        min_length=1,
         description="Feature references 'view:feature' (or a whole 'view').",
         examples=[["user_stats:clicks"]],
     )
@@ -40,10 +84,17 @@ class OnlineFeaturesRequest(_Request):
         None, description="A feature service, instead of `features`."
     )
     entities: dict[str, list[KeyValue]] = Field(
+        min_length=1,
         description="Join key columns: one list per join key, one value per entity.",
         examples=[{"user_id": ["8a2f", "b13c"]}],
     )
     full_feature_names: bool = Field(False, description="Name features 'view__feature'.")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> OnlineFeaturesRequest:
+        if (self.features is None) == (self.feature_service is None):
+            raise ValueError("give either features or feature_service, not both or neither")
+        return self
 
 
 class ResponseMetadata(BaseModel):
@@ -83,7 +134,7 @@ class EntityFeaturesResponse(BaseModel):
 
 class ContextRequest(_Request):
     feature_service: str
-    entity: dict[str, KeyValue] = Field(examples=[{"user_id": "8a2f"}])
+    entity: dict[str, KeyValue] = Field(min_length=1, examples=[{"user_id": "8a2f"}])
     placeholder: str | None = Field(
         None,
         description="Rendered for missing or stale values (default: server.missing_placeholder).",
@@ -102,16 +153,23 @@ class ContextResponse(BaseModel):
 
 class PushRequest(_Request):
     push_source_name: str
-    df: dict[str, list[Any]] = Field(
+    df: dict[str, Column] = Field(
         description="Columns: join keys, the source's event-time column (ISO-8601 text; "
         "naive means UTC) and every feature of the views reading the source (of an "
         "aggregation view, the columns it aggregates: its windowed values move at once). "
-        "Bytes features are base64 text.",
+        "Bytes features are base64 text. A column is a list, or an object by row label "
+        "(pandas' `to_dict()`).",
         examples=[
             {"user_id": ["8a2f"], "event_timestamp": ["2024-05-01T12:00:00Z"], "clicks": [3]}
         ],
     )
-    to: Literal["online", "offline", "online_and_offline"] = "online_and_offline"
+    to: Literal["online", "offline", "online_and_offline"] = Field(
+        "online_and_offline",
+        description="Where the rows go. Almanac keeps their history by default (Feast's "
+        "server defaults to 'online').",
+    )
+    allow_registry_cache: bool = Field(True, description="Feast's flag; accepted, ignored.")
+    transform_on_write: bool = Field(True, description="Feast's flag; accepted, ignored.")
 
 
 class PushResponse(BaseModel):
@@ -119,6 +177,26 @@ class PushResponse(BaseModel):
     to: str
     rows: int
     views: list[str]
+
+
+class WriteToOnlineStoreRequest(_Request):
+    """Feast's `write-to-online-store` (what its `remote` online store sends): rows of
+    one feature view, written to the online store only, validated as a push is."""
+
+    feature_view_name: str = Field(description="A view fed by a push source.")
+    df: dict[str, Column] = Field(
+        description="Columns: the view's join keys, `event_timestamp` (or the source's "
+        "event-time column), optionally `created`, and every feature of the view. "
+        "Timestamp features may be epoch seconds, as Feast sends them.",
+        examples=[{"user_id": ["8a2f"], "event_timestamp": ["2024-05-01T12:00:00"], "clicks": [3]}],
+    )
+    allow_registry_cache: bool = Field(True, description="Feast's flag; accepted, ignored.")
+    transform_on_write: bool = Field(True, description="Feast's flag; accepted, ignored.")
+
+
+class WriteToOnlineStoreResponse(BaseModel):
+    feature_view_name: str
+    rows: int
 
 
 class ErrorResponse(BaseModel):
@@ -182,8 +260,19 @@ class HealthCheck(BaseModel):
     detail: str | None = None
 
 
+class StorageCheck(BaseModel):
+    status: Literal["ok", "full"]
+    detail: str | None = Field(
+        None, description="Why: the last write's storage error, or the free space left."
+    )
+
+
 class HealthResponse(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="unavailable (503): a store cannot be reached; degraded (200): reads "
+        "are served but writes are refused (storage full)."
+    )
     registry: HealthCheck
     online_store: HealthCheck
+    storage: StorageCheck
     registry_version: int | None = None
