@@ -168,9 +168,7 @@ def test_no_error_message_shows_a_password(starter_repo: Path, cli, monkeypatch)
         ("ALMANAC_ONLINE_URL", "redis://:MyS3cretPw@127.0.0.1:1/0"),  # nothing listens
     ]:
         monkeypatch.setenv(variable, url)
-        result = cli(
-            "--repo", starter_repo, "get-online", "-f", "user_stats", "-k", "user_id=0001"
-        )
+        result = cli("--repo", starter_repo, "get-online", "-f", "user_stats", "-k", "user_id=0001")
         assert result.code == 2, result
         assert "MyS3cretPw" not in result.out + result.err
         if url.startswith("mysql"):  # the message names the URL, password redacted
