@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from almanac.definitions.aggregation import AggregationView
+from almanac.definitions.sources import PushSource
 from almanac.errors import InputError
 from almanac.online.tiles import TILES_FEATURE
 from almanac.registry.diff import values_fingerprint
@@ -35,6 +36,8 @@ from almanac.times import FUTURE_TOLERANCE, to_utc
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
+    from almanac.online.base import OnlineStore
+    from almanac.registry.catalog import Catalog
     from almanac.store import FeatureStore
 
 
@@ -62,6 +65,24 @@ class MaterializeResult:
     @property
     def rows(self) -> int:
         return sum(run.rows for run in self.runs)
+
+
+def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) -> dict[str, str]:
+    """Online views over batch sources whose values `online` lacks, with the reason:
+    never materialized into this store (a new one, or one that lost its data — a Redis
+    restarted without persistence), or written under an earlier definition. Reads of
+    them answer NOT_FOUND (or the old values) until `materialize-incremental` runs."""
+    marks = online.watermarks(project)
+    out = {}
+    for name, view in catalog.all_views().items():
+        if not view.online or isinstance(catalog.source_of(view), PushSource):
+            continue  # push-fed views are written by pushes, materialized or not
+        mark = marks.get(name)
+        if mark is None:
+            out[name] = "never materialized into this online store (new, or emptied)"
+        elif mark.layout != values_fingerprint(catalog, name):
+            out[name] = "its values were written under an earlier definition"
+    return out
 
 
 def _views(store: FeatureStore, names: Sequence[str] | None) -> list[FeatureView]:

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 
 from almanac.context import check_entity, render_context
 from almanac.errors import NotFoundError
+from almanac.materialize.jobs import views_to_materialize
 from almanac.online.response import OnlineResponse
 from almanac.online.retrieval import finish_read, prepare_read
 from almanac.serving import encode
@@ -304,9 +305,12 @@ async def health(state: ServingState) -> tuple[int, dict[str, Any]]:
         await asyncio.wait_for(state.online.ping_async(), timeout)
     except Exception as error:
         online = {"status": "unavailable", "detail": _reason(error)}
+    else:
+        online = await materialization_check(state)
     storage = await storage_check(state)
-    ok = registry["status"] == online["status"] == "ok"
-    status = "unavailable" if not ok else "ok" if storage["status"] == "ok" else "degraded"
+    ok = registry["status"] == "ok" and online["status"] != "unavailable"
+    degraded = storage["status"] != "ok" or online["status"] != "ok"
+    status = "unavailable" if not ok else "degraded" if degraded else "ok"
     body = {
         "status": status,
         "registry": registry,
@@ -315,6 +319,27 @@ async def health(state: ServingState) -> tuple[int, dict[str, Any]]:
         "registry_version": version,
     }
     return (200 if ok else 503), body
+
+
+async def materialization_check(state: ServingState) -> dict[str, Any]:
+    """The online store answers: does it hold every batch view's values? A store that
+    lost its data (a Redis restarted without persistence) is found out here, instead of
+    silently answering NOT_FOUND: "stale", naming the views, until they are materialized."""
+    try:
+        missing = await asyncio.wait_for(
+            asyncio.to_thread(views_to_materialize, state.catalog, state.online, state.project),
+            state.timeout_seconds,
+        )
+    except Exception as error:
+        return {"status": "unavailable", "detail": _reason(error)}
+    if not missing:
+        return {"status": "ok"}
+    return {
+        "status": "stale",
+        "detail": "run `almanac materialize-incremental`: "
+        + "; ".join(f"{view}: {why}" for view, why in sorted(missing.items())),
+        "views": missing,
+    }
 
 
 async def storage_check(state: ServingState) -> dict[str, Any]:
