@@ -307,3 +307,10 @@ def test_an_oversized_push_is_413_without_reading_it_all(
         answer = client.post("/push", content=body)
     assert answer.status_code == 413
     assert "over 1,000 bytes" in answer.json()["detail"]
+
+
+def test_a_repeated_query_parameter_is_refused_not_silently_dropped(client) -> None:
+    answer = client.get("/features", params=[("q", "clicks"), ("q", "spend")])
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "RequestValidationError"
+    assert "given 2 times" in answer.text

@@ -410,8 +410,15 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
 
     @api.get("/features", response_model=list[FeatureInfo], tags=["catalog"])
     async def features(
+        request: Request,
         q: str | None = Query(None, description="Words to find in name, description, tags, owner."),
     ) -> Response:
+        given = len(request.query_params.getlist("q"))
+        if given > 1:  # FastAPI would silently keep the last one
+            raise RequestValidationError(
+                [{"loc": ["query", "q"], "msg": f"given {given} times; give it once",
+                  "type": "repeated"}]
+            )  # fmt: skip
         return _reply(200, dumps(handlers.search_features(state.catalog, q)))
 
     @api.get(
