@@ -83,7 +83,11 @@ def _import(path: Path, repo: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(repo))  # repo modules may import each other
     try:
-        spec.loader.exec_module(module)
+        # Compiled from the file as it is now, not through __pycache__: a .pyc is reused
+        # when the file's size and mtime (whole seconds) match, so two edits of the same
+        # size within a second would plan the older one.
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except Exception as error:
         raise RepoError(_import_failure(path, repo, error)) from error
     finally:

@@ -86,6 +86,7 @@ class FeatureStore:
         types, transformation...) or that are deleted are cleared first, with their
         watermarks, so that values of another definition are never served; if the online
         store cannot be reached, nothing is applied."""
+        from almanac.online.layouts import forget
         from almanac.repo import guard_writes, record_applied
 
         guard_writes("apply")
@@ -100,6 +101,7 @@ class FeatureStore:
             )
         for view in stale:
             self.online.delete_view(self.project, view)  # its watermark too
+            forget(self.online, self.project, view)
         self.registry.apply(plan)
         kept = set(plan.kept)
         declared = [

@@ -253,3 +253,21 @@ def test_a_module_that_loads_the_repo_again_is_named(tmp_path) -> None:
     # The next load of a fixed repo works: no state is left behind.
     (repo / "helpers.py").write_text("X = 1\n")
     assert set(load_definitions(repo).views) == {"user_stats"}
+
+
+def test_an_edit_of_the_same_size_in_the_same_second_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Definitions are read from the file as it is now: a bytecode cache keyed by size
+    and whole-second mtime would hand back the previous edit."""
+    import os
+    import sys
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on a developer's laptop
+    features = tmp_path / "features.py"
+    features.write_text(GOOD)
+    stamp = features.stat().st_mtime_ns
+    assert load_definitions(tmp_path).views["user_stats"].ttl.days == 30
+    features.write_text(GOOD.replace('ttl="30d"', 'ttl="31d"'))  # same size
+    os.utime(features, ns=(stamp, stamp))  # and the same mtime, as within one second
+    assert load_definitions(tmp_path).views["user_stats"].ttl.days == 31

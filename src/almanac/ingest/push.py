@@ -50,7 +50,9 @@ from almanac.errors import InputError, NotFoundError
 from almanac.online.base import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.online.batch import prepare_batch
 from almanac.online.codec import datetime_to_micros
+from almanac.online.layouts import claim
 from almanac.online.tiles import TILES_FEATURE, merge_blobs, reach_micros
+from almanac.registry.diff import values_fingerprint
 from almanac.validate import Declared, check_batch
 
 if TYPE_CHECKING:
@@ -122,6 +124,10 @@ def push(
         store.offline.stage(catalog, _union_view(views, source), batch) if to != "online" else None
     )
     try:
+        # The store holds these views' values of this definition only (another store's
+        # apply could not clear it): see `almanac.online.layouts`.
+        layouts = {view.name: values_fingerprint(catalog, view.name) for view, *_ in online_writes}
+        claim(store.online, store.project, layouts)
         for view, keys, features, rows in online_writes:
             if isinstance(view, AggregationView):
                 now = datetime_to_micros(datetime.now(UTC))

@@ -30,6 +30,7 @@ import pyarrow as pa
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError
+from almanac.online.layouts import claim
 from almanac.online.tiles import TILES_FEATURE
 from almanac.registry.diff import values_fingerprint
 from almanac.times import FUTURE_TOLERANCE, to_utc
@@ -68,20 +69,22 @@ class MaterializeResult:
 
 
 def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) -> dict[str, str]:
-    """Online views over batch sources whose values `online` lacks, with the reason:
-    never materialized into this store (a new one, or one that lost its data — a Redis
-    restarted without persistence), or written under an earlier definition. Reads of
+    """Online views whose values `online` lacks, with the reason: written under an
+    earlier definition, or (views over batch sources) never materialized into this store
+    (a new one, or one that lost its data — a Redis restarted without persistence). Reads of
     them answer NOT_FOUND (or the old values) until `materialize-incremental` runs."""
     marks = online.watermarks(project)
     out = {}
     for name, view in catalog.all_views().items():
-        if not view.online or isinstance(catalog.source_of(view), PushSource):
-            continue  # push-fed views are written by pushes, materialized or not
+        if not view.online:
+            continue
         mark = marks.get(name)
-        if mark is None:
-            out[name] = "never materialized into this online store (new, or emptied)"
-        elif mark.layout != values_fingerprint(catalog, name):
+        if mark is not None and mark.layout != values_fingerprint(catalog, name):
             out[name] = "its values were written under an earlier definition"
+        elif isinstance(catalog.source_of(view), PushSource):
+            continue  # written by pushes: materialized or not, it has what was pushed
+        elif mark is None or mark.time is None:
+            out[name] = "never materialized into this online store (new, or emptied)"
     return out
 
 
@@ -112,12 +115,9 @@ def _run_view(
     run = ViewRun(view=view.name, start=start, end=end)
     catalog = store.catalog
     layout = values_fingerprint(catalog, view.name)
-    stored = store.online.watermarks(store.project).get(view.name)
-    if stored is not None and stored.layout != layout:
-        # This store holds values of an earlier definition (the change was applied while
-        # another store was configured): clear them; only a run from the first row
-        # (start None) then sets a watermark again.
-        store.online.delete_view(store.project, view.name)
+    # Values of an earlier definition (changed while another store was configured) are
+    # cleared first; only a run from the first row then sets a watermark again.
+    claim(store.online, store.project, {view.name: layout})
     join_keys = list(catalog.join_keys(view))
     features = view.feature_names
     started = time.perf_counter()
@@ -139,7 +139,10 @@ def _run_view(
     # window reached back to it: otherwise rows before `start` were never read.
     watermark = store.online.watermarks(store.project).get(view.name)
     if start is None or (
-        watermark is not None and watermark.layout == layout and start <= watermark.time
+        watermark is not None
+        and watermark.layout == layout
+        and watermark.time is not None
+        and start <= watermark.time
     ):
         store.online.set_watermark(store.project, view.name, end, layout)
     else:
@@ -183,7 +186,7 @@ def materialize_incremental(
         mark = watermarks.get(view.name)
         # A watermark of another definition does not count: start from the first row.
         current = mark is not None and mark.layout == values_fingerprint(store.catalog, view.name)
-        start = mark.time if current else None
+        start = mark.time if current and mark is not None else None
         if start is not None and start >= end:
             result.runs.append(
                 ViewRun(view.name, start, end, skipped="already materialized to end")

@@ -71,10 +71,11 @@ Merge = Callable[[ViewRows, pa.Table], pa.Table]
 
 
 class Watermark(NamedTuple):
-    """How far a view is materialized into one store: up to `time` (aware UTC), under
-    the definition whose `values_fingerprint` is `layout`."""
+    """How far a view is materialized into one store: up to `time` (aware UTC; None:
+    values were written, by pushes or a run not finished yet, but no materialization
+    completed), under the definition whose `values_fingerprint` is `layout`."""
 
-    time: datetime
+    time: datetime | None
     layout: str
 
 
@@ -145,10 +146,13 @@ class OnlineStore(ABC):
         materialized here are absent."""
 
     @abstractmethod
-    def set_watermark(self, project: str, view: str, watermark: datetime, layout: str) -> None:
+    def set_watermark(
+        self, project: str, view: str, watermark: datetime | None, layout: str
+    ) -> None:
         """Record that `view` is materialized into this store up to `watermark` under
-        definition `layout`. Under the same layout a watermark never moves back (an
-        older one is ignored); a new layout replaces it."""
+        definition `layout` (None: values of that layout are being written, nothing is
+        materialized yet). Under the same layout a watermark never moves back (an older
+        one, or None, is ignored); a new layout replaces it."""
 
     @abstractmethod
     def ping(self) -> None:

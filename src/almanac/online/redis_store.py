@@ -4,7 +4,7 @@ Keys, field names and the bytes on the wire come from `almanac.online.redis_wire
 describes the layout. Beside the entity hashes the store keeps
 ``alm:<project>#fields:<view>`` / ``#keys:<view>``: sets of the features and key-name
 tuples ever written, so `delete_view` knows what to remove, and
-``alm:<project>#watermarks``: a hash of view → ``<µs> <fingerprint>``, which a FLUSHALL
+``alm:<project>#watermarks``: a hash of view → ``<µs or -> <fingerprint>``, which a FLUSHALL
 or a restart without persistence empties with the data.
 
 Writes are monotonic inside Redis: a Lua script takes many rows per call and, per row,
@@ -179,14 +179,17 @@ for i = 1, #KEYS do
 end
 return conflicts
 """
-# KEYS: the watermarks hash. ARGV: the view, the watermark (decimal µs), the layout.
-# Under one layout it never moves back; a new layout replaces it.
+# KEYS: the watermarks hash. ARGV: the view, the watermark (decimal µs, or - for none),
+# the layout. Under one layout it never moves back; a new layout replaces it.
 WATERMARK_SCRIPT = """
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 local value = ARGV[2] .. ' ' .. ARGV[3]
 if stored then
   local micros, layout = string.match(stored, '^(%S+) (.*)$')
-  if layout == ARGV[3] and tonumber(micros) >= tonumber(ARGV[2]) then return 0 end
+  if layout == ARGV[3] then
+    if ARGV[2] == '-' then return 0 end
+    if micros ~= '-' and tonumber(micros) >= tonumber(ARGV[2]) then return 0 end
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], value)
 return 1
@@ -490,11 +493,14 @@ class RedisOnlineStore(OnlineStore):
         out = {}
         for view, value in stored.items():
             micros, _, layout = value.decode().partition(" ")
-            out[view.decode()] = Watermark(micros_to_datetime(int(micros)), layout)
+            time = None if micros == "-" else micros_to_datetime(int(micros))
+            out[view.decode()] = Watermark(time, layout)
         return out
 
-    def set_watermark(self, project: str, view: str, watermark: datetime, layout: str) -> None:
-        micros = str(datetime_to_micros(watermark))
+    def set_watermark(
+        self, project: str, view: str, watermark: datetime | None, layout: str
+    ) -> None:
+        micros = "-" if watermark is None else str(datetime_to_micros(watermark))
         key = _watermarks_key(project)
         try:
             self._client.eval(WATERMARK_SCRIPT, 1, key, view, micros, layout)

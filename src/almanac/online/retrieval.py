@@ -246,7 +246,7 @@ def _check_watermarks(plan: _Plan, watermarks: Mapping[str, Watermark], now: dat
     at = datetime_to_micros(now)
     for view_plan in plan.views:
         mark = watermarks.get(view_plan.view)
-        if mark is not None and datetime_to_micros(mark.time) > at:
+        if mark is not None and mark.time is not None and datetime_to_micros(mark.time) > at:
             raise InputError(
                 f"read time {now.isoformat()} is before view '{view_plan.view}' was "
                 f"materialized to ({mark.time.isoformat()}): the online store keeps only the latest "

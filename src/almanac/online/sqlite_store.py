@@ -289,22 +289,31 @@ class SqliteOnlineStore(OnlineStore):
             f"SELECT view, micros, layout FROM {_WATERMARKS} WHERE project = ?", (project,)
         )
         return {
-            view: Watermark(micros_to_datetime(micros), layout) for view, micros, layout in rows
+            view: Watermark(None if micros is None else micros_to_datetime(micros), layout)
+            for view, micros, layout in rows
         }
 
-    def set_watermark(self, project: str, view: str, watermark: datetime, layout: str) -> None:
+    def set_watermark(
+        self, project: str, view: str, watermark: datetime | None, layout: str
+    ) -> None:
         with self._write_transaction() as connection:
             connection.execute(
                 f"CREATE TABLE IF NOT EXISTS {_WATERMARKS} (project TEXT NOT NULL, "
-                "view TEXT NOT NULL, micros INTEGER NOT NULL, layout TEXT NOT NULL, "
+                "view TEXT NOT NULL, micros INTEGER, layout TEXT NOT NULL, "
                 "PRIMARY KEY (project, view)) WITHOUT ROWID"
             )
+            table = _WATERMARKS
             connection.execute(
-                f"INSERT INTO {_WATERMARKS} VALUES (?, ?, ?, ?) ON CONFLICT (project, view) "
+                f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (project, view) "
                 "DO UPDATE SET micros = excluded.micros, layout = excluded.layout "
-                f"WHERE excluded.micros > {_WATERMARKS}.micros "
-                f"OR excluded.layout != {_WATERMARKS}.layout",
-                (project, view, datetime_to_micros(watermark), layout),
+                f"WHERE excluded.layout != {table}.layout OR (excluded.micros IS NOT NULL "
+                f"AND ({table}.micros IS NULL OR excluded.micros > {table}.micros))",
+                (
+                    project,
+                    view,
+                    None if watermark is None else datetime_to_micros(watermark),
+                    layout,
+                ),
             )
 
     # ---- reads ----------------------------------------------------------------------
