@@ -115,6 +115,9 @@ def values_fingerprint(catalog: Catalog, view: str) -> str:
     entities' join keys. Two definitions with the same fingerprint store the same
     values; materialization records it with each watermark, so that an online store
     holding values of an earlier definition is cleared and rewritten."""
+    cached = _fingerprints.get((id(catalog), view))
+    if cached is not None and cached[0] is catalog:  # pushes ask for every batch
+        return cached[1]
     definition = catalog.view(view)
     layout = {
         "view": _view_layout(definition.to_spec()),
@@ -122,7 +125,14 @@ def values_fingerprint(catalog: Catalog, view: str) -> str:
         "keys": catalog.join_keys(definition),
     }
     text = json.dumps(layout, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if len(_fingerprints) >= 1024:
+        _fingerprints.clear()
+    _fingerprints[(id(catalog), view)] = (catalog, fingerprint)  # the catalog: ids not reused
+    return fingerprint
+
+
+_fingerprints: dict[tuple[int, str], tuple[Catalog, str]] = {}
 
 
 def diff_specs(before: Any, after: Any, path: str = "") -> list[FieldChange]:
