@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from servers import PostgresServer, RedisServer, start_postgres, start_redis
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from almanac import FeatureStore
 
 _counter = itertools.count()
 
@@ -47,3 +53,14 @@ def postgres_url(postgres_server: PostgresServer) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return postgres_server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def client(store: FeatureStore) -> Iterator[TestClient]:
+    """The HTTP app over the `store` fixture of the test's folder or module, in-process."""
+    from fastapi.testclient import TestClient
+
+    from almanac.serving.app import create_app
+
+    with TestClient(create_app(store)) as client:
+        yield client

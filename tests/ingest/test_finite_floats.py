@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from almanac import FeatureStore
 from almanac.errors import InputError
-from almanac.serving.app import create_app
 from almanac.validate import Declared, check_batch
 
 FEATURES_PY = """
@@ -49,12 +48,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FeatureSto
     with FeatureStore(tmp_path) as store:
         store.apply()
         yield store
-
-
-@pytest.fixture
-def client(store: FeatureStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as client:
-        yield client
 
 
 def _offline_files(store: FeatureStore) -> list[Path]:

@@ -30,7 +30,6 @@ from almanac.online.codec import (
     sqlite_decoder,
 )
 from almanac.online.tiles import TILES_FEATURE
-from almanac.serving.app import create_app
 from almanac.times import FUTURE_TOLERANCE, MIN_EVENT_TIME
 from almanac.validate import Declared, check_batch
 
@@ -70,12 +69,6 @@ def store(tmp_path: Path, online_url: str) -> Iterator[FeatureStore]:
     with FeatureStore(tmp_path) as store:
         store.apply()
         yield store
-
-
-@pytest.fixture
-def client(store: FeatureStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as client:
-        yield client
 
 
 def _iso(value: datetime) -> str:

@@ -6,11 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from serving_helpers import seed, write_repo
 
 from almanac import FeatureStore
-from almanac.serving.app import create_app
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
@@ -30,9 +28,3 @@ def store(repo: Path) -> Iterator[FeatureStore]:
     with FeatureStore(repo) as store:
         seed(store)
         yield store
-
-
-@pytest.fixture
-def client(store: FeatureStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as client:
-        yield client

@@ -65,12 +65,6 @@ def store(tmp_path: Path, online_url: str) -> Iterator[FeatureStore]:
         yield store
 
 
-@pytest.fixture
-def client(store: FeatureStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as client:
-        yield client
-
-
 def test_the_sdk_gives_zero_counts_in_values_and_text(store: FeatureStore) -> None:
     # The rule is what training sets give: the count of no events is 0, a sum is null.
     spine = pd.DataFrame(

@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from almanac import FeatureStore
-from almanac.serving.app import create_app
 
 FEATURES_PY = """
 from almanac import (Aggregation, AggregationView, Entity, FeatureView, Field, FileSource,
@@ -51,12 +50,6 @@ def store(tmp_path: Path, online_url: str) -> Iterator[FeatureStore]:
     with FeatureStore(tmp_path) as store:
         store.apply()
         yield store
-
-
-@pytest.fixture
-def client(store: FeatureStore) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as client:
-        yield client
 
 
 def feast_write(view: str, df: dict[str, Any]) -> dict[str, Any]:
