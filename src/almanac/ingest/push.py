@@ -70,16 +70,20 @@ def push(
     to: str = "online_and_offline",
     *,
     catalog: Catalog | None = None,
+    only_view: str | None = None,
 ) -> int:
     """Validate `df` (pandas, Polars, Arrow, a dict of columns or a list of dicts) against
     every view reading `push_source`, then write it to the online store, the offline
     store or both. Returns the number of rows accepted. `catalog` defaults to the
-    store's (the HTTP server passes its cached one)."""
+    store's (the HTTP server passes its cached one). `only_view` writes (and checks) the
+    rows for that one view of the source (Feast's per-view online writes)."""
     if to not in PUSH_TARGETS:
         raise InputError(f"to must be one of {', '.join(PUSH_TARGETS)}, got {to!r}")
     catalog = catalog if catalog is not None else store.catalog
     source = push_source_of(catalog, push_source)
     views = [view for view in catalog.all_views().values() if view.source == source.name]
+    if only_view is not None:
+        views = [view for view in views if view.name == only_view]
     transformed = [v.name for v in views if getattr(v, "transformation", None) is not None]
     if transformed:
         # Their values are computed from the rows by a batch transformation, which a push

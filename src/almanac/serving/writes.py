@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -84,13 +83,20 @@ async def write_to_online_store(state: ServingState, body: bytes) -> bytes:
         raise InputError(f"{what}: the view is not served online (online=False)")
     df = _feast_columns(_columns(request.df, what), view, source)
     df = _decode_bytes(df, catalog, source.name, what)
-    rows = await _write(state, _only_view(catalog, view), source.name, df, "online")
+    rows = await _write(state, catalog, source.name, df, "online", only_view=view.name)
     return encode.dumps({"feature_view_name": view.name, "rows": rows})
 
 
-async def _write(state: ServingState, catalog: Catalog, source: str, df: Any, to: str) -> int:
+async def _write(
+    state: ServingState,
+    catalog: Catalog,
+    source: str,
+    df: Any,
+    to: str,
+    only_view: str | None = None,
+) -> int:
     try:
-        rows = await asyncio.to_thread(_push, state, catalog, source, df, to)
+        rows = await asyncio.to_thread(_push, state, catalog, source, df, to, only_view)
     except Exception as error:
         full = storage_full(error)
         if full is not None:
@@ -100,23 +106,13 @@ async def _write(state: ServingState, catalog: Catalog, source: str, df: Any, to
     return rows
 
 
-def _push(state: ServingState, catalog: Catalog, source: str, df: Any, to: str) -> int:
+def _push(
+    state: ServingState, catalog: Catalog, source: str, df: Any, to: str, only_view: str | None
+) -> int:
     if to != "online":
         with state.offline_lock:  # the engine is created on first use; once
             state.store.offline  # noqa: B018
-    return push(state.store, source, df, to, catalog=catalog)
-
-
-def _only_view(catalog: Catalog, view: FeatureView) -> Catalog:
-    """The catalog as if `view` were the only view reading its source, so that a push
-    writes that view alone (and checks only its columns)."""
-
-    def keep(views: Mapping[str, Any]) -> dict[str, Any]:
-        return {n: v for n, v in views.items() if v.source != view.source or n == view.name}
-
-    return dataclasses.replace(
-        catalog, views=keep(catalog.views), aggregation_views=keep(catalog.aggregation_views)
-    )
+    return push(state.store, source, df, to, catalog=catalog, only_view=only_view)
 
 
 # ---- bodies -----------------------------------------------------------------------------
