@@ -36,6 +36,16 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def online_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty online store of each kind: an embedded SQLite file in the
+    test's repo folder (relative URLs are read from there), then a real Redis."""
+    if request.param == "sqlite":
+        return "sqlite:///.almanac/online.db"
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     server = start_postgres()

@@ -142,8 +142,8 @@ def test_plan_marks_changed_aggregation_view_stale() -> None:
     assert any(f.path.startswith("aggregations") for f in plan.changes[0].fields)
 
 
-@pytest.mark.parametrize("backend_url", ["sqlite:///.almanac/online.db"])
-def test_missing_source_column_at_query_time(repo: AggRepo, backend_url: str) -> None:
+@pytest.mark.parametrize("online_url", ["sqlite:///.almanac/online.db"])
+def test_missing_source_column_at_query_time(repo: AggRepo, online_url: str) -> None:
     """Undeclared in the source file: an InputError naming the column and the view."""
     pq.write_table(
         pa.table({"customer_id": [1], "ts": pa.array([0], pa.timestamp("us", tz="UTC")),
@@ -155,8 +155,8 @@ def test_missing_source_column_at_query_time(repo: AggRepo, backend_url: str) ->
         repo.store.get_historical_features(spine, ["spend:qty_sum_1d"]).to_arrow()
 
 
-@pytest.mark.parametrize("backend_url", ["sqlite:///.almanac/online.db"])
-def test_cli_lists_and_describes(repo: AggRepo, backend_url: str) -> None:
+@pytest.mark.parametrize("online_url", ["sqlite:///.almanac/online.db"])
+def test_cli_lists_and_describes(repo: AggRepo, online_url: str) -> None:
     from typer.testing import CliRunner
 
     from almanac.cli import app

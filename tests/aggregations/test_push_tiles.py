@@ -32,8 +32,8 @@ PUSH_FEATURES_PY = FEATURES_PY.replace(
 
 
 @pytest.fixture
-def store(tmp_path: Path, backend_url: str) -> Iterator[FeatureStore]:
-    (tmp_path / "almanac.yaml").write_text(f"project: aggpush\nonline:\n  url: {backend_url}\n")
+def store(tmp_path: Path, online_url: str) -> Iterator[FeatureStore]:
+    (tmp_path / "almanac.yaml").write_text(f"project: aggpush\nonline:\n  url: {online_url}\n")
     (tmp_path / "features.py").write_text(PUSH_FEATURES_PY)
     made = FeatureStore(tmp_path)
     made.apply()

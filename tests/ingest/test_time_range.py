@@ -55,13 +55,6 @@ spend = AggregationView(
 FEATURES = ["plain:amount", "plain:seen", "spend:count_30d", "spend:amount_sum_30d"]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def online_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return "sqlite:///online.db"
-    return request.getfixturevalue("redis_url")
-
-
 @pytest.fixture
 def store(tmp_path: Path, online_url: str) -> Iterator[FeatureStore]:
     (tmp_path / "almanac.yaml").write_text(f"project: times\nonline:\n  url: {online_url}\n")

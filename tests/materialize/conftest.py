@@ -145,3 +145,13 @@ def write_mixed_repo(path: Path, online_url: str, project: str) -> Path:
     features = repo / "features.py"
     features.write_text(features.read_text() + AGGREGATION_VIEW)
     return repo
+
+
+def write_push_repo(path: Path, online_url: str, project: str, features: str) -> Path:
+    """A repo of `features` (views over push sources) under its own project name."""
+    path.mkdir(parents=True)
+    (path / "almanac.yaml").write_text(
+        f"project: {project}\nregistry:\n  refresh_seconds: 0\nonline:\n  url: {online_url}\n"
+    )
+    (path / "features.py").write_text(features)
+    return path

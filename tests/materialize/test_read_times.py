@@ -22,7 +22,7 @@ from test_no_skew import BASE, OFFSETS, row, write_events
 from almanac.errors import InputError
 from almanac.online.response import FeatureStatus
 from almanac.store import FeatureStore
-from conftest import assert_online_equals_historical, write_mixed_repo
+from conftest import assert_online_equals_historical, write_mixed_repo, write_push_repo
 
 ACCOUNTS = [1, 2, 3, 4]  # account 4 never has a row
 KEYS = {"account_id": ACCOUNTS}
@@ -185,13 +185,7 @@ PUSH_MINUTES = [0, 10, 30, 60, 90, 120, 150, 180, 240]
 
 def make_push_store(folder: Path, online_url: str) -> FeatureStore:
     project = f"pushed_{next(_projects)}"
-    repo = folder / project
-    repo.mkdir()
-    (repo / "almanac.yaml").write_text(
-        f"project: {project}\nregistry:\n  refresh_seconds: 0\nonline:\n  url: {online_url}\n"
-    )
-    (repo / "features.py").write_text(PUSH_FEATURES)
-    store = FeatureStore(repo)
+    store = FeatureStore(write_push_repo(folder / project, online_url, project, PUSH_FEATURES))
     store.apply()
     return store
 

@@ -22,7 +22,7 @@ from test_no_skew import BASE, OFFSETS, row, write_events
 from almanac.materialize.jobs import views_to_materialize
 from almanac.online.response import FeatureStatus
 from almanac.store import FeatureStore
-from conftest import MIXED_VIEWS, assert_online_equals_historical, write_mixed_repo
+from conftest import MIXED_VIEWS, assert_online_equals_historical, write_mixed_repo, write_push_repo
 from servers import RedisServer
 
 ACCOUNTS = {"account_id": [1, 2, 3, 4]}  # account 4 never has a row
@@ -272,13 +272,7 @@ click_stats = AggregationView(
 
 def make_push_repo(folder: Path, online_url: str) -> Path:
     project = f"swap_{next(_projects)}"
-    repo = folder / project
-    repo.mkdir()
-    (repo / "almanac.yaml").write_text(
-        f"project: {project}\nregistry:\n  refresh_seconds: 0\nonline:\n  url: {online_url}\n"
-    )
-    (repo / "features.py").write_text(PUSH_FEATURES)
-    return repo
+    return write_push_repo(folder / project, online_url, project, PUSH_FEATURES)
 
 
 def push(store: FeatureStore, events: list[tuple[int, int, float, Any]]) -> None:

@@ -11,13 +11,6 @@ from serving_helpers import seed, write_repo
 from almanac import FeatureStore
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def online_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return "sqlite:///.almanac/online.db"
-    return request.getfixturevalue("redis_url")
-
-
 @pytest.fixture
 def repo(tmp_path: Path, online_url: str) -> Path:
     return write_repo(tmp_path / "repo", online_url, max_entities=50)
