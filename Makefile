@@ -14,16 +14,18 @@ $(UV):
 
 # The venv is rebuilt from the lock file whenever the lock changes.
 $(VENV)/.installed: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --all-extras --quiet
 	touch $@
 
 install: $(VENV)/.installed
 
-# Integration tests start their own redis-server and PostgreSQL; install them if missing.
+# Integration tests start their own redis-server and PostgreSQL, and the Spark engine's
+# tests a local Spark (a JVM); install them if missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -42,7 +44,7 @@ $(FEAST_VENV)/.installed: tests/serving/feast-client.txt
 	cp $< $@
 
 test: install system-deps $(FEAST_VENV)/.installed
-	$(RUN) -m pytest -n 2 -q
+	$(RUN) -m pytest -n 2 --dist loadgroup -q
 
 # The HTTP benchmark drives the server with wrk (it falls back to a Python load generator).
 bench-deps: system-deps
@@ -51,9 +53,12 @@ bench-deps: system-deps
 bench: install bench-deps
 	$(RUN) benchmarks/run.py $(if $(SIZES),--sizes $(SIZES),)
 
+# ruff; the layering of DESIGN.md (import-linter contracts in pyproject.toml); the types.
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 # Reference docs generated from the code (a test fails when they are stale).
 docs: install

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from almanac.config import RepoConfig
 from almanac.definitions import Entity, FeatureView, Field, PushSource
 from almanac.online import OnlineStore, open_online_store
-from almanac.online.redis_wire import feature_field, key_encoder, ts_field
+from almanac.online.redis.wire import feature_field, key_encoder, ts_field
 from almanac.online.retrieval import get_online_features
 from almanac.registry.catalog import Catalog
 from servers import start_redis
@@ -193,7 +193,7 @@ def _redis_write_floor(url: str, table: pa.Table) -> list[dict]:
 
     from almanac.online.batch import prepare_batch
     from almanac.online.codec import redis_values
-    from almanac.online.redis_wire import Pieces, bulk, entity_keys
+    from almanac.online.redis.wire import Pieces, bulk, entity_keys
 
     client = redis.Redis.from_url(url)
     client.flushall()

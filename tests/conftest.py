@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 _counter = itertools.count()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs the Spark engine is marked `spark` and kept on one xdist
+    worker (`make test` runs with --dist loadgroup): one JVM for the whole run, while the
+    other worker takes everything else."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("engine_name") == "spark" or "tests/spark/" in item.nodeid.replace("\\", "/"):
+            item.add_marker(pytest.mark.spark)
+            item.add_marker(pytest.mark.xdist_group("spark"))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = start_redis()

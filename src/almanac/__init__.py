@@ -1,5 +1,7 @@
 """Almanac: a feature store. Declare features once; train and serve them without skew."""
 
+from typing import TYPE_CHECKING
+
 from almanac.definitions import (
     Aggregation,
     AggregationView,
@@ -25,6 +27,9 @@ from almanac.definitions import (
 )
 from almanac.errors import AlmanacError
 from almanac.store import FeatureStore
+
+if TYPE_CHECKING:  # imported lazily at run time (see __getattr__)
+    from almanac.serving.client import Client
 
 __version__ = "0.1.0"
 

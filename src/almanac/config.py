@@ -1,9 +1,13 @@
 """`almanac.yaml`: the feature repo's settings, validated, with environment overrides.
 
 Every setting can be overridden by an environment variable named after its place:
-``online.url`` ← ``ALMANAC_ONLINE_URL``, ``offline.memory_limit`` ←
-``ALMANAC_OFFLINE_MEMORY_LIMIT``, ``project`` ← ``ALMANAC_PROJECT``. Relative paths
-are read from the repo folder.
+``online.url`` ← ``ALMANAC_ONLINE_URL``, ``offline.duckdb.memory_limit`` ←
+``ALMANAC_OFFLINE_DUCKDB_MEMORY_LIMIT``, ``project`` ← ``ALMANAC_PROJECT``. Relative
+paths are read from the repo folder.
+
+A backend's own settings live in a section named after it (``offline: {engine: spark,
+spark: {...}}``) and are validated by the backend's own model (see `almanac.backends`);
+this module knows none of them.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from almanac import backends
 from almanac.definitions.base import check_name
 from almanac.errors import ConfigError
 
@@ -27,6 +32,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 class RegistryConfig(_Section):
     # sqlite:///relative/or/absolute/path.db, or postgresql://user@host:port/db
     url: str = "sqlite:///.almanac/registry.db"
@@ -34,22 +42,53 @@ class RegistryConfig(_Section):
     refresh_seconds: float = Field(1.0, ge=0)
 
 
-class OfflineConfig(_Section):
-    engine: Literal["duckdb"] = "duckdb"
+class _BackendSections(BaseModel):
+    """A role's section: its own settings, plus one section per backend, named after it
+    and validated by that backend's model when the config is read (`load_config`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """Backend `name`'s own settings, as written (empty when not given)."""
+        value = (self.model_extra or {}).get(name)
+        return dict(value) if isinstance(value, dict) else {}
+
+
+# Settings of the DuckDB engine that were once written flat under `offline:`.
+_DUCKDB_FLAT = ("memory_limit", "temp_directory", "threads")
+
+
+class OfflineConfig(_BackendSections):
+    engine: str = "duckdb"  # a registered offline backend: duckdb, spark, or a plug-in's
     # Where Almanac writes datasets it owns (pushed rows, write_to_offline_store).
     data_path: str = "data/offline"
-    memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills to temp_directory beyond it
-    temp_directory: str = ".almanac/tmp"
-    threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_duckdb_settings(cls, data: Any) -> Any:
+        # `offline: {threads: 4}` keeps working: it means `offline: {duckdb: {threads: 4}}`.
+        if isinstance(data, dict) and any(key in data for key in _DUCKDB_FLAT):
+            data = dict(data)
+            section = dict(data.get("duckdb") or {})
+            for key in _DUCKDB_FLAT:
+                if key in data:
+                    section.setdefault(key, data.pop(key))
+            data["duckdb"] = section
+        return data
 
 
-class OnlineConfig(_Section):
+class OnlineConfig(_BackendSections):
     # sqlite:///path.db (embedded default) or redis://[:password@]host:port/db, rediss:// for TLS
     url: str = "sqlite:///.almanac/online.db"
     timeout_seconds: float = Field(2.0, gt=0)
     # Optional Redis key expiry, to bound memory (values past their TTL are hidden on read anyway).
     key_ttl_seconds: int | None = Field(None, gt=0)
     batch_size: int = Field(50_000, ge=1)
+
+    @property
+    def scheme(self) -> str:
+        """The URL's scheme, which names the online backend (sqlite, redis, rediss ...)."""
+        return self.url.split("://", 1)[0].lower() if "://" in self.url else ""
 
 
 class ServerConfig(_Section):
@@ -79,6 +118,17 @@ class RepoConfig(_Section):
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.repo_path / path
 
+    def backend_settings(self, role: backends.Role, name: str, model: type[_M]) -> _M:
+        """Backend `name`'s section of `role` (``offline.spark``), validated by the
+        backend's own `model`; a ConfigError names each bad setting by its place."""
+        section = getattr(self, role).section(name)
+        try:
+            return model.model_validate(section)
+        except ValidationError as error:
+            raise ConfigError(
+                f"{self.repo_path / CONFIG_FILE}: " + _problems(error, f"{role}.{name}.", {})
+            ) from None
+
     def resolve_url(self, url: str) -> str:
         """Make a sqlite:/// URL's relative path absolute (from the repo folder)."""
         if url.startswith("sqlite:///"):
@@ -93,18 +143,42 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
     origins: dict[str, str] = {}
     for name, field in RepoConfig.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, _Section):
+        if isinstance(annotation, type) and issubclass(annotation, _Section | _BackendSections):
             for key, sub in annotation.model_fields.items():
                 var = f"{ENV_PREFIX}{name}_{key}".upper()
                 if var in environ:
                     overrides.setdefault(name, {})[key] = _env_value(environ[var], sub.annotation)
                     origins[f"{name}.{key}"] = var
+            if issubclass(annotation, _BackendSections):
+                _backend_env(name, environ, overrides, origins)
         elif name != "repo_path":
             var = f"{ENV_PREFIX}{name}".upper()
             if var in environ:
                 overrides[name] = _env_value(environ[var], annotation)
                 origins[name] = var
     return overrides, origins
+
+
+def _backend_env(
+    role: str, environ: Mapping[str, str], overrides: dict[str, Any], origins: dict[str, str]
+) -> None:
+    """ALMANAC_OFFLINE_SPARK_MASTER → offline.spark.master, for every registered backend
+    of the role (types are the backend's to check: values are parsed as YAML)."""
+    if role == "offline":  # the DuckDB settings once written flat: ALMANAC_OFFLINE_THREADS
+        for key in _DUCKDB_FLAT:
+            var = f"{ENV_PREFIX}{role}_{key}".upper()
+            if var in environ:
+                section = overrides.setdefault(role, {}).setdefault("duckdb", {})
+                section[key] = _env_value(environ[var], Any)
+                origins[f"{role}.duckdb.{key}"] = var
+    for backend in backends.names(role):  # type: ignore[arg-type]
+        prefix = f"{ENV_PREFIX}{role}_{backend}_".upper()
+        for var, text in environ.items():
+            if var.startswith(prefix) and len(var) > len(prefix):
+                key = var.removeprefix(prefix).lower()
+                section = overrides.setdefault(role, {}).setdefault(backend, {})
+                section[key] = _env_value(text, Any)
+                origins[f"{role}.{backend}.{key}"] = var
 
 
 def _env_value(text: str, annotation: Any) -> Any:
@@ -125,7 +199,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
+            merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -152,15 +226,43 @@ def load_config(repo_path: str | Path, environ: Mapping[str, str] | None = None)
     try:
         config = RepoConfig(**raw)
     except ValidationError as error:
-        problems = []
-        for problem in error.errors():
-            key = ".".join(str(part) for part in problem["loc"])
-            message = "unknown setting" if problem["type"] == "extra_forbidden" else problem["msg"]
-            origin = next(
-                (v for k, v in origins.items() if key == k or key.startswith(k + ".")), None
-            )
-            problems.append(
-                f"'{key}' (set by {origin}): {message}" if origin else f"'{key}': {message}"
-            )
-        raise ConfigError(f"{file}: " + "; ".join(problems)) from None
+        raise ConfigError(f"{file}: " + _problems(error, "", origins)) from None
+    _check_sections(config, file)
     return config.model_copy(update={"repo_path": repo})
+
+
+def _problems(error: ValidationError, prefix: str, origins: Mapping[str, str]) -> str:
+    """Pydantic's errors as one line: each setting by its place, and what set it."""
+    problems = []
+    for problem in error.errors():
+        key = prefix + ".".join(str(part) for part in problem["loc"])
+        message = "unknown setting" if problem["type"] == "extra_forbidden" else problem["msg"]
+        origin = next((v for k, v in origins.items() if key == k or key.startswith(k + ".")), None)
+        problems.append(
+            f"'{key}' (set by {origin}): {message}" if origin else f"'{key}': {message}"
+        )
+    return "; ".join(problems)
+
+
+def _check_sections(config: RepoConfig, file: Path) -> None:
+    """Each backend section must name a registered backend and be a mapping; what is in
+    it is the backend's to check, when it is opened (no backend is imported here)."""
+    problems = []
+    roles: tuple[backends.Role, ...] = ("offline", "online")
+    for role in roles:
+        section = getattr(config, role)
+        known = backends.names(role)
+        for name, value in (section.model_extra or {}).items():
+            if name not in known:
+                problems.append(
+                    f"'{role}.{name}': unknown setting (backend sections: {', '.join(known)})"
+                )
+            elif not isinstance(value, dict):
+                problems.append(f"'{role}.{name}': expected a mapping of {name}'s settings")
+    if config.offline.engine not in backends.names("offline"):
+        engines = ", ".join(backends.names("offline"))
+        problems.append(
+            f"'offline.engine': unknown engine '{config.offline.engine}' (registered: {engines})"
+        )
+    if problems:
+        raise ConfigError(f"{file}: " + "; ".join(problems))

@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from almanac.store import FeatureStore
 
 console = Console()
 REPO = Path("demo_repo")
@@ -39,7 +42,7 @@ def step(number: int, title: str) -> Callable[[Callable[..., Any]], Callable[...
 
 
 @step(1, "Create a feature repo, plan and apply it")
-def create_repo() -> Any:
+def create_repo() -> FeatureStore:
     from almanac import FeatureStore
     from almanac.cli.registry_commands import listing_rows, print_rows, render_plan
     from almanac.registry.catalog import Catalog  # noqa: F401 - the type of store.catalog
@@ -63,7 +66,7 @@ def create_repo() -> Any:
 
 
 @step(2, "A point-in-time correct training set")
-def training_set(store: Any) -> None:
+def training_set(store: FeatureStore) -> None:
     labels = REPO / "data" / "labels.parquet"
     job = store.get_historical_features(labels, feature_service="recommender_v1")
     table = job.to_arrow()
@@ -98,7 +101,7 @@ def training_set(store: Any) -> None:
 
 
 @step(3, "Materialize the latest values into the online store")
-def materialize(store: Any) -> None:
+def materialize(store: FeatureStore) -> None:
     from almanac.cli.online_commands import _run_with_progress
 
     console.print(f"online store: {store.config.online.url}")
@@ -114,7 +117,7 @@ def materialize(store: Any) -> None:
 
 
 @step(4, "Serve features over HTTP")
-def serve(store: Any) -> tuple[subprocess.Popen[bytes], str]:
+def serve(store: FeatureStore) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
@@ -145,7 +148,7 @@ def serve(store: Any) -> tuple[subprocess.Popen[bytes], str]:
 
 
 @step(5, "Context for an LLM prompt")
-def llm_context(store: Any, url: str) -> None:
+def llm_context(store: FeatureStore, url: str) -> None:
     from almanac import Client
 
     user = _a_user(store)
@@ -188,7 +191,8 @@ def stop(server: subprocess.Popen[bytes]) -> None:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _wait_until_healthy(server: subprocess.Popen[bytes], url: str, timeout: float = 30) -> None:
@@ -209,7 +213,7 @@ def _wait_until_healthy(server: subprocess.Popen[bytes], url: str, timeout: floa
     raise RuntimeError(f"the server did not become healthy within {timeout:.0f} s")
 
 
-def _a_user(store: Any) -> str:
+def _a_user(store: FeatureStore) -> str:
     """A user active in the last week, so that every feature is fresh."""
     import duckdb
 
@@ -218,7 +222,10 @@ def _a_user(store: Any) -> str:
         "SELECT user_id FROM read_parquet($events) WHERE event_timestamp > now() - INTERVAL 7 DAY "
         "GROUP BY user_id HAVING count(*) >= 3 ORDER BY user_id LIMIT 1"
     )
-    return duckdb.sql(query, params={"events": events}).fetchall()[0][0]
+    relation = duckdb.sql(query, params={"events": events})
+    assert relation is not None  # a SELECT gives a relation
+    user: str = relation.fetchall()[0][0]
+    return user
 
 
 def main() -> int:

@@ -20,10 +20,11 @@ from almanac.errors import ConcurrentApplyError, redact
 from almanac.registry.catalog import KINDS, Catalog
 
 if TYPE_CHECKING:
-    from almanac.context import Context
-    from almanac.offline.engine import OfflineEngine, RetrievalJob
-    from almanac.online.base import OnlineStore
+    from almanac.materialize.jobs import MaterializeResult
+    from almanac.online.context import Context
     from almanac.online.response import OnlineResponse
+    from almanac.ports.offline import OfflineEngine, RetrievalJob
+    from almanac.ports.online import OnlineStore
     from almanac.registry.diff import Plan
     from almanac.registry.store import CachedRegistry
 
@@ -75,6 +76,8 @@ class FeatureStore:
             or ("source", view.source) in touched
         ]
         if changed:
+            # A dialect the engine cannot run is refused before any query is tried.
+            self.offline.check_dialect(plan.target, changed)
             self.offline.check_views(plan.target, changed)
         return plan
 
@@ -122,7 +125,7 @@ class FeatureStore:
 
     @cached_property
     def offline(self) -> OfflineEngine:
-        from almanac.offline.engine import open_offline_engine
+        from almanac.offline import open_offline_engine
 
         return open_offline_engine(self.config)
 
@@ -186,10 +189,17 @@ class FeatureStore:
         *,
         placeholder: str | None = None,
     ) -> Context:
-        """One entity's features rendered by the service's prompt template, for an LLM."""
-        from almanac.context import get_context
+        """One entity's features rendered by the service's prompt template (or a plain
+        `name: value` list when it has none), for an LLM."""
+        from almanac.online.context import check_entity, render_context
 
-        return get_context(self, feature_service, entity, placeholder=placeholder)
+        check_entity(entity)
+        service = self.catalog.service(feature_service)
+        response = self.get_online_features(
+            entity_rows=[dict(entity)], feature_service=feature_service
+        )
+        missing = self.config.server.missing_placeholder if placeholder is None else placeholder
+        return render_context(service, entity, response, missing)
 
     # ---- ingestion -----------------------------------------------------------------------
 
@@ -208,8 +218,12 @@ class FeatureStore:
     # ---- materialization -----------------------------------------------------------------
 
     def materialize(
-        self, start: datetime, end: datetime, views: Sequence[str] | None = None, **options: Any
-    ) -> Any:
+        self,
+        start: datetime | str | None,
+        end: datetime | str,
+        views: Sequence[str] | None = None,
+        **options: Any,
+    ) -> MaterializeResult:
         from almanac.materialize.jobs import materialize
         from almanac.repo import guard_writes
 
@@ -217,8 +231,8 @@ class FeatureStore:
         return materialize(self, start, end, views, **options)
 
     def materialize_incremental(
-        self, end: datetime, views: Sequence[str] | None = None, **options: Any
-    ) -> Any:
+        self, end: datetime | str, views: Sequence[str] | None = None, **options: Any
+    ) -> MaterializeResult:
         from almanac.materialize.jobs import materialize_incremental
         from almanac.repo import guard_writes
 

@@ -7,6 +7,7 @@ feature view on the same source, so that one call mixes them.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -89,9 +90,32 @@ class AggRepo:
             self.store.online.delete_view(self.store.project, view)
 
 
-def make_repo(path: Path, online_url: str) -> AggRepo:
+ENGINES = ["duckdb", "spark"]
+# One small local Spark per test process (the engine shares its session).
+SPARK = {
+    "master": "local[2]",
+    "buckets": 3,
+    "conf": {
+        "spark.sql.shuffle.partitions": "3",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "false",
+    },
+}
+
+
+def offline_yaml(engine: str) -> str:
+    """The `offline:` line of almanac.yaml for `engine` (YAML reads JSON)."""
+    section = {"engine": "spark", "spark": SPARK} if engine == "spark" else {"engine": engine}
+    return f"offline: {json.dumps(section)}\n"
+
+
+def make_repo(path: Path, online_url: str, engine: str = "duckdb") -> AggRepo:
     (path / "data").mkdir(parents=True, exist_ok=True)
-    (path / "almanac.yaml").write_text(f"project: agg\nonline:\n  url: {online_url}\n")
+    (path / "almanac.yaml").write_text(
+        f"project: agg\nonline:\n  url: {online_url}\n" + offline_yaml(engine)
+    )
     (path / "features.py").write_text(FEATURES_PY)
     made = AggRepo(path, FeatureStore(path))
     made.write_events([])

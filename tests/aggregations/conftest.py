@@ -1,4 +1,5 @@
-"""Fixtures of the aggregation tests: a feature repo on each online backend."""
+"""Fixtures of the aggregation tests: a feature repo on each offline engine and online
+backend."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agg_repo import AggRepo, make_repo
+from agg_repo import ENGINES, AggRepo, make_repo
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request: pytest.FixtureRequest) -> str:
+    """Each offline engine in turn (a test pins one with parametrize("engine_name"))."""
+    return str(request.param)
 
 
 @pytest.fixture
-def repo(tmp_path: Path, online_url: str) -> Iterator[AggRepo]:
-    made = make_repo(tmp_path, online_url)
+def repo(tmp_path: Path, online_url: str, engine_name: str) -> Iterator[AggRepo]:
+    made = make_repo(tmp_path, online_url, engine_name)
     yield made
     made.store.close()

@@ -13,6 +13,7 @@ from datetime import UTC, timedelta, timezone
 from typing import Any
 
 import pandas as pd
+import pytest
 from agg_repo import BASE, VIEWS, AggRepo, reference, same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -108,13 +109,24 @@ def check(repo: AggRepo, drawn: list[dict[str, Any]], seed: int) -> None:
                         assert status == ("NULL_VALUE" if expected is None else "PRESENT"), where
 
 
-@settings(
+SETTINGS = settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb"])
+@SETTINGS
 @given(drawn=st.lists(event, min_size=1, max_size=25), seed=st.integers(0, 2**16))
 def test_online_equals_offline_equals_reference(repo: AggRepo, drawn, seed) -> None:
+    check(repo, drawn, seed)
+
+
+@pytest.mark.parametrize("engine_name", ["spark"])
+@settings(SETTINGS, max_examples=4)
+@given(drawn=st.lists(event, min_size=1, max_size=25), seed=st.integers(0, 2**16))
+def test_spark_online_equals_offline_equals_reference(repo: AggRepo, drawn, seed) -> None:
     check(repo, drawn, seed)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from agg_repo import offline_yaml
 
 from almanac import FeatureStore
 
@@ -35,9 +36,11 @@ KEYS = [("a&b", 1), ("a&b", 2), ("a", 1)]  # the same text with two regions; a p
 
 
 @pytest.fixture
-def store(tmp_path: Path, online_url: str) -> Iterator[FeatureStore]:
+def store(tmp_path: Path, online_url: str, engine_name: str) -> Iterator[FeatureStore]:
     (tmp_path / "data").mkdir()
-    (tmp_path / "almanac.yaml").write_text(f"project: shops\nonline:\n  url: {online_url}\n")
+    (tmp_path / "almanac.yaml").write_text(
+        f"project: shops\nonline:\n  url: {online_url}\n" + offline_yaml(engine_name)
+    )
     (tmp_path / "features.py").write_text(FEATURES_PY)
     rows = [("a&b", 1, 1.0), ("a&b", 1, 2.0), ("a&b", 2, 10.0), ("a", 1, 100.0)]
     pq.write_table(

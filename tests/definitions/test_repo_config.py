@@ -35,7 +35,8 @@ def test_a_minimal_file_gets_defaults_and_paths_relative_to_the_repo(tmp_path) -
     assert config.resolve_path("data/offline") == repo.resolve() / "data" / "offline"
     assert config.resolve_path("/abs/x") == Path("/abs/x")
     assert config.resolve_url("postgresql://h/db") == "postgresql://h/db"
-    assert config.offline.threads is None
+    assert config.offline.engine == "duckdb"
+    assert config.offline.section("duckdb") == {}
 
 
 def test_the_starter_config_is_valid(tmp_path) -> None:
@@ -63,8 +64,8 @@ def test_an_unknown_key_is_named(tmp_path, text, key) -> None:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("project: shop\noffline:\n  threads: many\n", "'offline.threads'"),
-        ("project: shop\noffline:\n  threads: 0\n", "'offline.threads'"),
+        ("project: shop\noffline:\n  dukdb:\n    threads: 2\n", "'offline.dukdb'"),
+        ("project: shop\noffline:\n  duckdb: 4\n", "'offline.duckdb'"),
         ("project: shop\nonline:\n  timeout_seconds: fast\n", "'online.timeout_seconds'"),
         ("project: shop\nonline:\n  timeout_seconds: 0\n", "'online.timeout_seconds'"),
         ("project: shop\nregistry:\n  refresh_seconds: -1\n", "'registry.refresh_seconds'"),
@@ -101,27 +102,34 @@ online:
   url: sqlite:///from_file.db
   timeout_seconds: 5
 offline:
-  threads: 2
-  memory_limit: 1GB
+  duckdb:
+    threads: 2
+    memory_limit: 1GB
 """
+
+
+def duckdb_settings(config):
+    from almanac.offline.duckdb.engine import DuckDBSettings
+
+    return config.backend_settings("offline", "duckdb", DuckDBSettings)
 
 
 def test_environment_overrides_win_over_the_file(tmp_path) -> None:
     repo = write_config(tmp_path / "repo", FILE)
     environ = {
         "ALMANAC_ONLINE_URL": "redis://127.0.0.1:6390/3",
-        "ALMANAC_OFFLINE_THREADS": "8",
+        "ALMANAC_OFFLINE_DUCKDB_THREADS": "8",
         "ALMANAC_PROJECT": "shop_staging",
     }
     config = load_config(repo, environ=environ)
     assert config.online.url == "redis://127.0.0.1:6390/3"
-    assert config.offline.threads == 8
+    assert duckdb_settings(config).threads == 8
     assert config.project == "shop_staging"
     # Settings the environment does not name keep the file's values.
     assert config.online.timeout_seconds == 5
-    assert config.offline.memory_limit == "1GB"
+    assert duckdb_settings(config).memory_limit == "1GB"
     without = load_config(repo, environ={})
-    assert (without.online.url, without.offline.threads, without.project) == (
+    assert (without.online.url, duckdb_settings(without).threads, without.project) == (
         "sqlite:///from_file.db",
         2,
         "shop",
@@ -135,7 +143,7 @@ def test_the_process_environment_is_read_by_default(tmp_path, monkeypatch) -> No
     monkeypatch.setenv("ALMANAC_AUTHOR", "alice")  # not a setting: ignored
     monkeypatch.setenv("ALMANAC_REPO", str(tmp_path))  # not a setting: ignored
     config = load_config(repo)
-    assert config.offline.threads == 3
+    assert duckdb_settings(config).threads == 3
     assert config.registry.refresh_seconds == 0.25
 
 
@@ -153,7 +161,7 @@ def test_environment_values_get_the_setting_type(tmp_path) -> None:
     )
     assert config.server.api_keys == ["k1", "k2"]
     assert config.server.missing_placeholder == "0"
-    assert config.offline.memory_limit is None
+    assert duckdb_settings(config).memory_limit is None
     assert config.online.key_ttl_seconds == 86400
     assert config.online.url == "redis://:p#ss word@127.0.0.1:6379/0"
 
@@ -161,7 +169,6 @@ def test_environment_values_get_the_setting_type(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("var", "value", "key"),
     [
-        ("ALMANAC_OFFLINE_THREADS", "lots", "'offline.threads'"),
         ("ALMANAC_ONLINE_TIMEOUT_SECONDS", "-2", "'online.timeout_seconds'"),
         ("ALMANAC_PROJECT", "my-project", "'project'"),
     ],
@@ -171,3 +178,40 @@ def test_a_bad_environment_value_names_the_key_and_the_variable(tmp_path, var, v
     message = config_error(repo, environ={var: value})
     assert key in message
     assert var in message
+
+
+# ---- backend sections: each backend validates its own --------------------------------
+
+
+def test_flat_duckdb_settings_still_mean_the_duckdb_section(tmp_path) -> None:
+    repo = write_config(tmp_path / "repo", "project: shop\noffline:\n  threads: 2\n")
+    config = load_config(repo, environ={"ALMANAC_OFFLINE_MEMORY_LIMIT": "2GB"})
+    assert config.offline.section("duckdb") == {"threads": 2, "memory_limit": "2GB"}
+    assert duckdb_settings(config).threads == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ("project: shop\noffline:\n  duckdb:\n    threads: many\n", {}, "'offline.duckdb.threads'"),
+        ("project: shop\noffline:\n  duckdb:\n    threads: 0\n", {}, "'offline.duckdb.threads'"),
+        ("project: shop\noffline:\n  duckdb:\n    thread: 2\n", {}, "'offline.duckdb.thread'"),
+        ("project: shop\n", {"ALMANAC_OFFLINE_DUCKDB_THREADS": "lots"}, "'offline.duckdb.threads'"),
+    ],
+)
+def test_a_backend_checks_its_own_section_when_it_opens(tmp_path, text, environ, key) -> None:
+    from almanac.offline import open_offline_engine
+
+    config = load_config(write_config(tmp_path / "repo", text), environ=environ)
+    with pytest.raises(ConfigError) as raised:
+        open_offline_engine(config)
+    assert key in str(raised.value)
+    assert "almanac.yaml" in str(raised.value)
+
+
+def test_an_unregistered_engine_lists_the_registered_ones(tmp_path) -> None:
+    message = config_error(
+        write_config(tmp_path / "repo", "project: shop\noffline:\n  engine: oracle\n")
+    )
+    assert "'offline.engine'" in message
+    assert "duckdb" in message and "spark" in message

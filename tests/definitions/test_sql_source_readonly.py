@@ -21,8 +21,8 @@ from almanac import FeatureStore
 from almanac.config import RepoConfig
 from almanac.definitions import Entity, FeatureView, Field, FileSource, Int64, SqlSource
 from almanac.errors import DefinitionError
-from almanac.offline.duckdb_engine import DuckDBEngine
-from almanac.offline.sources import check_select
+from almanac.offline.duckdb.engine import DuckDBEngine
+from almanac.offline.duckdb.sql_check import check_select
 from almanac.registry.catalog import Catalog
 
 ROW = "SELECT 'a' AS user_id, TIMESTAMP '2024-01-01' AS event_timestamp, 1 AS n"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from almanac import FeatureStore
 from almanac.errors import InputError
-from almanac.validate import Declared, check_batch
+from almanac.semantics.validate import Declared, check_batch
 
 FEATURES_PY = """
 from almanac import (Aggregation, AggregationView, Array, Entity, FeatureView, Field, Float32,

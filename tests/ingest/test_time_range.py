@@ -25,13 +25,12 @@ from almanac.online.codec import (
     MAX_DATETIME,
     MIN_DATETIME,
     decode_list,
-    micros_to_datetime,
     redis_decoder,
     sqlite_decoder,
 )
-from almanac.online.tiles import TILES_FEATURE
-from almanac.times import FUTURE_TOLERANCE, MIN_EVENT_TIME
-from almanac.validate import Declared, check_batch
+from almanac.semantics.tiles import TILES_FEATURE
+from almanac.semantics.times import FUTURE_TOLERANCE, MIN_EVENT_TIME, micros_to_datetime
+from almanac.semantics.validate import Declared, check_batch
 
 US = pa.timestamp("us", tz="UTC")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

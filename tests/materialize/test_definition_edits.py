@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from almanac.errors import InputError
-from almanac.online.base import Watermark
+from almanac.ports.online import Watermark
 from almanac.starter import create_starter_repo
 from almanac.store import FeatureStore
 from conftest import assert_online_equals_historical

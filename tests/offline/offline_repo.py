@@ -21,11 +21,38 @@ from almanac.definitions import (
     PushSource,
     String,
 )
-from almanac.offline.duckdb_engine import DuckDBEngine
-from almanac.offline.engine import open_offline_engine
+from almanac.offline import open_offline_engine
+from almanac.ports.offline import OfflineEngine
 from almanac.registry.catalog import Catalog
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
+ENGINES = ["duckdb", "spark"]
+# One small local Spark per test process (the engine shares its session): two cores,
+# few shuffle partitions and buckets, no UI.
+SPARK = {
+    "master": "local[2]",
+    "buckets": 3,
+    "conf": {
+        "spark.sql.shuffle.partitions": "3",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "false",
+    },
+}
+
+
+def offline_section(engine: str, **duckdb: object) -> dict[str, object]:
+    """`offline:` of almanac.yaml for a test on `engine`."""
+    if engine == "spark":
+        return {"engine": "spark", "spark": SPARK}
+    return {"engine": "duckdb", "duckdb": duckdb}
+
+
+def engine_config(engine: str, path: Path, **duckdb: object) -> RepoConfig:
+    return RepoConfig(project="t", offline=offline_section(engine, **duckdb)).model_copy(
+        update={"repo_path": path}
+    )
 
 
 def ts(hours: float) -> datetime:
@@ -37,7 +64,7 @@ class Repo:
     path: Path
     config: RepoConfig
     catalog: Catalog
-    engine: DuckDBEngine
+    engine: OfflineEngine
 
     def view(self, name: str) -> FeatureView:
         return self.catalog.view(name)
@@ -74,13 +101,11 @@ def stats_rows() -> pa.Table:
     )
 
 
-def make_repo(path: Path, **offline: object) -> Repo:
-    config = RepoConfig(project="t").model_copy(update={"repo_path": path})
-    if offline:
-        config = config.model_copy(update={"offline": config.offline.model_copy(update=offline)})
+def make_repo(path: Path, engine: str = "duckdb", **offline: object) -> Repo:
+    config = engine_config(engine, path, **offline)
     (path / "data" / "stats").mkdir(parents=True)
     pq.write_table(stats_rows(), path / "data" / "stats" / "part-0.parquet")
     catalog = Catalog.from_definitions([stats, device_view])
-    engine = open_offline_engine(config)
-    assert isinstance(engine, DuckDBEngine)
-    return Repo(path, config, catalog, engine)
+    opened = open_offline_engine(config)
+    assert type(opened).__name__ == ("SparkEngine" if engine == "spark" else "DuckDBEngine")
+    return Repo(path, config, catalog, opened)

@@ -1,4 +1,5 @@
-"""The DuckDB engine on a small repo: inputs, outputs, writes, latest rows, history."""
+"""Each offline engine on a small repo: inputs, outputs, writes, latest rows, history
+(the `repo` fixture runs every test on DuckDB and on Spark)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ def test_input_kinds_give_the_same_result(repo: Repo, tmp_path: Path) -> None:
         pl.from_arrow(entity),
         str(tmp_path / "entities.parquet"),
         tmp_path / "entities.parquet",
+        # SQL text in the engine's own dialect.
         "SELECT * FROM (VALUES (1, TIMESTAMPTZ '2024-05-01 02:00:00+00'), "
-        "(2, TIMESTAMPTZ '2024-05-01 06:00:00+00')) t(user_id, event_timestamp)",
+        "(2, TIMESTAMPTZ '2024-05-01 06:00:00+00')) t(user_id, event_timestamp)"
+        if repo.config.offline.engine == "duckdb"
+        else "SELECT * FROM VALUES (1L, TIMESTAMP '2024-05-01 02:00:00'), "
+        "(2L, TIMESTAMP '2024-05-01 06:00:00') AS t(user_id, event_timestamp)",
     ]
     for data in inputs:
         out = repo.engine.get_historical_features(repo.catalog, data, refs).to_arrow()
@@ -227,6 +232,7 @@ def test_value_history(repo: Repo) -> None:
 
 
 def test_sql_and_csv_sources(tmp_path: Path) -> None:
+    """DuckDB SQL (tests/spark has the Spark SQL one)."""
     (tmp_path / "rows.csv").write_text(
         "user_id,event_timestamp,v\n1,2024-05-01 00:00:00,b\n1,2024-05-01 00:00:00,a\n2,2024-05-01 01:00:00,c\n"
     )

@@ -13,8 +13,8 @@ from online_helpers import PROJECT, T0, make_config, write
 from almanac.errors import StoreUnavailableError
 from almanac.online import ViewRead, open_online_store
 from almanac.online.batch import KeyColumn
-from almanac.online.redis_store import RedisOnlineStore
-from almanac.online.redis_wire import entity_keys, key_encoder
+from almanac.online.redis.store import RedisOnlineStore
+from almanac.online.redis.wire import entity_keys, key_encoder
 from servers import free_port, start_redis
 
 pytestmark = pytest.mark.redis

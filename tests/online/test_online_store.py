@@ -335,7 +335,7 @@ def test_another_store_instance_sees_new_views_and_features(
     config: RepoConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two instances stand for a server and a materialization job in other processes.
-    monkeypatch.setattr("almanac.online.sqlite_store._RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("almanac.online.sqlite.store._RECHECK_SECONDS", 0.0)
     reader, writer = open_online_store(config), open_online_store(config)
     try:
         wanted = {"a": "int64", "b": "string"}

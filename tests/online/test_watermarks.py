@@ -12,7 +12,7 @@ from online_helpers import PROJECT, T0, write
 
 from almanac.config import RepoConfig
 from almanac.online import OnlineStore, open_online_store
-from almanac.online.base import Watermark
+from almanac.ports.online import Watermark
 
 L1 = "layout-1"  # a view definition's values fingerprint
 

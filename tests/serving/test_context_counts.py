@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from almanac import FeatureService, FeatureStore
-from almanac.context import render_context
+from almanac.online.context import render_context
 from almanac.online.response import FeatureStatus, OnlineResponse
 from almanac.serving.app import create_app
 from almanac.serving.client import Client

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
 from almanac.errors import InputError
-from almanac.times import to_utc
+from almanac.semantics.times import to_utc
 
 _PREVIEW_ROWS = 10
 

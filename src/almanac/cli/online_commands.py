@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
@@ -29,7 +29,7 @@ def _progress() -> Progress:
 
 
 def _run_with_progress(job: Callable[[ProgressCallback], MaterializeResult]) -> MaterializeResult:
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     started: dict[str, float] = {}
     last_seen = [time.perf_counter()]
     with _progress() as progress:

@@ -19,6 +19,7 @@ from almanac.definitions.base import format_duration
 from almanac.errors import NotFoundError
 from almanac.registry.catalog import KINDS, Catalog
 from almanac.registry.diff import Plan
+from almanac.registry.store import VersionRecord
 
 _ACTION_STYLE = {
     "create": "[green]+ create[/]",
@@ -260,7 +261,7 @@ def describe(
     _print_history(history)
 
 
-def _print_history(history: list[Any]) -> None:
+def _print_history(history: list[VersionRecord]) -> None:
     table = Table(title="versions")
     for column in ("version", "action", "applied at", "author", "changes"):
         table.add_column(column)

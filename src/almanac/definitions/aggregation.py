@@ -33,7 +33,7 @@ read as float64 (count and count_distinct read it as it is).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 from pydantic import Field as PydanticField
 from pydantic import field_validator
@@ -82,7 +82,7 @@ class Aggregation(Definition):
     def _function(cls, value: Any) -> str:
         if value not in FUNCTIONS:
             raise ValueError(f"unknown function {value!r} (known: {', '.join(FUNCTIONS)})")
-        return value
+        return cast(str, value)
 
     @field_validator("windows")
     @classmethod

@@ -126,10 +126,31 @@ class Definition(BaseModel):
 
     def __eq__(self, other: object) -> bool:
         # Compare what is stored, not the Python objects a definition was built from.
-        return type(other) is type(self) and other.to_spec() == self.to_spec()  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.to_spec() == self.to_spec()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, json.dumps(self.to_spec(), sort_keys=True)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={getattr(self, 'name', None)!r})"
+
+
+class Dialect:
+    """The SQL dialect of a definition's query text (`SqlSource`, `SqlTransformation`)."""
+
+    DEFAULT = "duckdb"
+    KNOWN = ("duckdb", "spark")  # a plug-in engine may run others; each engine says
+
+
+def check_dialect(value: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier() or value != value.lower():
+        raise ValueError(f"dialect must be a lower-case name such as {' or '.join(Dialect.KNOWN)}")
+    return value
+
+
+def drop_default_dialect(spec: Any) -> Any:
+    # Specs written before dialects existed stay byte-identical (no plan change, no
+    # online reset): the default is not written out.
+    if isinstance(spec, dict) and spec.get("dialect") == Dialect.DEFAULT:
+        spec = {k: v for k, v in spec.items() if k != "dialect"}
+    return spec

@@ -89,8 +89,8 @@ class FeatureView(Definition):
         if entity_objects:
             check_join_keys_not_features(self, entity_objects)
 
-    @property
-    def schema(self) -> list[Field]:
+    @property  # shadows pydantic's deprecated `BaseModel.schema()` classmethod, on purpose
+    def schema(self) -> list[Field]:  # type: ignore[override]
         return self.schema_
 
     @property

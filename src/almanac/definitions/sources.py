@@ -7,12 +7,12 @@ Every source names its event-time column and, optionally, a created-time column
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field as PydanticField
-from pydantic import model_validator
+from pydantic import field_validator, model_serializer, model_validator
 
-from almanac.definitions.base import Definition, Name
+from almanac.definitions.base import Definition, Dialect, Name, check_dialect, drop_default_dialect
 
 
 class _SourceBase(Definition):
@@ -27,7 +27,7 @@ class _SourceBase(Definition):
     tags: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _distinct_time_columns(self):  # type: ignore[no-untyped-def]
+    def _distinct_time_columns(self) -> Self:
         if self.created_timestamp_field == self.timestamp_field:
             raise ValueError("created_timestamp_field must differ from timestamp_field")
         return self
@@ -52,20 +52,29 @@ class FileSource(_SourceBase):
         return data
 
     @model_validator(mode="after")
-    def _path_not_empty(self):  # type: ignore[no-untyped-def]
+    def _path_not_empty(self) -> Self:
         if not self.path.strip():
             raise ValueError("path must not be empty")
         return self
 
 
 class SqlSource(_SourceBase):
-    """A DuckDB SQL query; it may read files with read_parquet/read_csv."""
+    """A SQL query, in the `dialect` of the engine that runs it: DuckDB's by default (it
+    may read files with read_parquet/read_csv), or ``"spark"`` for Spark SQL. An engine
+    refuses, at `plan`, a dialect it cannot run."""
 
     type: Literal["sql"] = "sql"
     query: str
+    dialect: str = Dialect.DEFAULT
+
+    _dialect = field_validator("dialect")(check_dialect)
+
+    @model_serializer(mode="wrap")
+    def _spec(self, handler: Any) -> Any:
+        return drop_default_dialect(handler(self))
 
     @model_validator(mode="after")
-    def _query_not_empty(self):  # type: ignore[no-untyped-def]
+    def _query_not_empty(self) -> Self:
         if not self.query.strip():
             raise ValueError("query must not be empty")
         return self
@@ -79,7 +88,7 @@ class PushSource(_SourceBase):
 
 
 Source = Annotated[FileSource | SqlSource | PushSource, PydanticField(discriminator="type")]
-SOURCE_TYPES: dict[str, type[_SourceBase]] = {
+SOURCE_TYPES: dict[str, type[FileSource | SqlSource | PushSource]] = {
     "file": FileSource,
     "sql": SqlSource,
     "push": PushSource,
@@ -87,5 +96,5 @@ SOURCE_TYPES: dict[str, type[_SourceBase]] = {
 SourceBase = _SourceBase
 
 
-def source_from_spec(spec: dict) -> FileSource | SqlSource | PushSource:
-    return SOURCE_TYPES[spec.get("type", "file")].from_spec(spec)  # type: ignore[return-value]
+def source_from_spec(spec: dict[str, Any]) -> FileSource | SqlSource | PushSource:
+    return SOURCE_TYPES[spec.get("type", "file")].from_spec(spec)

@@ -2,7 +2,7 @@
 
 A transformation is part of a feature view's definition, so historical retrieval and
 materialization run the same one (the offline engine applies it wherever it reads the
-view's source; see `almanac.offline.transformations`).
+view's source; see `almanac.offline.duckdb.transformations`).
 
 * ``SqlTransformation("SELECT user_id, ts, amount * 0.92 AS amount_eur FROM source")``:
   DuckDB SQL over the relation ``source`` (the view's source, all of its columns). A
@@ -39,9 +39,9 @@ from types import ModuleType
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field as PydanticField
-from pydantic import PrivateAttr, field_validator
+from pydantic import PrivateAttr, field_validator, model_serializer
 
-from almanac.definitions.base import Definition
+from almanac.definitions.base import Definition, Dialect, check_dialect, drop_default_dialect
 from almanac.errors import DefinitionError
 
 Mode = Literal["pandas", "arrow", "polars"]
@@ -54,12 +54,20 @@ _known: dict[str, Callable[..., Any]] = {}
 
 
 class SqlTransformation(Definition):
-    """DuckDB SQL reading the relation ``source``; see the module docstring."""
+    """SQL reading the relation ``source``, in `dialect` (DuckDB's by default, or
+    ``"spark"``); see the module docstring."""
 
     kind: ClassVar[str] = "transformation"
 
     type: Literal["sql"] = "sql"
     query: str
+    dialect: str = Dialect.DEFAULT
+
+    _dialect = field_validator("dialect")(check_dialect)
+
+    @model_serializer(mode="wrap")
+    def _spec(self, handler: Any) -> Any:
+        return drop_default_dialect(handler(self))
 
     def __init__(self, query: str | None = None, /, **data: Any) -> None:
         if query is not None:
@@ -200,7 +208,7 @@ def _import_module(module: str, repo_path: Path | None) -> ModuleType:
 
 
 def _attribute(module: ModuleType, qualname: str, reference: str) -> Callable[..., Any]:
-    target: Any = module
+    target: object = module
     for part in qualname.split("."):
         target = getattr(target, part, None)
     if not callable(target):

@@ -80,20 +80,3 @@ def arrow_type(dtype: str) -> pa.DataType:
         Bytes: pa.binary(),
         Timestamp: pa.timestamp("us", tz="UTC"),
     }[dtype]
-
-
-def duckdb_type(dtype: str) -> str:
-    """The DuckDB SQL type for `dtype` (used when casting source columns)."""
-    dtype = parse_dtype(dtype)
-    if dtype.startswith("list<"):
-        return duckdb_type(dtype[5:-1]) + "[]"
-    return {
-        Bool: "BOOLEAN",
-        Int32: "INTEGER",
-        Int64: "BIGINT",
-        Float32: "FLOAT",
-        Float64: "DOUBLE",
-        String: "VARCHAR",
-        Bytes: "BLOB",
-        Timestamp: "TIMESTAMPTZ",
-    }[dtype]

@@ -6,7 +6,7 @@ view reading the source (in its declared type, no nulls), the source's event-tim
 column (no nulls; naive times are UTC) and every feature of those views, each castable
 to its declared dtype without loss. Columns no view reads are ignored (a Feast client
 sends a `created` column even when the source declares none). The rules are those of
-`almanac.validate`, which `write_to_offline_store` follows too: rows get the same answer
+`almanac.semantics.validate`, which `write_to_offline_store` follows too: rows get the same answer
 whichever way they come in.
 
 Then, all or nothing across both stores:
@@ -17,10 +17,11 @@ Then, all or nothing across both stores:
    here, with `StorageFullError`);
 2. online (``online`` or ``online_and_offline``): one `write_batch` per online view.
    Writes are monotonic (rule 3), so rows older than what is stored are skipped. An
-   aggregation view gets the tiles of the pushed rows (computed by the offline engine,
-   as materialization does) merged into each entity's stored tiles
-   (`OnlineStore.merge_batch`): its windowed values move with every push, late events
-   included. A merge adds, so pushing the same rows twice counts them twice;
+   aggregation view gets the tiles of the pushed rows (built in process by
+   `almanac.semantics.tile_build`: no engine query; the blobs materialization writes)
+   merged into each entity's stored tiles (`OnlineStore.merge_batch`): its windowed
+   values move with every push, late events included. A merge adds, so pushing the same
+   rows twice counts them twice;
 3. the staged file is committed (renamed into place) only once the online writes
    succeeded. If the online store fails (unreachable), the file is discarded: the push
    fails having changed neither store, and a retry records the rows once.
@@ -47,24 +48,25 @@ from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError, NotFoundError
-from almanac.online.base import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.online.batch import prepare_batch
-from almanac.online.codec import datetime_to_micros
 from almanac.online.layouts import claim
-from almanac.online.tiles import TILES_FEATURE, merge_blobs, reach_micros
+from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.registry.diff import values_fingerprint
-from almanac.validate import Declared, check_batch
+from almanac.semantics.tile_build import build_tiles
+from almanac.semantics.tiles import TILES_FEATURE, merge_blobs, reach_micros
+from almanac.semantics.times import datetime_to_micros
+from almanac.semantics.validate import Declared, check_batch
 
 if TYPE_CHECKING:
+    from almanac.ports.handles import StoreHandle
     from almanac.registry.catalog import Catalog
-    from almanac.store import FeatureStore
 
 PUSH_TARGETS = ("online", "offline", "online_and_offline")
 UTC_US = pa.timestamp("us", tz="UTC")
 
 
 def push(
-    store: FeatureStore,
+    store: StoreHandle,
     push_source: str,
     df: Any,
     to: str = "online_and_offline",
@@ -110,12 +112,16 @@ def push(
     batch = _with_created_time(normalize(table, catalog, source, views), source)
     # Every check happens before the first write: the online batches are prepared (and
     # so validated) by the same code that `write_batch` runs.
-    online_writes = []
+    online_writes: list[tuple[FeatureView, list[str], list[str], pa.Table]] = []
     for view in online_views:
         keys = list(catalog.join_keys(view))
         if isinstance(view, AggregationView):
+            # Built in process (no engine query, whichever engine is configured), the
+            # same blobs as materialization's, so the merge below combines them.
             columns = [*keys, source.timestamp_field, *_columns_read(view)]
-            tiles = store.offline.tiles_of_rows(catalog, view, batch.select(columns))
+            tiles = build_tiles(
+                view, catalog.join_keys(view), source.timestamp_field, batch.select(columns)
+            )
             online_writes.append((view, keys, [TILES_FEATURE], tiles))
             continue
         features = view.feature_names
@@ -145,7 +151,7 @@ def push(
         raise
     if staged is not None:
         staged.commit()
-    return batch.num_rows
+    return int(batch.num_rows)
 
 
 def push_source_of(catalog: Catalog, name: str) -> PushSource:
@@ -219,7 +225,7 @@ def normalize(
 ) -> pa.Table:
     """The batch with the join keys, the event (and created) time as UTC microseconds and
     every column of `views` in its declared type; InputError naming the first problem.
-    The rules are `almanac.validate`'s, which `write_to_offline_store` follows too."""
+    The rules are `almanac.semantics.validate`'s, which `write_to_offline_store` follows too."""
     what = f"push to '{source.name}'"
     return check_batch(
         table,
@@ -306,6 +312,6 @@ def _union_view(views: list[FeatureView], source: PushSource) -> FeatureView:
     return FeatureView.model_construct(
         name=views[0].name,
         entities=entities,
-        source=source.name,
+        source=views[0].source,  # the source's name, as every view of it has
         schema_=[Field(name, dtype) for name, dtype in fields.items()],
     )

@@ -9,7 +9,7 @@ describes another store.
 For every entity, the row written is the one that wins the point-in-time rule at `end`
 among rows with event time in `[start, end]` (the offline engine computes it, set-based).
 An aggregation view writes, instead, one blob of tiles per entity with events in
-`[start, end]`, covering its longest window at `end` (`almanac.online.tiles`); reads
+`[start, end]`, covering its longest window at `end` (`almanac.semantics.tiles`); reads
 merge the tiles at read time, so values decay without re-materialization.
 The online store's monotonic write rule makes every run idempotent: re-running a window,
 or running windows out of order, can never put an older value over a newer one. If a run
@@ -25,21 +25,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError
 from almanac.online.layouts import claim
-from almanac.online.tiles import TILES_FEATURE
+from almanac.ports.offline import OnlineTarget
 from almanac.registry.diff import values_fingerprint
-from almanac.times import FUTURE_TOLERANCE, to_utc
+from almanac.semantics.tiles import TILES_FEATURE
+from almanac.semantics.times import FUTURE_TOLERANCE, to_utc
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
-    from almanac.online.base import OnlineStore
+    from almanac.ports.handles import StoreHandle
+    from almanac.ports.online import OnlineStore
     from almanac.registry.catalog import Catalog
-    from almanac.store import FeatureStore
 
 
 ProgressCallback = Callable[[str, int], None]
@@ -88,7 +87,7 @@ def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) ->
     return out
 
 
-def _views(store: FeatureStore, names: Sequence[str] | None) -> list[FeatureView]:
+def _views(store: StoreHandle, names: Sequence[str] | None) -> list[FeatureView]:
     catalog = store.catalog
     if not names:
         return [view for view in catalog.all_views().values() if view.online]
@@ -109,7 +108,7 @@ def _check_end(end: datetime) -> None:
 
 
 def _run_view(
-    store: FeatureStore, view: FeatureView, start: datetime | None, end: datetime,
+    store: StoreHandle, view: FeatureView, start: datetime | None, end: datetime,
     progress: ProgressCallback | None,
 ) -> ViewRun:  # fmt: skip
     run = ViewRun(view=view.name, start=start, end=end)
@@ -118,23 +117,13 @@ def _run_view(
     # Values of an earlier definition (changed while another store was configured) are
     # cleared first; only a run from the first row then sets a watermark again.
     claim(store.online, store.project, {view.name: layout})
-    join_keys = list(catalog.join_keys(view))
-    features = view.feature_names
+    features = [TILES_FEATURE] if isinstance(view, AggregationView) else view.feature_names
+    target = OnlineTarget(
+        store.config, store.project, view.name, list(catalog.join_keys(view)), features
+    )
     started = time.perf_counter()
-    if isinstance(view, AggregationView):  # per-entity tiles instead of latest rows
-        features = [TILES_FEATURE]
-        reader = store.offline.aggregation_tiles(catalog, view, start, end)
-    else:
-        reader = store.offline.latest_rows(catalog, view, start, end)
-    size = store.config.online.batch_size
-    for batch in reader:
-        # Bounded writes: one online round of at most `batch_size` rows at a time.
-        for offset in range(0, batch.num_rows, size):
-            chunk = pa.Table.from_batches([batch.slice(offset, size)])
-            store.online.write_batch(store.project, view.name, join_keys, features, chunk)
-            run.rows += chunk.num_rows
-            if progress is not None:
-                progress(view.name, chunk.num_rows)
+    count = None if progress is None else (lambda rows: progress(view.name, rows))
+    run.rows = store.offline.materialize(catalog, view, start, end, target, store.online, count)
     # Only now, with every batch written, does the watermark move — and only when the
     # window reached back to it: otherwise rows before `start` were never read.
     watermark = store.online.watermarks(store.project).get(view.name)
@@ -152,7 +141,7 @@ def _run_view(
 
 
 def materialize(
-    store: FeatureStore,
+    store: StoreHandle,
     start: datetime | str | None,
     end: datetime | str,
     views: Sequence[str] | None = None,
@@ -172,7 +161,7 @@ def materialize(
 
 
 def materialize_incremental(
-    store: FeatureStore,
+    store: StoreHandle,
     end: datetime | str,
     views: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,

@@ -1,31 +1,41 @@
 """Turning user data (entity rows, batches to write) into checked Arrow tables.
 
 Everything a user hands the offline store goes through here first: pandas, Polars,
-Arrow, a Parquet path or SQL text becomes an Arrow table; join keys are checked against
+Arrow, a Parquet path, or (read by the engine, in its dialect) SQL text or a CSV path
+becomes an Arrow table; join keys are checked against
 their declared types and timestamps become tz-aware UTC (rule 1: naive means UTC), by the
-rules of `almanac.validate` that batches follow too. Errors name the column and say what
+rules of `almanac.semantics.validate` that batches follow too. Errors name the column and say what
 was expected.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from almanac import validate
 from almanac.errors import InputError
-from almanac.times import to_utc
-from almanac.validate import UTC_US
+from almanac.semantics import validate
+from almanac.semantics.validate import UTC_US
+
+# How an engine reads what only it can: SQL text in its dialect, or a CSV file.
+TextReader = Callable[[str, str], pa.Table]  # (sql text | csv path, what) -> table
+# Times given as text, parsed by the engine: timestamp[us, UTC], null where unreadable.
+TimeParser = Callable[[pa.ChunkedArray], pa.ChunkedArray]
 
 
-def to_arrow(data: Any, con: duckdb.DuckDBPyConnection, what: str = "entity_df") -> pa.Table:
+def to_arrow(
+    data: Any,
+    what: str = "entity_df",
+    *,
+    read_sql: TextReader | None = None,
+    read_csv: TextReader | None = None,
+) -> pa.Table:
     """Any supported tabular input as an Arrow table, in its own row order."""
     if isinstance(data, pa.Table):
         return data
@@ -39,17 +49,13 @@ def to_arrow(data: Any, con: duckdb.DuckDBPyConnection, what: str = "entity_df")
         path = Path(data)
         if not path.is_file():
             raise InputError(f"{what}: {path} does not exist")
-        try:
-            return con.read_csv(str(path)).to_arrow_table()
-        except duckdb.Error as error:
-            raise InputError(
-                f"{what}: {path} is not a readable CSV file: {_first_line(error)}"
-            ) from None
+        if read_csv is None:
+            raise InputError(f"{what}: this engine does not read CSV paths; pass a DataFrame")
+        return read_csv(str(path), what)
     if isinstance(data, str):
-        try:
-            return con.sql(data).to_arrow_table()
-        except duckdb.Error as error:
-            raise InputError(f"{what}: the SQL query failed: {_first_line(error)}") from None
+        if read_sql is None:
+            raise InputError(f"{what}: this engine does not read SQL text; pass a DataFrame")
+        return read_sql(data, what)
     module = type(data).__module__.split(".")[0]
     if module == "pandas":
         return _from_pandas(data, what)
@@ -117,7 +123,7 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-# ---- entity rows: join keys and times (the rules of `almanac.validate`) ---------------
+# ---- entity rows: join keys and times (the rules of `almanac.semantics.validate`) ---------------
 
 
 def key_column(table: pa.Table, key: str, dtype: str, what: str, owner: str) -> pa.ChunkedArray:
@@ -126,30 +132,17 @@ def key_column(table: pa.Table, key: str, dtype: str, what: str, owner: str) -> 
 
 
 def utc_timestamps(
-    table: pa.Table, column: str, con: duckdb.DuckDBPyConnection, what: str
+    table: pa.Table, column: str, what: str, parse_text: TimeParser
 ) -> pa.ChunkedArray:
     """The entity_df time column as tz-aware UTC timestamps, keeping its precision.
 
-    Naive timestamps are UTC; dates are midnight UTC; text is parsed by DuckDB (ISO 8601,
-    with or without an offset, or a zone name). Anything unparseable is an InputError
-    quoting the first bad value.
+    Naive timestamps are UTC; dates are midnight UTC; text is parsed by the engine
+    (`parse_text`: ISO 8601, with or without an offset, or a zone name). Anything
+    unparseable is an InputError quoting the first bad value.
     """
-    parse = partial(_parse_text, con)
-    return validate.time_column(table, column, what, nulls=True, parse_text=parse, keep_unit=True)
-
-
-def _parse_text(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Text as timestamp[us, UTC], null where DuckDB cannot read a value as a time."""
-    cursor = con.cursor()
-    try:
-        cursor.execute("SET TimeZone = 'UTC'")
-        cursor.register("__almanac_text", pa.table({"v": values}))
-        parsed = cursor.sql(
-            "SELECT TRY_CAST(trim(v) AS TIMESTAMPTZ) AS t FROM __almanac_text"
-        ).to_arrow_table()
-    finally:
-        cursor.close()
-    return parsed.column("t").cast(UTC_US)
+    return validate.time_column(
+        table, column, what, nulls=True, parse_text=parse_text, keep_unit=True
+    )
 
 
 def to_utc_us(values: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -157,8 +150,3 @@ def to_utc_us(values: pa.ChunkedArray) -> pa.ChunkedArray:
     if values.type == UTC_US:
         return values
     return pc.cast(values, UTC_US, safe=False)
-
-
-def sql_timestamp(moment: datetime) -> str:
-    """A TIMESTAMPTZ literal for DuckDB."""
-    return f"TIMESTAMPTZ '{to_utc(moment).isoformat()}'"

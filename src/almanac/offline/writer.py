@@ -1,7 +1,7 @@
 """Appending a batch to a view's offline dataset (`write_to_offline_store`, pushes).
 
 A batch is checked completely before anything touches the disk, by the rules of
-`almanac.validate` that pushes follow too — join keys (present, declared type, no nulls),
+`almanac.semantics.validate` that pushes follow too — join keys (present, declared type, no nulls),
 event time (present, parseable, no nulls), created time, every feature (present, of or
 castable without loss to its declared type; "12" is not an int64, 12 is not a string) —
 then written as one new Parquet file: first to a hidden temporary name in the same
@@ -31,8 +31,8 @@ from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
 from almanac.errors import InputError, StorageFullError
-from almanac.offline.sources import CSV_SUFFIXES, glob_root, has_glob, push_folder
-from almanac.validate import UTC_US, Declared, check_batch
+from almanac.offline.files import CSV_SUFFIXES, glob_root, has_glob, push_folder
+from almanac.semantics.validate import UTC_US, Declared, check_batch
 
 Source = FileSource | SqlSource | PushSource
 
@@ -71,7 +71,7 @@ def prepare_batch(
     source: Source,
 ) -> pa.Table:
     """The batch with exactly the view's columns in their declared types, or InputError.
-    The rules are `almanac.validate`'s, which pushes follow too."""
+    The rules are `almanac.semantics.validate`'s, which pushes follow too."""
     owner = f"feature view '{view.name}'"
     created = source.created_timestamp_field
     batch = check_batch(

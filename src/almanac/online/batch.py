@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from almanac.errors import InputError
-from almanac.online.base import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 # A column of nulls only (Arrow type `null`) carries no dtype; it is written as nulls.
 NULL_DTYPE = "null"

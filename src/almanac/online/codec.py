@@ -29,7 +29,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from almanac.online.batch import NULL_DTYPE, FeatureColumn, numbers
+from almanac.semantics.times import micros_to_datetime
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_DATETIME = datetime.min.replace(tzinfo=UTC)
@@ -51,21 +52,6 @@ _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 
 Decoder = Callable[[Any], Any]
-
-
-def micros_to_datetime(micros: int) -> datetime:
-    """Microseconds since the epoch as an aware UTC datetime (exact, no float rounding);
-    outside years 1 to 9999, the nearest datetime there is (never an error)."""
-    try:
-        return EPOCH + timedelta(microseconds=micros)
-    except OverflowError:  # rare: only a time the door would refuse today
-        return MIN_DATETIME if micros < 0 else MAX_DATETIME
-
-
-def datetime_to_micros(value: datetime) -> int:
-    if value.tzinfo is None:  # naive timestamps are UTC (rule 1)
-        value = value.replace(tzinfo=UTC)
-    return (value - EPOCH) // timedelta(microseconds=1)
 
 
 # ---- bulk encoding (write path) -----------------------------------------------------------
@@ -147,7 +133,8 @@ def encode_list(items: list[Any], item: str) -> bytes:
 
 def _encode_item(value: Any, item: str) -> bytes:
     if item == "string":
-        return value.encode()
+        text: str = value
+        return text.encode()
     if item == "bytes":
         return bytes(value)
     if item == "bool":
@@ -168,8 +155,9 @@ def sqlite_values(column: FeatureColumn) -> list[Any]:
     if dtype == "bool":
         values = values.cast(pa.int8())
     elif dtype.startswith("list<"):
-        return list_blobs(values, column.item_dtype).to_pylist()
-    python = (
+        blobs: list[Any] = list_blobs(values, column.item_dtype).to_pylist()
+        return blobs
+    python: list[Any] = (
         numbers(values).tolist()
         if values.null_count == 0 and dtype in FIXED_WIDTH
         else values.to_pylist()
@@ -188,7 +176,8 @@ def _decode_int(raw: bytes) -> int:
 
 
 def _decode_float(raw: bytes) -> float:
-    return (_F32 if len(raw) == 4 else _F64).unpack(raw)[0]
+    value: float = (_F32 if len(raw) == 4 else _F64).unpack(raw)[0]
+    return value
 
 
 def _decode_timestamp(raw: bytes) -> datetime:

@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 
-from almanac.online.base import OnlineStore
+from almanac.ports.online import OnlineStore
 
 _claimed: weakref.WeakKeyDictionary[OnlineStore, set[tuple[str, str, str]]] = (
     weakref.WeakKeyDictionary()

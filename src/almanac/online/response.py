@@ -20,8 +20,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from almanac.online.base import ViewRows
-from almanac.online.codec import micros_to_datetime
+from almanac.ports.online import ViewRows
+from almanac.semantics.times import micros_to_datetime
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +60,7 @@ class OnlineResponse:
         join_keys: Mapping[str, list[Any]],
         values: Mapping[str, list[Any]],
         statuses: Mapping[str, list[FeatureStatus]],
-        event_timestamps: Mapping[str, list[datetime | int | None]],
+        event_timestamps: Mapping[str, Sequence[datetime | int | None]],
         dtypes: Mapping[str, str] | None = None,
     ) -> None:
         self.join_keys = dict(join_keys)
@@ -142,7 +142,8 @@ class OnlineResponse:
     def to_pandas(
         self, include_statuses: bool = False, include_event_timestamps: bool = False
     ) -> pd.DataFrame:
-        return self.to_arrow(include_statuses, include_event_timestamps).to_pandas()
+        frame: pd.DataFrame = self.to_arrow(include_statuses, include_event_timestamps).to_pandas()
+        return frame
 
 
 def build_response(
@@ -175,25 +176,25 @@ def build_response(
         fresh.append(None if all(ok) else ok)
     values: dict[str, list[Any]] = {}
     statuses: dict[str, list[FeatureStatus]] = {}
-    stamps: dict[str, list[datetime | int | None]] = {}
+    stamps: dict[str, Sequence[datetime | int | None]] = {}
     for name, view_index, feature_index in outputs:
         column = rows[view_index].columns[feature_index]
-        ok = fresh[view_index]
+        found = fresh[view_index]
         times = rows[view_index].event_times
-        if ok is None:
+        if found is None:
             values[name] = column if column.__class__ is list else list(column)
             statuses[name] = [NULL_VALUE if v is None else PRESENT for v in column]
         else:
             default = defaults.get(name)
             values[name] = [
                 v if good else (default if t is None else None)
-                for v, good, t in zip(column, ok, times, strict=True)
+                for v, good, t in zip(column, found, times, strict=True)
             ]
             statuses[name] = [
                 (NULL_VALUE if v is None else PRESENT)
                 if good
                 else (NOT_FOUND if t is None else OUTSIDE_MAX_AGE)
-                for v, good, t in zip(column, ok, times, strict=True)
+                for v, good, t in zip(column, found, times, strict=True)
             ]
-        stamps[name] = times  # type: ignore[assignment]
+        stamps[name] = times
     return OnlineResponse(join_keys, values, statuses, stamps, dtypes)

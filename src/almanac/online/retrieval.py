@@ -13,29 +13,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
-from almanac.online.base import OnlineStore, ViewRead, ViewRows, Watermark
-from almanac.online.codec import datetime_to_micros, micros_to_datetime
 from almanac.online.response import OnlineResponse, build_response
-from almanac.online.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
+from almanac.ports.handles import OnlineHandle
+from almanac.ports.online import ViewRead, ViewRows, Watermark
 from almanac.registry.catalog import Catalog
+from almanac.semantics.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
+from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _PLAN_CACHE_SIZE = 256
-
-
-class StoreLike(Protocol):
-    """What retrieval needs from a `FeatureStore` (tests and the server may pass their own)."""
-
-    @property
-    def catalog(self) -> Catalog: ...
-    @property
-    def online(self) -> OnlineStore: ...
-    @property
-    def project(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -77,6 +67,7 @@ def _plan(
 ) -> _Plan:
     if isinstance(features, str):
         features = [features]
+    cache_key: tuple[Any, ...] | None  # None: not cacheable
     cache_key = (id(catalog), None if features is None else tuple(features), feature_service,
                  full_feature_names)  # fmt: skip
     try:
@@ -120,10 +111,11 @@ def _plan(
     for i, view_plan in enumerate(views):
         view = catalog.view(view_plan.view)
         if isinstance(view, AggregationView):
-            views[i] = view_plan = replace(view_plan, tiles=TilePlan.of(view, view_plan.features))
+            tiles = TilePlan.of(view, view_plan.features)
+            views[i] = view_plan = replace(view_plan, tiles=tiles)
             for name, index, feature in outputs:
-                if index == i and view_plan.tiles.defaults[feature] is not None:  # type: ignore[union-attr]
-                    defaults[name] = view_plan.tiles.defaults[feature]  # type: ignore[union-attr]
+                if index == i and tiles.defaults[feature] is not None:
+                    defaults[name] = tiles.defaults[feature]
     plan = _Plan(catalog, views, join_keys, key_users, outputs, {**join_keys, **dtypes}, defaults)
     if cache_key is not None:
         if len(_plans) >= _PLAN_CACHE_SIZE:
@@ -133,7 +125,7 @@ def _plan(
 
 
 def get_online_features(
-    store: StoreLike,
+    store: OnlineHandle,
     features: Sequence[str] | None = None,
     entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | None = None,
     *,
@@ -161,7 +153,7 @@ def get_online_features(
 
 
 async def get_online_features_async(
-    store: StoreLike,
+    store: OnlineHandle,
     features: Sequence[str] | None = None,
     entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | None = None,
     *,
@@ -280,7 +272,8 @@ def _series_list(series: Any) -> list[Any]:
     # Plain Python values (not numpy scalars), so the keys pass the fast type check.
     for method in ("tolist", "to_list"):
         if hasattr(series, method):
-            return getattr(series, method)()
+            values: list[Any] = getattr(series, method)()
+            return values
     return list(series)
 
 

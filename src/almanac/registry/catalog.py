@@ -8,7 +8,7 @@ features) and resolves feature references for retrieval — the one place where
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,14 +123,15 @@ class Catalog:
             for kind in KINDS
         }
 
-    def of_kind(self, kind: str) -> dict[str, Any]:
-        return {
+    def of_kind(self, kind: str) -> Mapping[str, Definition]:
+        by_kind: dict[str, Mapping[str, Definition]] = {
             "entity": self.entities,
             "source": self.sources,
             "feature_view": self.views,
             "aggregation_view": self.aggregation_views,
             "feature_service": self.services,
-        }[kind]
+        }
+        return by_kind[kind]
 
     def all_views(self) -> dict[str, FeatureView]:
         """Feature views and aggregation views (one namespace: `view:feature`)."""
@@ -189,7 +190,7 @@ class Catalog:
 
     def _check_prompt_template(self, service: FeatureService) -> None:
         """A prompt template may read the service's features and its entities' keys."""
-        from almanac.context import template_variables
+        from almanac.definitions.prompt_template import template_variables
 
         label = f"FeatureService '{service.name}': field 'prompt_template'"
         try:

@@ -200,7 +200,7 @@ class SqlRegistry(ABC):
         return row
 
     def _read_all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        rows = self._execute(sql, params).fetchall()
+        rows: list[Any] = self._execute(sql, params).fetchall()
         self._end_read()
         return rows
 

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Query, Request
@@ -37,6 +37,7 @@ from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Message, Receive, Scope, Send
 
 from almanac import __version__
 from almanac.errors import AlmanacError
@@ -79,7 +80,7 @@ log = logging.getLogger("almanac.serving")
 
 JSON = b"application/json"
 ENTITY_ROUTE = "/entities/{entity}/{key}"
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
         (400, "Malformed JSON, or a path or query string that is not UTF-8"),
@@ -90,11 +91,11 @@ _ERRORS = {
         (503, "Online store or registry unavailable"),
     ]
 }
-_BODY_ERRORS = dict(sorted({
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = dict(sorted({
     **_ERRORS,
     408: {"model": ErrorResponse, "description": "The request body did not arrive in time"},
 }.items()))  # fmt: skip
-_WRITE_ERRORS = {
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_BODY_ERRORS,
     507: {"model": ErrorResponse, "description": "Storage full: the write was refused"},
 }
@@ -154,7 +155,7 @@ class FeatureServer:
             "/context": handlers.context,
         }
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan (and websockets, which we do not serve)
             await self.api(scope, receive, send)
             return
@@ -167,7 +168,7 @@ class FeatureServer:
         if state.auth is not None and path not in OPEN_PATHS:
             principal = state.auth.authenticate(scope["headers"])
             if principal is None:
-                error = UnauthorizedError(
+                error: HttpError = UnauthorizedError(
                     "missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>",
                     {"www-authenticate": "Bearer"},
                 )
@@ -184,20 +185,22 @@ class FeatureServer:
                 endpoint = self._template(scope, raw)
                 status = await self._answer_error(send, error, endpoint)
         if status == 0:
-            endpoint = None
+            served: str | None = None  # the endpoint, when the fast path answered
             if self.fast_path:
                 if method == "POST" and path in self._post:
-                    endpoint = path
+                    served = path
                     status = await self._serve_body(self._post[path], receive, send, scope)
                 elif method == "GET" and _is_entity_path(raw):
-                    endpoint = ENTITY_ROUTE
+                    served = ENTITY_ROUTE
                     entity, key = (unquote_to_bytes(p).decode() for p in raw.split(b"/")[2:])
                     status = await self._serve_entity(entity, key, scope, send)
-            if endpoint is None:
+            if served is None:
                 status, endpoint = await self._forward(scope, receive, send, raw)
+            else:
+                endpoint = served
         state.metrics.observe_request(endpoint, method, status, time.perf_counter() - started)
 
-    def _template(self, scope: dict[str, Any], raw: bytes) -> str:
+    def _template(self, scope: Scope, raw: bytes) -> str:
         """The route template `scope` is for (also when its method is not allowed), else
         "other"."""
         if _is_entity_path(raw):
@@ -209,11 +212,11 @@ class FeatureServer:
         return "other"
 
     async def _forward(
-        self, scope: dict[str, Any], receive: Any, send: Any, raw: bytes
+        self, scope: Scope, receive: Receive, send: Send, raw: bytes
     ) -> tuple[int, str]:
         seen = [500]
 
-        async def send_status(message: dict[str, Any]) -> None:
+        async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen[0] = message["status"]
             await send(message)
@@ -223,7 +226,7 @@ class FeatureServer:
         return seen[0], route.path if route is not None else self._template(scope, raw)
 
     async def _serve_body(
-        self, handler: Handler, receive: Any, send: Any, scope: dict[str, Any]
+        self, handler: Handler, receive: Receive, send: Send, scope: Scope
     ) -> int:
         endpoint = scope["path"]
         try:
@@ -236,7 +239,7 @@ class FeatureServer:
         await _send(send, 200, answer)
         return 200
 
-    async def _serve_entity(self, entity: str, key: str, scope: dict[str, Any], send: Any) -> int:
+    async def _serve_entity(self, entity: str, key: str, scope: Scope, send: Send) -> int:
         try:
             query = handlers.parse_query(scope.get("query_string", b""))
             answer = await handlers.entity_features(self.state, entity, key, query)
@@ -245,7 +248,7 @@ class FeatureServer:
         await _send(send, 200, answer)
         return 200
 
-    async def _answer_error(self, send: Any, error: BaseException, endpoint: str) -> int:
+    async def _answer_error(self, send: Send, error: BaseException, endpoint: str) -> int:
         status, body, headers = error_reply(error)
         self.state.metrics.observe_error(endpoint, _error_name(error))
         await _send(send, status, body, headers)
@@ -269,7 +272,9 @@ async def _request_body(request: Request) -> bytes:
     return await read_body(request.scope, request.receive)
 
 
-async def _send(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+async def _send(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
     raw = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
     if headers:
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
@@ -316,9 +321,9 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         return _reply(*error_reply(error))
 
     async def _validation_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, FastAPIValidationError)
         detail = [
-            {"loc": list(p["loc"]), "msg": p["msg"], "type": p["type"]}
-            for p in error.errors()  # type: ignore[attr-defined]
+            {"loc": list(p["loc"]), "msg": p["msg"], "type": p["type"]} for p in error.errors()
         ]
         return await _almanac_error(request, RequestValidationError(detail))
 
@@ -452,7 +457,8 @@ def _document(api: FastAPI, state: ServingState) -> None:
             return api.openapi_schema
         schema = generate()
         requests = (OnlineFeaturesRequest, ContextRequest, PushRequest, WriteToOnlineStoreRequest)
-        models = [(m, "validation") for m in requests]
+        mode: Literal["validation"] = "validation"
+        models = [(m, mode) for m in requests]
         _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
         if state.auth is not None:

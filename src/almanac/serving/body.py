@@ -20,6 +20,8 @@ import asyncio
 import weakref
 from typing import Any
 
+from starlette.types import Receive, Scope
+
 from almanac.serving.errors import (
     ClientDisconnectedError,
     PayloadTooLargeError,
@@ -62,7 +64,7 @@ _watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = (
 _last: list[_Watchdog] = [_Watchdog(None)]  # type: ignore[arg-type]  # the last one used
 
 
-async def read_body(scope: dict[str, Any], receive: Any) -> bytes:
+async def read_body(scope: Scope, receive: Receive) -> bytes:
     """The whole body of an HTTP request, or 413/408 (`ClientDisconnectedError` when the
     client went away first)."""
     limit = MAX_BODY_BYTES
@@ -78,7 +80,7 @@ async def read_body(scope: dict[str, Any], receive: Any) -> bytes:
         _last[0] = watchdog
     seconds = BODY_TIMEOUT_SECONDS
     watchdog.watch(task, seconds)
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     try:
         while True:

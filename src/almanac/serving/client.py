@@ -21,8 +21,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from almanac.context import Context
 from almanac.errors import AlmanacError, InputError, NotFoundError, StoreUnavailableError
+from almanac.online.context import Context
 from almanac.online.response import NOT_FOUND, FeatureStatus, OnlineResponse
 
 DEFAULT_URL = "http://127.0.0.1:6566"
@@ -100,7 +100,8 @@ class Client:
             params += [(k, str(v)) for k, v in key.items()]
             key = "_"
         path = f"/entities/{quote(entity, safe='')}/{quote(str(key), safe='')}"
-        return self._request("GET", path, params=params)
+        entity_features: dict[str, Any] = self._request("GET", path, params=params)
+        return entity_features
 
     # ---- ingestion ----------------------------------------------------------------------
 
@@ -116,14 +117,17 @@ class Client:
     # ---- catalog and operations ---------------------------------------------------------
 
     def list_feature_views(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/feature-views")
+        views: list[dict[str, Any]] = self._request("GET", "/feature-views")
+        return views
 
     def search_features(self, q: str = "") -> list[dict[str, Any]]:
-        return self._request("GET", "/features", params={"q": q})
+        found: list[dict[str, Any]] = self._request("GET", "/features", params={"q": q})
+        return found
 
     def health(self) -> dict[str, Any]:
         response = self._http.get("/health")
-        return orjson.loads(response.content)
+        health: dict[str, Any] = orjson.loads(response.content)
+        return health
 
     def close(self) -> None:
         self._http.close()
@@ -198,12 +202,13 @@ def _timestamp(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def _columns(entity_rows: Any) -> dict[str, list[Any]]:
+def _columns(entity_rows: Any) -> dict[str, list[Any] | str | bytes]:
     """Entity rows as JSON columns (list of dicts, dict of columns, pandas, Polars, Arrow)."""
     if entity_rows is None:
         raise InputError("no entity rows given: pass entity_rows=[{<join key>: <value>}, ...]")
     if hasattr(entity_rows, "column_names") and hasattr(entity_rows, "to_pydict"):
-        return entity_rows.to_pydict()
+        columns: dict[str, list[Any] | str | bytes] = entity_rows.to_pydict()
+        return columns
     if hasattr(entity_rows, "columns") and hasattr(entity_rows, "to_dict"):
         return {str(c): list(entity_rows[c].tolist() if hasattr(entity_rows[c], "tolist") else entity_rows[c])
                 for c in entity_rows.columns}  # fmt: skip

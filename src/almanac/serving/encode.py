@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from almanac.context import Context
+from almanac.online.context import Context
 from almanac.online.response import PRESENT, OnlineResponse
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

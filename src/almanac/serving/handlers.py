@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from almanac.context import check_entity, render_context
 from almanac.errors import NotFoundError
 from almanac.materialize.jobs import views_to_materialize
+from almanac.online.context import check_entity, render_context
 from almanac.online.response import OnlineResponse
 from almanac.online.retrieval import finish_read, prepare_read
 from almanac.serving import encode
@@ -40,7 +40,7 @@ from almanac.serving.schemas import INT64_MAX, INT64_MIN, ContextRequest, Online
 
 if TYPE_CHECKING:
     from almanac.config import ServerConfig
-    from almanac.online.base import OnlineStore
+    from almanac.ports.online import OnlineStore
     from almanac.registry.catalog import Catalog
     from almanac.registry.store import CachedRegistry
     from almanac.serving.auth import Authenticator

@@ -72,7 +72,7 @@ class Metrics:
                 self.requests.labels(endpoint, method, str(status)),
                 self.latency.labels(endpoint),
             )
-            self._request_children[key] = children  # type: ignore[assignment]
+            self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 

@@ -13,7 +13,8 @@ from almanac.serving.app import openapi_schema
 
 
 def _schema_name(ref: dict[str, Any]) -> str:
-    return ref.get("$ref", "").rsplit("/", 1)[-1] or ref.get("type", "object")
+    name: str = ref.get("$ref", "").rsplit("/", 1)[-1] or ref.get("type", "object")
+    return name
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The write endpoints: `POST /push` and Feast's `POST /write-to-online-store`.
 
 Both hand their rows to `almanac.ingest.push.push`, so a row gets the same checks
-(`almanac.validate`) and the same all-or-nothing write whichever endpoint it came by.
+(`almanac.semantics.validate`) and the same all-or-nothing write whichever endpoint it came by.
 
 * `/push` takes Almanac's body, which is Feast's as well: Feast's extra flags are
   accepted and ignored, and a column may be pandas' ``to_dict()`` shape
@@ -54,6 +54,7 @@ async def push_rows(state: ServingState, body: bytes) -> bytes:
     request = parse_body(PushRequest, body)
     catalog = state.catalog
     source = push_source_of(catalog, request.push_source_name)
+    assert source.name is not None  # a catalog's sources are named
     views = [v.name for v in catalog.all_views().values() if v.source == source.name]
     what = f"push to '{source.name}'"
     df = _decode_bytes(_columns(request.df, what), catalog, source.name, what)
@@ -81,6 +82,7 @@ async def write_to_online_store(state: ServingState, body: bytes) -> bytes:
         )
     if not view.online:
         raise InputError(f"{what}: the view is not served online (online=False)")
+    assert source.name is not None  # a catalog's sources are named
     df = _feast_columns(_columns(request.df, what), view, source)
     df = _decode_bytes(df, catalog, source.name, what)
     rows = await _write(state, catalog, source.name, df, "online", only_view=view.name)
@@ -167,7 +169,7 @@ def _feast_columns(
                     f"write to the online store of '{view.name}': column '{name}' holds "
                     "epoch seconds out of range"
                 ) from None
-            out[name] = seconds.cast(pa.timestamp("s", tz="UTC"))  # type: ignore[assignment]
+            out[name] = seconds.cast(pa.timestamp("s", tz="UTC"))
     return out
 
 

@@ -16,23 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import TemplateSyntaxError, meta
-from jinja2.sandbox import SandboxedEnvironment
-
+from almanac.definitions.prompt_template import compile_template, default_template
 from almanac.errors import DefinitionError, InputError
 
 if TYPE_CHECKING:
-    from jinja2 import Template
-
     from almanac.definitions import FeatureService
     from almanac.online.response import OnlineResponse
-    from almanac.store import FeatureStore
-
-# Templates come from the registry, written by other teams: render them sandboxed.
-_ENV = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False)
 
 
 @dataclass(frozen=True)
@@ -59,45 +50,6 @@ class Context:
             },
             "ages_seconds": self.ages_seconds,
         }
-
-
-@lru_cache(maxsize=256)
-def compile_template(text: str) -> Template:
-    try:
-        return _ENV.from_string(text)
-    except TemplateSyntaxError as error:
-        raise DefinitionError(f"prompt_template: line {error.lineno}: {error.message}") from None
-
-
-def template_variables(text: str) -> set[str]:
-    """The names a template reads (to check them against the service's features)."""
-    try:
-        return meta.find_undeclared_variables(_ENV.parse(text))
-    except TemplateSyntaxError as error:
-        raise DefinitionError(f"prompt_template: line {error.lineno}: {error.message}") from None
-
-
-def default_template(features: list[str]) -> str:
-    return "\n".join(f"{name}: {{{{ {name} }}}}" for name in features)
-
-
-def get_context(
-    store: FeatureStore,
-    feature_service: str,
-    entity: Mapping[str, Any],
-    *,
-    placeholder: str | None = None,
-    now: datetime | None = None,
-) -> Context:
-    """Read `feature_service`'s features for one entity and render its prompt template
-    (or a plain `name: value` list when the service has none)."""
-    check_entity(entity)
-    service = store.catalog.service(feature_service)
-    response = store.get_online_features(
-        entity_rows=[dict(entity)], feature_service=feature_service
-    )
-    missing = store.config.server.missing_placeholder if placeholder is None else placeholder
-    return render_context(service, entity, response, missing, now)
 
 
 def check_entity(entity: Any) -> None:

@@ -19,9 +19,10 @@ import duckdb
 
 from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView, input_dtypes
+from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.transformations import PythonTransformation
 from almanac.errors import DefinitionError, InputError
-from almanac.offline.transformations import scan_view
+from almanac.offline.duckdb.transformations import scan_view
 from almanac.registry.catalog import Catalog
 
 # DuckDB types a sum, mean, stddev or variance can read as numbers.
@@ -50,23 +51,33 @@ def check_views(
             continue  # unreadable: retrieval says why, with the file's name
         if scan.empty:
             continue
-        have = scan.columns
-        label = f"{type(view).__name__} '{view.name}'"
-        needed = [*catalog.join_keys(view), source.timestamp_field]
-        missing = [column for column in needed if column not in have]
-        if isinstance(view, AggregationView):
-            missing += [c for c in input_dtypes(view.aggregations, view.columns) if c not in have]
-            problems += _untyped_numbers(view, have, label)
-        else:
-            missing += [f.name for f in view.features if f.name not in have]
-        if missing:
-            listed = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
-            problems.append(
-                f"{label} reads {listed}, which {scan.label or source.name} does not have "
-                f"(it has: {', '.join(have)})"
-            )
+        problems += column_problems(catalog, view, scan.columns, scan.label or str(source.name))
     if problems:
         raise DefinitionError("; ".join(dict.fromkeys(problems)))
+
+
+def column_problems(
+    catalog: Catalog, view: FeatureView, have: dict[str, str], label: str
+) -> list[str]:
+    """What `view` reads that a source with columns `have` (name → DuckDB type name, or
+    an engine's name of the same form: BIGINT, DOUBLE, VARCHAR...) lacks. `label` names
+    the source. Engine-neutral: the Spark engine checks its own schemas with it."""
+    source = catalog.source_of(view)
+    kind = f"{type(view).__name__} '{view.name}'"
+    problems: list[str] = []
+    needed = [*catalog.join_keys(view), source.timestamp_field]
+    missing = [column for column in needed if column not in have]
+    if isinstance(view, AggregationView):
+        missing += [c for c in input_dtypes(view.aggregations, view.columns) if c not in have]
+        problems += _untyped_numbers(view, have, kind)
+    else:
+        missing += [f.name for f in view.features if f.name not in have]
+    if missing:
+        listed = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
+        problems.append(
+            f"{kind} reads {listed}, which {label} does not have (it has: {', '.join(have)})"
+        )
+    return problems
 
 
 def _untyped_numbers(view: AggregationView, have: dict[str, str], label: str) -> list[str]:

@@ -3,39 +3,30 @@
 Set-based throughout: the entity rows go to DuckDB as one Arrow table (only the join
 keys, the timestamp and a row id — labels stay in Python untouched), the point-in-time
 SQL comes from `point_in_time`, and results come back as Arrow record batches. DuckDB
-uses `offline.threads` (default: all cores), `offline.memory_limit`, and spills to
-`offline.temp_directory` beyond it.
+uses `offline.duckdb.threads` (default: all cores), `offline.duckdb.memory_limit`, and
+spills to `offline.duckdb.temp_directory` beyond it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
 
 from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.feature_view import FeatureView
-from almanac.definitions.types import Int64, arrow_type
+from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
-from almanac.offline.aggregations import aggregation_part, tiles_reader
-from almanac.offline.engine import OfflineEngine
-from almanac.offline.frames import (
-    UTC_US,
-    key_column,
-    to_arrow,
-    to_utc_us,
-    utc_timestamps,
-)
-from almanac.offline.point_in_time import (
-    ROW_ID,
+from almanac.offline.dialects import check_dialect
+from almanac.offline.duckdb.aggregations import aggregation_part, tiles_reader
+from almanac.offline.duckdb.point_in_time import (
     SPINE,
-    TS,
     JoinPart,
     PointPart,
     historical_query,
@@ -43,13 +34,18 @@ from almanac.offline.point_in_time import (
     latest_query,
     view_rows,
 )
-from almanac.offline.retrieval import RetrievalJob
-from almanac.offline.source_check import check_views
-from almanac.offline.sources import SourceScan, describe
-from almanac.offline.transformations import scan_view
+from almanac.offline.duckdb.readers import parse_text, to_arrow
+from almanac.offline.duckdb.source_check import check_views
+from almanac.offline.duckdb.sources import SourceScan, describe
+from almanac.offline.duckdb.transformations import scan_view
+from almanac.offline.frames import UTC_US
+from almanac.offline.spine import entity_key, prepare_spine
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
+from almanac.ports.offline import OfflineEngine
+from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
-from almanac.times import to_utc
+from almanac.semantics.times import to_utc
+from almanac.semantics.windows import rows_needed
 
 # DuckDB errors that mean "the data is not what the definitions say" (a value that does
 # not cast, a file that vanished or is corrupt) rather than a bug.
@@ -64,10 +60,23 @@ _DATA_ERRORS = (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+class DuckDBSettings(BaseModel):
+    """`offline.duckdb` in almanac.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills to temp_directory beyond it
+    temp_directory: str = ".almanac/tmp"
+    threads: int | None = Field(None, ge=1)
+
+
 class DuckDBEngine(OfflineEngine):
+    settings = DuckDBSettings
+
     def __init__(self, config: RepoConfig) -> None:
         self.config = config
-        temp = config.resolve_path(config.offline.temp_directory)
+        own = config.backend_settings("offline", "duckdb", DuckDBSettings)
+        temp = config.resolve_path(own.temp_directory)
         # DuckDB creates only the last folder of the path when it first spills.
         temp.parent.mkdir(parents=True, exist_ok=True)
         # Relative paths in SQL sources (read_parquet('data/x.parquet')) are read from the
@@ -79,11 +88,14 @@ class DuckDBEngine(OfflineEngine):
             # reads its schema: extensions are installed deliberately, or not at all.
             "autoinstall_known_extensions": False,
         }
-        if config.offline.memory_limit:
-            settings["memory_limit"] = config.offline.memory_limit
-        if config.offline.threads:
-            settings["threads"] = config.offline.threads
+        if own.memory_limit:
+            settings["memory_limit"] = own.memory_limit
+        if own.threads:
+            settings["threads"] = own.threads
         self._con = duckdb.connect(":memory:", config=settings)
+
+    def check_dialect(self, catalog: Catalog, names: list[str]) -> None:
+        check_dialect(catalog, names, "duckdb", "DuckDB")
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         # One connection per job: jobs may run from several threads.
@@ -100,69 +112,32 @@ class DuckDBEngine(OfflineEngine):
         refs: list[FeatureRef],
         timestamp_field: str = "event_timestamp",
     ) -> RetrievalJob:
-        if not refs:
-            raise InputError("no features requested")
         cursor = self._cursor()
         table = to_arrow(entity_df, cursor)
-        taken = set(table.column_names)
-        for ref in refs:
-            if ref.output_name in taken:
-                raise InputError(
-                    f"feature '{ref.ref}' would be named '{ref.output_name}', which is already "
-                    "a column of entity_df; rename that column or pass full_feature_names=True"
-                )
-
-        by_view: dict[str, list[FeatureRef]] = {}
-        for ref in refs:
-            by_view.setdefault(ref.view, []).append(ref)
-        views = [catalog.view(name) for name in by_view]
-
-        # The narrow spine DuckDB sees: row id, join keys (declared types), UTC time.
-        times = utc_timestamps(table, timestamp_field, cursor, "entity_df")
-        entities = table.set_column(
-            table.column_names.index(timestamp_field), timestamp_field, times
-        )
-        spine: dict[str, Any] = {ROW_ID: _row_ids(table.num_rows)}
-        key_types: dict[str, tuple[str, str]] = {}
-        for view in views:
-            for key, dtype in catalog.join_keys(view).items():
-                owner = f"feature view '{view.name}'"
-                if key in key_types and key_types[key][0] != dtype:
-                    raise InputError(
-                        f"join key '{key}' is {key_types[key][0]} for {key_types[key][1]} but "
-                        f"{dtype} for {owner}; these views cannot be joined in one call"
-                    )
-                key_types[key] = (dtype, owner)
-                spine[key] = key_column(table, key, dtype, "entity_df", owner)
-        spine[TS] = to_utc_us(times)
-        narrow = pa.table(spine)
-
-        schema = pa.schema([(ref.output_name, arrow_type(ref.field.dtype)) for ref in refs])
+        spine = prepare_spine(catalog, table, refs, timestamp_field, partial(parse_text, cursor))
+        low, high, schema, by_view = spine.low, spine.high, spine.features, spine.refs_of
         if table.num_rows == 0:
-            return RetrievalJob(entities, schema, None)
-        low, high = _time_range(narrow.column(TS))
+            return RetrievalJob(spine.entities, schema, None)
         parts: list[JoinPart | PointPart] = []
-        for view in views:
+        for view in spine.views:
             source = catalog.source_of(view)
+            lower, upper = rows_needed(view, low, high)
+            scan = scan_view(cursor, self.config, source, view, lower, upper)
             if isinstance(view, AggregationView):
                 keys = catalog.join_keys(view)
-                since = None if low is None else low - view.reach
-                scan = scan_view(cursor, self.config, source, view, since, high)
                 parts.append(aggregation_part(scan, source, view, keys, by_view[view.name], low, high))  # fmt: skip
                 continue
             wanted = [ref.field for ref in by_view[view.name]]
-            lower = None if view.ttl is None or low is None else low - view.ttl
-            scan = scan_view(cursor, self.config, source, view, lower, high)
             rows = view_rows(scan, source, view, catalog.join_keys(view), wanted, lower, high)
             outputs = [(ref.field.name, ref.output_name) for ref in by_view[view.name]]
             parts.append(JoinPart(rows, view.ttl, outputs))
         query = historical_query(parts, [ref.output_name for ref in refs])
-        cursor.register(SPINE, narrow)
+        cursor.register(SPINE, spine.narrow)
 
         def produce(batch_rows: int) -> pa.RecordBatchReader:
             return _reader(cursor, query, schema, batch_rows, "get_historical_features")
 
-        return RetrievalJob(entities, schema, produce)
+        return RetrievalJob(spine.entities, schema, produce)
 
     # ---- materialization and audits ---------------------------------------------------------
 
@@ -199,7 +174,7 @@ class DuckDBEngine(OfflineEngine):
         start = None if start is None else to_utc(start, "start")
         cursor = self._cursor()
         source = catalog.source_of(view)
-        since = end - view.reach
+        since, _ = rows_needed(view, end, end)
         scan = scan_view(cursor, self.config, source, view, since, end)
         query, schema = tiles_reader(scan, source, view, catalog.join_keys(view), start, end)
         return _reader(cursor, query, schema, 16 * 1024, f"tiles of '{view.name}'")
@@ -228,15 +203,7 @@ class DuckDBEngine(OfflineEngine):
         at: datetime | None = None,
     ) -> pa.Table:
         keys = catalog.join_keys(view)
-        unknown = [k for k in key if k not in keys]
-        missing = [k for k in keys if k not in key]
-        if unknown or missing:
-            raise InputError(
-                f"feature view '{view.name}' is keyed by {', '.join(keys)}"
-                + (f"; unknown key(s): {', '.join(unknown)}" if unknown else "")
-                + (f"; missing key(s): {', '.join(missing)}" if missing else "")
-            )
-        values = {k: _key_value(k, v, keys[k]) for k, v in key.items()}
+        values = entity_key(view, keys, key)
         at = None if at is None else to_utc(at, "at")
         cursor = self._cursor()
         source = catalog.source_of(view)
@@ -288,30 +255,6 @@ def _reader(
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def _time_range(times: pa.ChunkedArray) -> tuple[datetime | None, datetime | None]:
-    # Via int64: a timestamp scalar's as_py() imports pandas.
-    bounds = pc.min_max(times.cast(pa.int64()))
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    if low is None or high is None:
-        return None, None
-    return _EPOCH + timedelta(microseconds=low), _EPOCH + timedelta(microseconds=high)
-
-
-def _row_ids(count: int) -> pa.Array:
-    # From a buffer: pa.array(numpy) would import pandas (seconds on a cold start).
-    buffer = pa.py_buffer(np.arange(count, dtype=np.int64))
-    return pa.Array.from_buffers(pa.int64(), count, [None, buffer])
-
-
 def _input_error(what: str, error: Exception) -> InputError:
     message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     return InputError(f"{what}: the data does not match the definitions: {message}")
-
-
-def _key_value(key: str, value: Any, dtype: str) -> Any:
-    if dtype == Int64:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise InputError(f"join key '{key}' is int64; {value!r} is not an integer") from None
-    return str(value)

@@ -1,4 +1,4 @@
-"""The offline engine interface: what every backend (DuckDB now, Spark later) provides.
+"""The offline engine port: what every engine (DuckDB, Spark, a plug-in's) provides.
 
 An engine reads a view's full history (its source) and answers these questions, all with
 the semantics of DESIGN.md rule 2, implemented once in `point_in_time` (aggregation
@@ -14,19 +14,22 @@ views: windows, in `aggregations`):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
+from pydantic import BaseModel
 
 from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.feature_view import FeatureView
-from almanac.errors import ConfigError
-from almanac.offline.retrieval import RetrievalJob
+from almanac.ports.online import OnlineStore
+from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
 
-__all__ = ["OfflineEngine", "RetrievalJob", "Staged", "open_offline_engine"]
+__all__ = ["OfflineEngine", "OnlineTarget", "RetrievalJob", "Staged"]
 
 
 class Staged(Protocol):
@@ -38,7 +41,31 @@ class Staged(Protocol):
     def discard(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class OnlineTarget:
+    """Where a materialization writes one view. Plain data (it pickles), so that a
+    distributed engine's workers can open the online store themselves."""
+
+    config: RepoConfig
+    project: str
+    view: str
+    join_keys: list[str]
+    features: list[str]  # [almanac.semantics.tiles.TILES_FEATURE] for an aggregation view
+
+
 class OfflineEngine(ABC):
+    # The model of the engine's own section of almanac.yaml (`offline.<name>`), if any.
+    settings: ClassVar[type[BaseModel] | None] = None
+
+    @classmethod
+    def from_config(cls, config: RepoConfig) -> OfflineEngine:
+        """The engine for a repo (its section validated by `settings`)."""
+        return cls(config)  # type: ignore[call-arg]
+
+    def check_dialect(self, catalog: Catalog, names: list[str]) -> None:  # noqa: B027
+        """DefinitionError naming each SQL source or transformation of the views `names`
+        written in a dialect this engine cannot run (called by `plan`)."""
+
     @abstractmethod
     def get_historical_features(
         self,
@@ -89,18 +116,40 @@ class OfflineEngine(ABC):
         """Per entity with events in [start, end] (all entities with events in the view's
         longest window when `start` is None), the view's tiles at `end` for the online
         store: join keys, `event_timestamp` (its latest event) and `tiles` (bytes; see
-        `almanac.offline.aggregations`)."""
+        `almanac.offline.duckdb.aggregations`)."""
+
+    def materialize(
+        self,
+        catalog: Catalog,
+        view: FeatureView,
+        start: datetime | None,
+        end: datetime,
+        target: OnlineTarget,
+        online: OnlineStore,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write what the online store serves of `view` at `end` (`latest_rows`, or
+        `aggregation_tiles` for an aggregation view) into `online`, in writes of at most
+        `online.batch_size` rows; returns the rows written. Here the rows come to this
+        process; a distributed engine overrides this to write from its workers (each
+        opening the store from `target`), so no row passes through the driver. The
+        store's monotonic rule makes any order and any retry of the writes safe."""
+        if isinstance(view, AggregationView):
+            reader = self.aggregation_tiles(catalog, view, start, end)
+        else:
+            reader = self.latest_rows(catalog, view, start, end)
+        return write_online(reader, target, online, progress)
 
     @abstractmethod
     def check_views(self, catalog: Catalog, names: list[str]) -> None:
         """DefinitionError naming every column the views `names` read that their
-        sources' data lacks (see `almanac.offline.source_check`)."""
+        sources' data lacks (see `almanac.offline.duckdb.source_check`)."""
 
     @abstractmethod
     def tiles_of_rows(self, catalog: Catalog, view: AggregationView, rows: pa.Table) -> pa.Table:
         """The tiles of `rows` alone (pushed rows: the source's join keys, timestamp
         and aggregated columns), per entity, in `aggregation_tiles`' columns; the online
-        store merges them into what it holds (`almanac.online.tiles.merge_blobs`)."""
+        store merges them into what it holds (`almanac.semantics.tiles.merge_blobs`)."""
 
     @abstractmethod
     def value_history(
@@ -125,10 +174,23 @@ class OfflineEngine(ABC):
         self.close()
 
 
-def open_offline_engine(config: RepoConfig) -> OfflineEngine:
-    """The engine `config.offline.engine` names."""
-    if config.offline.engine == "duckdb":
-        from almanac.offline.duckdb_engine import DuckDBEngine
-
-        return DuckDBEngine(config)
-    raise ConfigError(f"offline.engine: unknown engine '{config.offline.engine}'")
+def write_online(
+    batches: Iterable[pa.RecordBatch],
+    target: OnlineTarget,
+    online: OnlineStore,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write rows for `target` in rounds of at most `online.batch_size` rows (bounded
+    memory and request size); returns the rows written."""
+    size = target.config.online.batch_size
+    written = 0
+    for batch in batches:
+        for offset in range(0, batch.num_rows, size):
+            chunk = pa.Table.from_batches([batch.slice(offset, size)])
+            online.write_batch(
+                target.project, target.view, target.join_keys, target.features, chunk
+            )
+            written += chunk.num_rows
+            if progress is not None:
+                progress(chunk.num_rows)
+    return written

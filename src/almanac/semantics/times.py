@@ -11,7 +11,7 @@ It is also where the accepted range of times is written (docs/concepts.md, rule 
   Python datetime (and so every reader: the SDK, pandas in microseconds, JSON) can hold:
   0001-01-01 to 9999-12-31T23:59:59.999999 UTC.
 
-Rows outside these ranges are refused where they come in (`almanac.validate`), so a
+Rows outside these ranges are refused where they come in (`almanac.semantics.validate`), so a
 store never holds a time that a read cannot return.
 """
 
@@ -45,3 +45,22 @@ def to_utc(value: datetime | str, name: str = "time") -> datetime:
     if not isinstance(value, datetime):
         raise InputError(f"{name}: expected a datetime, got {value!r}")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    """Microseconds since the epoch as an aware UTC datetime (exact, no float rounding);
+    outside years 1 to 9999, the nearest datetime there is (never an error)."""
+    try:
+        return _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:  # rare: only a time the door would refuse today
+        return MIN_TIMESTAMP if micros < 0 else MAX_TIMESTAMP
+
+
+def datetime_to_micros(value: datetime) -> int:
+    """An aware (or naive = UTC, rule 1) datetime as microseconds since the epoch."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // timedelta(microseconds=1)

@@ -32,17 +32,16 @@ from datetime import datetime, timedelta
 
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
-from almanac.definitions.types import Int64, duckdb_type
+from almanac.definitions.types import Int64
 from almanac.errors import InputError
-from almanac.offline.frames import sql_timestamp
-from almanac.offline.sources import SourceScan, quote
+from almanac.offline.duckdb.readers import sql_timestamp
+from almanac.offline.duckdb.sources import SourceScan, duckdb_type, quote
+from almanac.offline.spine import ROW_ID, TS
 
 Source = FileSource | SqlSource | PushSource
 
-TS = "__almanac_ts"
 CREATED = "__almanac_created"
 SORT_KEY = "__almanac_sk"
-ROW_ID = "__almanac_row"
 SPINE = "__almanac_spine"
 # Prefilter slack: the time bounds pushed into the scan are a superset, so any rounding of
 # a bound to the source column's own type (seconds, dates) cannot drop a needed row; the
@@ -190,8 +189,11 @@ class PointPart:
     outputs: list[tuple[str, str, str | None]]
 
 
-def historical_query(parts: list[JoinPart | PointPart], order: list[str]) -> str:
-    """Feature columns (named and ordered as `order`) for every spine row, in spine order.
+def historical_query(
+    parts: list[JoinPart | PointPart], order: list[str], with_row_id: bool = False
+) -> str:
+    """Feature columns (named and ordered as `order`) for every spine row, in spine order
+    (led by ROW_ID with `with_row_id`: a distributed engine joins per-view results on it).
 
     The spine relation SPINE has ROW_ID, the join keys and TS (UTC timestamps).
     """
@@ -219,7 +221,9 @@ def historical_query(parts: list[JoinPart | PointPart], order: list[str]) -> str
                 fresh = f"epoch_us({alias}.{SORT_KEY}.t) >= epoch_us(s.{TS}) - {micros}"
                 value = f"CASE WHEN {fresh} THEN {value} END"
             select[output] = f"{value} AS {quote(output)}"
-    columns = ", ".join(select[name] for name in order)
+    columns = ", ".join(
+        ([f"s.{ROW_ID} AS {ROW_ID}"] if with_row_id else []) + [select[name] for name in order]
+    )
     return f"SELECT {columns} FROM {SPINE} AS s {' '.join(joins)} ORDER BY s.{ROW_ID}"
 
 

@@ -36,15 +36,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from almanac.errors import InputError, StoreUnavailableError
-from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows, Watermark
+from almanac.config import RepoConfig
+from almanac.errors import ConfigError, InputError, StoreUnavailableError
 from almanac.online.batch import NULL_DTYPE, KeyColumn, PreparedBatch, numbers, prepare_batch
 from almanac.online.codec import (
-    datetime_to_micros,
-    micros_to_datetime,
     sqlite_decoder,
     sqlite_values,
 )
+from almanac.ports.online import Merge, OnlineStore, ViewRead, ViewRows, Watermark
+from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 
 TS_COLUMN = '"@ts"'
 CREATED_COLUMN = '"@created"'
@@ -91,6 +91,15 @@ def _quote(name: str) -> str:
 
 
 class SqliteOnlineStore(OnlineStore):
+    @classmethod
+    def from_config(cls, config: RepoConfig) -> SqliteOnlineStore:
+        url = config.resolve_url(config.online.url)
+        path = url.removeprefix("sqlite:///")
+        if not url.startswith("sqlite:///") or not path:
+            raise ConfigError(f"online.url: expected sqlite:///path/to/file.db, got {url!r}")
+        online = config.online
+        return cls(path, timeout_seconds=online.timeout_seconds, batch_size=online.batch_size)
+
     def __init__(self, path: str | Path, *, timeout_seconds: float = 2.0, batch_size: int = 50_000):
         self.path = Path(path)
         self.timeout_seconds = timeout_seconds
@@ -114,7 +123,8 @@ class SqliteOnlineStore(OnlineStore):
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         if getattr(local, "pid", None) == os.getpid():  # not a new thread nor a forked child
-            return local.connection
+            current: sqlite3.Connection = local.connection
+            return current
         if self._closed:
             raise StoreUnavailableError("the SQLite online store is closed")
         connection = sqlite3.connect(
@@ -405,7 +415,10 @@ class SqliteOnlineStore(OnlineStore):
 
 
 def _python_keys(key: KeyColumn) -> list[Any]:
-    return numbers(key.values).tolist() if key.dtype == "int64" else key.values.to_pylist()
+    keys: list[Any] = (
+        numbers(key.values).tolist() if key.dtype == "int64" else key.values.to_pylist()
+    )
+    return keys
 
 
 def _to_view_rows(rows: list[tuple[Any, ...] | None], start: int, layout: _Layout) -> ViewRows:

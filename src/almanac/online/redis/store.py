@@ -1,6 +1,6 @@
 """The Redis online store (redis-py with hiredis; one hash per entity).
 
-Keys, field names and the bytes on the wire come from `almanac.online.redis_wire`, which
+Keys, field names and the bytes on the wire come from `almanac.online.redis.wire`, which
 describes the layout. Beside the entity hashes the store keeps
 ``alm:<project>#fields:<view>`` / ``#keys:<view>``: sets of the features and key-name
 tuples ever written, so `delete_view` knows what to remove, and
@@ -39,7 +39,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import redis
@@ -49,18 +49,16 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from almanac.config import RepoConfig
 from almanac.errors import ConfigError, StoreUnavailableError
-from almanac.online.base import Merge, OnlineStore, ViewRead, ViewRows, Watermark
 from almanac.online.batch import PreparedBatch, prepare_batch
 from almanac.online.codec import (
     Decoder,
-    datetime_to_micros,
-    micros_to_datetime,
     redis_decoder,
     redis_values,
 )
-from almanac.online.redis_async import AsyncRedis
-from almanac.online.redis_wire import (
+from almanac.online.redis.aio import AsyncRedis
+from almanac.online.redis.wire import (
     KEY_PREFIX,
     ROWS_PER_CALL,
     bulk,
@@ -76,6 +74,8 @@ from almanac.online.redis_wire import (
     ts_field,
     write_payload,
 )
+from almanac.ports.online import Merge, OnlineStore, ViewRead, ViewRows, Watermark
+from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -218,6 +218,16 @@ class _ReadSpec:
 
 
 class RedisOnlineStore(OnlineStore):
+    @classmethod
+    def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
+        online = config.online
+        return cls(
+            online.url,
+            timeout_seconds=online.timeout_seconds,
+            key_ttl_seconds=online.key_ttl_seconds,
+            batch_size=online.batch_size,
+        )
+
     def __init__(
         self,
         url: str,
@@ -270,7 +280,8 @@ class RedisOnlineStore(OnlineStore):
             local.pid = os.getpid()
             with self._lock:
                 self._connections.append(local.connection)
-        return local.connection
+        connection: redis.Connection = local.connection
+        return connection
 
     def _exchange(self, payload: list[bytes], replies: int) -> list[Any]:
         """Send packed commands and read their replies on this thread's connection.
@@ -466,8 +477,9 @@ class RedisOnlineStore(OnlineStore):
         fields_key, keys_key = f"{meta}fields:{view}", f"{meta}keys:{view}"
         try:
             self._client.hdel(_watermarks_key(project), view)  # first: see OnlineStore
-            features = self._client.smembers(fields_key)
-            key_sets = self._client.smembers(keys_key)
+            # The client does not decode responses: members are bytes.
+            features = cast(set[bytes], self._client.smembers(fields_key))
+            key_sets = cast(set[bytes], self._client.smembers(keys_key))
             fields = [ts_field(view), created_field(view)]
             fields += [feature_field(view, f.decode()) for f in features]
             for names in key_sets:
@@ -487,7 +499,7 @@ class RedisOnlineStore(OnlineStore):
 
     def watermarks(self, project: str) -> dict[str, Watermark]:
         try:
-            stored = self._client.hgetall(_watermarks_key(project))
+            stored = cast(dict[bytes, bytes], self._client.hgetall(_watermarks_key(project)))
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None
         out = {}

@@ -3,7 +3,7 @@
 Materialization writes, per entity, one `bytes` feature named `TILES_FEATURE` through the
 ordinary `OnlineStore.write_batch` (its event time is the entity's latest event, so the
 store's monotonic rule keeps the newest blob), and `get_online_features` reads it with
-`OnlineStore.read`. The blob (JSON, built by DuckDB in `almanac.offline.aggregations`)
+`OnlineStore.read`. The blob (JSON, built by DuckDB in `almanac.offline.duckdb.aggregations`)
 holds partial aggregates per tile ``(b - tile, b]`` (without a tile, per distinct event
 time ``b``):
 
@@ -48,8 +48,9 @@ import orjson
 import pyarrow as pa
 
 from almanac.definitions.aggregation import AggregateFeature, AggregationView
-from almanac.online.base import EVENT_TIMESTAMP, ViewRows
-from almanac.online.codec import micros_to_datetime
+from almanac.semantics.rows import EVENT_TIMESTAMP, ViewRows
+from almanac.semantics.times import micros_to_datetime
+from almanac.semantics.windows import window_lower
 
 TILES_FEATURE = "tiles"
 TILES_DTYPE = "bytes"
@@ -104,10 +105,12 @@ def evaluate(plan: TilePlan, rows: ViewRows, now_micros: int) -> ViewRows:
 
 
 def decode(blob: bytes) -> dict[str, Any]:
+    tiles: dict[str, Any]
     try:
-        return orjson.loads(blob)
+        tiles = orjson.loads(blob)
     except orjson.JSONDecodeError:  # NaN or Infinity among the values: JSON5-ish tokens
-        return json.loads(blob)
+        tiles = json.loads(blob)
+    return tiles
 
 
 def values_at(plan: TilePlan, tiles: dict[str, Any], now: int) -> list[Any]:
@@ -117,11 +120,9 @@ def values_at(plan: TilePlan, tiles: dict[str, Any], now: int) -> list[Any]:
     # Tiles with b - g < now, i.e. b < now + g (b <= now without a tile).
     stop = bisect_left(ends, now + g)
     slices = []
+    tile = None if plan.exact else g
     for window in plan.windows:
-        edge = now - window
-        if not plan.exact:
-            edge -= edge % g  # Python's % is a floor modulo: right for times before 1970 too
-        slices.append((bisect_right(ends, edge), stop))
+        slices.append((bisect_right(ends, window_lower(now, window, tile)), stop))
     columns = tiles.get("c", {})
     out = []
     for feature, index in zip(plan.features, plan.window_of, strict=True):
@@ -288,7 +289,9 @@ def merge_tiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     where_new = {b: i for i, b in enumerate(new["b"])}
     out: dict[str, Any] = {key: value for key, value in new.items() if key not in ("b", "n", "c")}
     out |= {"b": ends, "n": []}
-    columns = {name: {state: [] for state in states} for name, states in new.get("c", {}).items()}
+    columns: dict[str, dict[str, list[Any]]] = {
+        name: {state: [] for state in states} for name, states in new.get("c", {}).items()
+    }
     for end in ends:
         i, j = where_old.get(end), where_new.get(end)
         if i is None or j is None:

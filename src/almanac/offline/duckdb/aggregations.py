@@ -2,7 +2,7 @@
 
 Both read the same events (`event_rows`: join keys, the event time as epoch microseconds
 ``__t``, each aggregated column as it is read) and use the same window bounds, so the
-online value (tiles merged at read time by `almanac.online.tiles`) equals the offline one.
+online value (tiles merged at read time by `almanac.semantics.tiles`) equals the offline one.
 
 Windows. The value at T covers events with ``lower_W(T) < t <= T`` where
 ``lower_W(T) = T - W`` (exact) or ``floor_tile(T - W)`` (with a tile; boundaries are
@@ -31,11 +31,12 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from almanac.definitions.aggregation import AggregateFeature, AggregationView
-from almanac.definitions.types import arrow_type, duckdb_type
+from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
-from almanac.offline.point_in_time import SPINE, TS, PointPart, cast_column, raw_time_bounds
-from almanac.offline.sources import Source, SourceScan, quote
+from almanac.offline.duckdb.point_in_time import SPINE, TS, PointPart, cast_column, raw_time_bounds
+from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
+from almanac.semantics.windows import micros
 
 T = "__t"  # event (or spine) time, epoch microseconds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -67,10 +68,6 @@ class Input:
     dtype: str | None
     raw_type: str = ""
     states: set[str] = field(default_factory=set)
-
-
-def micros(duration: timedelta) -> int:
-    return duration // _US
 
 
 def inputs(view: AggregationView, scan: SourceScan) -> dict[str, Input]:
@@ -139,7 +136,8 @@ def _read_type(item: Input) -> str:
 
 
 def lower_bound(time: str, window: timedelta, tile: timedelta | None) -> str:
-    """SQL for lower_W(time): the exclusive far edge of the window ending at `time`."""
+    """SQL for lower_W(time): the exclusive far edge of the window ending at `time`
+    (`almanac.semantics.windows.window_lower`, rendered)."""
     edge = f"({time} - {micros(window)})"
     if tile is None:
         return edge
@@ -182,7 +180,8 @@ def point_values(
         f"SELECT *, true AS __e FROM ({events}) SEMI JOIN ({spine_keys}) USING ({', '.join(k)})"
     )
     rows = f"({marked}) UNION ALL BY NAME ({points})"
-    frames, select = {}, [*k, TS]
+    frames: dict[timedelta, str] = {}
+    select = [*k, TS]
     for feature in features:
         if feature.window not in frames:
             frames[feature.window] = f"w{len(frames)}"

@@ -24,9 +24,10 @@ from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.transformations import PythonTransformation, SqlTransformation
 from almanac.errors import InputError
-from almanac.offline.frames import to_arrow
-from almanac.offline.point_in_time import raw_time_bounds
-from almanac.offline.sources import Source, SourceScan, check_select, describe, quote, scan_source
+from almanac.offline.duckdb.point_in_time import raw_time_bounds
+from almanac.offline.duckdb.readers import to_arrow
+from almanac.offline.duckdb.sources import Source, SourceScan, describe, quote, scan_source
+from almanac.offline.duckdb.sql_check import check_select
 
 _BATCH_ROWS = 256 * 1024
 _counter = itertools.count()

@@ -164,7 +164,8 @@ def key_encoder(project: str, join_keys: Sequence[str]) -> Callable[[list[list[A
 
 def _offsets(values: pa.Array) -> list[int]:
     offsets = np.frombuffer(values.buffers()[1], np.int32, len(values) + 1, values.offset * 4)
-    return offsets.tolist()
+    ends: list[int] = offsets.tolist()
+    return ends
 
 
 def write_payload(

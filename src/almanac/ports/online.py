@@ -28,13 +28,26 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
-EVENT_TIMESTAMP = "event_timestamp"
-# Optional column of rows to write: the created time that breaks event-time ties.
-CREATED_TIMESTAMP = "created_timestamp"
+if TYPE_CHECKING:
+    from almanac.config import RepoConfig
+
+# The columns every store reads and writes, and the shape of what it reads back, are
+# defined with the rules (tiles evaluate ViewRows too).
+from almanac.semantics.rows import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewRows
+
+__all__ = [
+    "CREATED_TIMESTAMP",
+    "EVENT_TIMESTAMP",
+    "Merge",
+    "OnlineStore",
+    "ViewRead",
+    "ViewRows",
+    "Watermark",
+]
 
 
 class ViewRead(NamedTuple):
@@ -52,20 +65,6 @@ class ViewRead(NamedTuple):
     dtypes: list[str]
 
 
-class ViewRows(NamedTuple):
-    """The answer for one `ViewRead`, one entry per requested entity row, in order.
-
-    `event_times[i]` is the stored event time of row i in microseconds since the Unix
-    epoch (UTC), or None when the store has no row for that entity. `columns[j][i]` is
-    the value of feature `ViewRead.features[j]` for row i (None when absent). Columns,
-    not rows: decoding runs one comprehension per feature and the response is
-    column-shaped too.
-    """
-
-    event_times: list[int | None]
-    columns: list[list[Any]]
-
-
 # (what the store holds for each row's entity, the rows) -> the rows to write
 Merge = Callable[[ViewRows, pa.Table], pa.Table]
 
@@ -81,6 +80,11 @@ class Watermark(NamedTuple):
 
 class OnlineStore(ABC):
     """Latest values per (project, view, entity key); see the module docstring."""
+
+    @classmethod
+    def from_config(cls, config: RepoConfig) -> OnlineStore:
+        """The store `config.online.url` names (a backend registered for its scheme)."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to open itself")
 
     @abstractmethod
     def write_batch(

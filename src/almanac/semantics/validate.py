@@ -15,7 +15,7 @@ The rules (a broken one is an InputError naming the batch, the column and the pr
   ISO-8601 text; batches keep microseconds, as the stores do (finer digits are dropped);
   the event time has no nulls. Event and created times lie between 1900-01-01 and now
   plus a few seconds of clock skew, timestamp features within what a Python datetime
-  holds (years 1 to 9999): `almanac.times` has the bounds and why;
+  holds (years 1 to 9999): `almanac.semantics.times` has the bounds and why;
 * features (and the columns an aggregation reads): present, and castable to the
   declared dtype without loss. Text is not a number (Arrow would turn "12" into 12) and
   a number is not text (Arrow would turn 12 into "12"): both are wrong types, as are
@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from almanac.definitions.types import Bytes, Float32, Float64, Int64, String, Timestamp, arrow_type
 from almanac.errors import InputError
-from almanac.times import (
+from almanac.semantics.times import (
     FUTURE_TOLERANCE,
     MAX_TIMESTAMP,
     MIN_EVENT_TIME,
@@ -191,7 +191,7 @@ _FEATURE_RANGE = "the timestamps a feature can hold (years 1 to 9999, UTC)"
 
 def check_event_times(values: pa.ChunkedArray, label: str, now: datetime) -> None:
     """InputError naming the first event (or created) time before `MIN_EVENT_TIME` or
-    later than `now` plus the clock-skew tolerance (see `almanac.times`)."""
+    later than `now` plus the clock-skew tolerance (see `almanac.semantics.times`)."""
     early = pc.less(values, pa.scalar(MIN_EVENT_TIME, UTC_US))
     if pc.any(early).as_py():
         index = pc.index(early, True).as_py()
@@ -240,7 +240,7 @@ def _where(index: int, lists: pa.ChunkedArray | None) -> str:
 
 def _show(values: pa.ChunkedArray, index: int) -> str:
     """One timestamp as ISO text, even one a Python datetime cannot hold (year 0)."""
-    text = pc.cast(values.slice(index, 1), pa.string())[0].as_py()
+    text: str = pc.cast(values.slice(index, 1), pa.string())[0].as_py()
     return text.replace(" ", "T").replace(".000000", "")
 
 
@@ -347,4 +347,4 @@ def _plain(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.DataType]:
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))

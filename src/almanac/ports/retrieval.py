@@ -77,7 +77,8 @@ class RetrievalJob:
             yield pa.RecordBatch.from_arrays([*columns, *batch.columns], schema=self.schema)
 
     def to_pandas(self) -> pd.DataFrame:
-        return self.to_arrow().to_pandas()
+        frame: pd.DataFrame = self.to_arrow().to_pandas()
+        return frame
 
     def to_polars(self) -> pl.DataFrame:
         import polars as pl

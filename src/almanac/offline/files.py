@@ -1,0 +1,82 @@
+"""Where a file or push source's rows live: the sorted list of its data files.
+
+Engine-neutral: every engine reads the same files in the same order, so "file order"
+(rule 2's last tie-breaker for Parquet) is one definition. Later path (by string order),
+then later row in the file; Almanac's own appends sort last. Paths that do not exist or
+cannot be listed are InputErrors naming the path.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from almanac.config import RepoConfig
+from almanac.definitions.sources import FileSource, PushSource, SqlSource
+from almanac.errors import InputError
+
+Source = FileSource | SqlSource | PushSource
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def push_folder(config: RepoConfig, source: PushSource) -> Path:
+    """The Almanac-managed Parquet dataset of a push source."""
+    return config.resolve_path(config.offline.data_path) / str(source.name)
+
+
+def has_glob(path: str) -> bool:
+    return any(char in path for char in _GLOB_CHARS)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    # Temp files being written (".x.tmp") and "_SUCCESS"-style markers are not data.
+    parts = path.relative_to(root).parts if path.is_relative_to(root) else (path.name,)
+    return not any(part.startswith((".", "_")) for part in parts)
+
+
+def list_files(config: RepoConfig, source: FileSource | PushSource) -> tuple[list[Path], str]:
+    """The data files of a file or push source, sorted, and a label for messages."""
+    if isinstance(source, PushSource):
+        folder = push_folder(config, source)
+        label = f"push source '{source.name}' ({folder})"
+        if not folder.is_dir():
+            return [], label
+        return _files_in(folder, PARQUET_SUFFIXES), label
+    path = config.resolve_path(source.path)
+    label = f"source '{source.name}' ({path})"
+    suffixes = CSV_SUFFIXES if source.format == "csv" else PARQUET_SUFFIXES
+    if has_glob(source.path):
+        root = Path(glob_root(str(path)))
+        files = sorted(
+            Path(p)
+            for p in glob.glob(str(path), recursive=True)
+            if Path(p).is_file() and _visible(Path(p), root)
+        )
+        if not files:
+            raise InputError(f"{label}: no files match this pattern")
+        return files, label
+    if path.is_dir():
+        return _files_in(path, suffixes), label
+    if path.is_file():
+        return [path], label
+    raise InputError(f"{label}: {path} does not exist")
+
+
+def _files_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name.lower().endswith(suffixes) and _visible(p, folder)
+    )
+
+
+def glob_root(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard."""
+    head = pattern
+    while has_glob(head):
+        head = os.path.dirname(head)
+    return head or "."
