@@ -131,7 +131,7 @@ def test_a_third_party_package_adds_an_engine_and_a_store(
 
     # Its section is checked by its own model: a missing required setting is named.
     config.write_text(text.replace("    label: team-a\n", "    limt: 3\n"))
-    bad = run("historical", "--entities", str(spine), "-f", "user_stats", "--out", "t.parquet")
+    bad = run("historical", "--entities", str(spine), "-f", "user_stats", "--out", str(tmp_path / "t.parquet"))
     assert bad.returncode != 0
     assert "'offline.counting.label'" in bad.stderr
     assert "'offline.counting.limt'" in bad.stderr
