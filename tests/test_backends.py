@@ -123,15 +123,14 @@ def test_a_third_party_package_adds_an_engine_and_a_store(
     assert online.returncode == 0, online.stderr
     spine = starter_repo / "spine.csv"
     spine.write_text("user_id,event_timestamp\n0001,2024-05-30T00:00:00Z\n")
-    historical = run(
-        "historical", "--entities", str(spine), "-f", "user_stats", "--out", "t.parquet"
-    )
+    out = str(tmp_path / "t.parquet")
+    historical = run("historical", "--entities", str(spine), "-f", "user_stats", "--out", out)
     assert historical.returncode == 0, historical.stderr
     assert "counting[team-a] call 1" in historical.stdout
 
     # Its section is checked by its own model: a missing required setting is named.
     config.write_text(text.replace("    label: team-a\n", "    limt: 3\n"))
-    bad = run("historical", "--entities", str(spine), "-f", "user_stats", "--out", str(tmp_path / "t.parquet"))
+    bad = run("historical", "--entities", str(spine), "-f", "user_stats", "--out", out)
     assert bad.returncode != 0
     assert "'offline.counting.label'" in bad.stderr
     assert "'offline.counting.limt'" in bad.stderr
