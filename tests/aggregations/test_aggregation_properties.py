@@ -123,6 +123,9 @@ def test_online_equals_offline_equals_reference(repo: AggRepo, drawn, seed) -> N
     check(repo, drawn, seed)
 
 
+# On SQLite only: the Redis store's side is the DuckDB run's, and Spark's executors
+# writing into Redis are tested in tests/spark (each Spark example costs seconds).
+@pytest.mark.parametrize("online_url", ["sqlite:///.almanac/online.db"])
 @pytest.mark.parametrize("engine_name", ["spark"])
 @settings(SETTINGS, max_examples=4)
 @given(drawn=st.lists(event, min_size=1, max_size=25), seed=st.integers(0, 2**16))

@@ -49,27 +49,12 @@ import pyarrow.compute as pc
 
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.types import arrow_type
-from almanac.semantics.tiles import TILES_FEATURE
+from almanac.semantics.rows import EVENT_TIMESTAMP
+from almanac.semantics.tiles import STATES, TILES_FEATURE
 
-EVENT_TIMESTAMP = "event_timestamp"  # the online stores' name (ports.online), a layer up
 UTC_US = pa.timestamp("us", tz="UTC")
 _US = timedelta(microseconds=1)
 _INT64_MIN = np.iinfo(np.int64).min
-
-# The per-tile states each function needs: a blob's layout. Materialization's SQL
-# writes the same (`offline.duckdb.aggregations._STATES`); `merge_blobs` merges two blobs
-# only if their layouts are equal.
-STATES: dict[str, tuple[str, ...]] = {
-    "count": ("n",),
-    "sum": ("n", "s"),
-    "mean": ("n", "s"),
-    "stddev": ("n", "m", "q"),
-    "variance": ("n", "m", "q"),
-    "min": ("lo",),
-    "max": ("hi",),
-    "last": ("l",),
-    "count_distinct": ("d",),
-}
 
 
 def tile_states(view: AggregationView) -> dict[str, set[str]]:

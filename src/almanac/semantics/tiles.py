@@ -3,7 +3,8 @@
 Materialization writes, per entity, one `bytes` feature named `TILES_FEATURE` through the
 ordinary `OnlineStore.write_batch` (its event time is the entity's latest event, so the
 store's monotonic rule keeps the newest blob), and `get_online_features` reads it with
-`OnlineStore.read`. The blob (JSON, built by DuckDB in `almanac.offline.duckdb.aggregations`)
+`OnlineStore.read`. The blob (JSON: built by the offline engine's SQL when materializing,
+`almanac.offline.duckdb.aggregations`, and by `almanac.semantics.tile_build` for pushes)
 holds partial aggregates per tile ``(b - tile, b]`` (without a tile, per distinct event
 time ``b``):
 
@@ -16,7 +17,8 @@ At read time R a window W keeps the tiles with ``lower_W(R) < b`` and ``b - tile
 query selects at T = R: a 7-day count decays as events age out, without any write.
 
 Tiles are mergeable partial aggregates, so pushed events update a blob in place
-(`merge_blobs`): the offline engine computes the tiles of the pushed rows alone, and
+(`merge_blobs`): `tile_build.build_tiles` computes the tiles of the pushed rows alone, in
+process (no engine query), and
 each entity's stored blob and new tiles are combined tile by tile (equal ends merge
 their states; others are inserted), under the online store's atomic read-modify-write
 (`OnlineStore.merge_batch`). The blob's event time becomes the later of the two.
@@ -54,6 +56,20 @@ from almanac.semantics.windows import window_lower
 
 TILES_FEATURE = "tiles"
 TILES_DTYPE = "bytes"
+# The per-tile states each function needs: a blob's layout. Every builder writes these
+# (the engine's SQL when materializing, `tile_build` for pushes); `merge_blobs` merges two
+# blobs only if their layouts are equal.
+STATES: dict[str, tuple[str, ...]] = {
+    "count": ("n",),
+    "sum": ("n", "s"),
+    "mean": ("n", "s"),
+    "stddev": ("n", "m", "q"),
+    "variance": ("n", "m", "q"),
+    "min": ("lo",),
+    "max": ("hi",),
+    "last": ("l",),
+    "count_distinct": ("d",),
+}
 _US = timedelta(microseconds=1)
 _COUNTS = ("count", "count_distinct")
 

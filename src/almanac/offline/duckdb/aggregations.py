@@ -36,6 +36,7 @@ from almanac.errors import InputError
 from almanac.offline.duckdb.point_in_time import SPINE, TS, PointPart, cast_column, raw_time_bounds
 from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
+from almanac.semantics.tiles import STATES
 from almanac.semantics.windows import micros
 
 T = "__t"  # event (or spine) time, epoch microseconds
@@ -43,19 +44,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _COUNTS = ("count", "count_distinct")  # never null: an empty window counts 0
 _US = timedelta(microseconds=1)
-
-# The per-tile states each function needs.
-_STATES = {
-    "count": ("n",),
-    "sum": ("n", "s"),
-    "mean": ("n", "s"),
-    "stddev": ("n", "m", "q"),
-    "variance": ("n", "m", "q"),
-    "min": ("lo",),
-    "max": ("hi",),
-    "last": ("l",),
-    "count_distinct": ("d",),
-}
 
 
 @dataclass
@@ -88,7 +76,7 @@ def inputs(view: AggregationView, scan: SourceScan) -> dict[str, Input]:
             item = found[column] = Input(
                 column, f"c{len(found)}", view.input_dtype(column), raw_type
             )
-        item.states.update(_STATES[aggregation.function])
+        item.states.update(STATES[aggregation.function])
     return found
 
 
