@@ -80,7 +80,7 @@ def generate(
                EXISTS (SELECT 1 FROM events e WHERE e.user_id = l.user_id
                         AND e.event_timestamp > l.event_timestamp
                         AND e.event_timestamp <= l.event_timestamp + INTERVAL 7 DAY) AS watched_next_week
-        FROM labels l ORDER BY l.event_timestamp
+        FROM labels l ORDER BY l.event_timestamp, l.user_id
     """).arrow()
     pq.write_table(_table(labelled), folder / "labels.parquet")
 
