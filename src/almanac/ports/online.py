@@ -82,9 +82,9 @@ class OnlineStore(ABC):
     """Latest values per (project, view, entity key); see the module docstring."""
 
     @classmethod
+    @abstractmethod
     def from_config(cls, config: RepoConfig) -> OnlineStore:
         """The store `config.online.url` names (a backend registered for its scheme)."""
-        raise NotImplementedError(f"{cls.__name__} does not say how to open itself")
 
     @abstractmethod
     def write_batch(
