@@ -22,6 +22,7 @@ from almanac.definitions.types import Int64, arrow_type
 from almanac.errors import InputError
 from almanac.offline import frames
 from almanac.registry.catalog import Catalog, FeatureRef
+from almanac.semantics.rows import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 # Column names of the narrow spine (no user column can be named so).
 ROW_ID = "__almanac_row"
@@ -109,6 +110,17 @@ def entity_key(view: FeatureView, keys: dict[str, str], key: dict[str, Any]) -> 
             + (f"; missing key(s): {', '.join(missing)}" if missing else "")
         )
     return {k: _key_value(k, v, keys[k]) for k, v in key.items()}
+
+
+def check_latest_columns(view: FeatureView, keys: dict[str, str]) -> None:
+    """`latest_rows` names the row's times `event_timestamp` and `created_timestamp`: a
+    view with a key or feature of either name cannot be materialized."""
+    for reserved in (EVENT_TIMESTAMP, CREATED_TIMESTAMP):
+        if reserved in keys or reserved in view.feature_names:
+            raise InputError(
+                f"feature view '{view.name}' has a column named '{reserved}', which "
+                "latest_rows uses for the row's times"
+            )
 
 
 def _key_value(key: str, value: Any, dtype: str) -> Any:

@@ -39,7 +39,7 @@ from almanac.offline.duckdb.source_check import check_views
 from almanac.offline.duckdb.sources import SourceScan, describe
 from almanac.offline.duckdb.transformations import scan_view
 from almanac.offline.frames import UTC_US
-from almanac.offline.spine import entity_key, prepare_spine
+from almanac.offline.spine import check_latest_columns, entity_key, prepare_spine
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
 from almanac.ports.offline import OfflineEngine
 from almanac.ports.retrieval import RetrievalJob
@@ -149,12 +149,7 @@ class DuckDBEngine(OfflineEngine):
         if start is not None and start > end:
             raise InputError(f"start {start.isoformat()} is after end {end.isoformat()}")
         keys = catalog.join_keys(view)
-        for reserved in ("event_timestamp", "created_timestamp"):
-            if reserved in keys or reserved in view.feature_names:
-                raise InputError(
-                    f"feature view '{view.name}' has a column named '{reserved}', which "
-                    "latest_rows uses for the row's times"
-                )
+        check_latest_columns(view, keys)
         cursor = self._cursor()
         source = catalog.source_of(view)
         scan = scan_view(cursor, self.config, source, view, start, end)

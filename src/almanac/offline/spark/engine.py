@@ -39,7 +39,7 @@ from almanac.offline.duckdb.source_check import check_views as duckdb_check_view
 from almanac.offline.duckdb.source_check import column_problems
 from almanac.offline.spark.scans import Source, SparkScan, scan_view, time_filter
 from almanac.offline.spark.session import SparkSettings, first_line, job, session
-from almanac.offline.spine import ROW_ID, TS, entity_key, prepare_spine
+from almanac.offline.spine import ROW_ID, TS, check_latest_columns, entity_key, prepare_spine
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
 from almanac.ports.offline import OfflineEngine, OnlineTarget, write_online
 from almanac.ports.online import OnlineStore
@@ -177,12 +177,7 @@ class SparkEngine(OfflineEngine):
         from pyspark.sql.pandas.types import from_arrow_schema
 
         keys = catalog.join_keys(view)
-        for reserved in ("event_timestamp", "created_timestamp"):
-            if reserved in keys or reserved in view.feature_names:
-                raise InputError(
-                    f"feature view '{view.name}' has a column named '{reserved}', which "
-                    "latest_rows uses for the row's times"
-                )
+        check_latest_columns(view, keys)
         rows, spec = self._rows(catalog, view, start, end)
         has_created = catalog.source_of(view).created_timestamp_field is not None
         schema = pa.schema(
