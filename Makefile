@@ -14,7 +14,7 @@ $(UV):
 
 # The venv is rebuilt from the lock file whenever the lock changes.
 $(VENV)/.installed: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --all-extras --quiet
+	$(UV) sync --frozen --all-extras --compile-bytecode --quiet
 	touch $@
 
 install: $(VENV)/.installed

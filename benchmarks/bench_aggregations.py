@@ -190,10 +190,12 @@ def fingerprint(table):
     return out
 
 
-if mode in ("almanac", "hot_almanac"):
+if mode in ("almanac", "hot_almanac", "spark"):
     from almanac.store import FeatureStore
 
     store = FeatureStore(repo)
+    if mode == "spark":
+        store.offline.spark  # the session starts outside the timed read
     start = time.perf_counter()
     table = store.get_historical_features(f"{repo}/{spine_file}", features).to_arrow()
     seconds = time.perf_counter() - start
@@ -234,14 +236,23 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": table.num_rows,
 """
 
 
+# The Spark engine's run: the same view and spine, Spark in local mode on the machine's cores.
+SPARK = {"ALMANAC_OFFLINE_ENGINE": "spark", "ALMANAC_OFFLINE_SPARK_MASTER": "local[2]"}
+
+
 def _measure(
-    mode: str, repo: Path, timeout: float | None = None, features: list[str] = FEATURES
+    mode: str,
+    repo: Path,
+    timeout: float | None = None,
+    features: list[str] = FEATURES,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """One measurement in its own subprocess; None when it ran past `timeout`."""
     try:
         done = subprocess.run(
             [sys.executable, "-c", CHILD, mode, str(repo), json.dumps(features)],
             capture_output=True, text=True, check=False, timeout=timeout,
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return None
@@ -332,9 +343,23 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
                                ours["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
         records += _naive_records("aggregation_naive_range_join", size, naive, cap,
                                   "spine ⋈ events on key and (T-30d, T], grouped per spine row")  # fmt: skip
+        records += _spark(repo, size, ours)
         records += _online(repo, size)
         records += _hot_keys(repo, size)
     return records
+
+
+def _spark(repo: Path, size: str, duck: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same training set on the Spark engine (local[2], after its session started)."""
+    spark = _measure("spark", repo, env=SPARK)
+    assert spark is not None
+    check = "same output as DuckDB" if _same(spark, duck) else "OUTPUT DIFFERS FROM DUCKDB"
+    return [
+        _record("aggregation_historical", size, "spark local[2]", "seconds", spark["seconds"],
+                "s", f"get_historical_features → Arrow, 10 features; {check}"),
+        _record("aggregation_historical", size, "spark local[2]", "ratio_to_duckdb",
+                spark["seconds"] / duck["seconds"], "x", "DuckDB: best of its runs above"),
+    ]  # fmt: skip
 
 
 def _naive_records(

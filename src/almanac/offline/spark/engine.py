@@ -1,29 +1,37 @@
-"""The Spark offline engine: Spark distributes, DuckDB computes each bucket.
+"""The Spark offline engine: Spark distributes, DuckDB computes each partition.
 
 Rule 2 is rendered once, as the DuckDB engine's SQL. Spark scans a view's sources (see
 `scans`), drops the rows outside the time span a question can use, hashes the join keys
-into N buckets and shuffles; each bucket then runs the DuckDB queries over its Arrow data
-inside a Python worker (`almanac.offline.duckdb.kernel`): the spine and the view's rows
-of a bucket meet in `groupBy(bucket).cogroup(...).applyInArrow(...)`, latest rows and
-tiles in `groupBy(bucket).applyInArrow(...)`. Every entity's rows are in one bucket, so
-each bucket's answer is final and the results equal DuckDB's row for row.
+and shuffles by that hash; each partition then runs the DuckDB queries over its Arrow
+data inside a Python worker (`almanac.offline.duckdb.kernel`). For a training set, the
+spine's rows and the view's rows travel in one shuffle (a union, told apart by a side
+column) so that a partition holds both sides of its entities: no sort, no cogroup, one
+DuckDB query per partition. Every entity's rows are in one partition, so a partition's
+answer is final and the results equal DuckDB's row for row.
 
-Nothing is collected on the driver but the answer: a training set's features come back
-sorted by row id, one partition at a time (`toLocalIterator`), beside the labels, which
-never leave the driver (`RetrievalJob`); a materialization is written to the online
-store by the executors themselves, each opening the store from the repo's config.
+Nothing is collected on the driver but the answer: `to_arrow` fetches each view's
+features and puts them in row order beside the labels, which never leave the driver
+(`RetrievalJob`); streaming has Spark join and sort them and fetches one partition at a
+time; a materialization is written to the online store by the executors themselves,
+each opening the store from the repo's config.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView, input_dtypes
@@ -53,7 +61,9 @@ if TYPE_CHECKING:
     import duckdb
     from pyspark.sql import Column, DataFrame, SparkSession
 
-BUCKET = "__almanac_bucket"
+BUCKET = "__almanac_bucket"  # a hash of a row's join keys: rows are shuffled by it
+_SIDE = "__almanac_side"  # in a training set's shuffle: 0 for spine rows, 1 for view rows
+_SPINE = "__almanac_spine_"  # the prefix of the spine's columns in that shuffle
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -71,10 +81,13 @@ class SparkEngine(OfflineEngine):
         SQL needs no JVM for its dialect check)."""
         return session(self.own)
 
-    def _buckets(self) -> int:
+    def _shuffle(self, df: DataFrame) -> DataFrame:
+        """`df` in partitions that each hold every row of their entities: a fixed
+        number (`offline.spark.buckets`) or, by default, as many as adaptive query
+        execution makes of the shuffled bytes (at least the default parallelism)."""
         if self.own.buckets:
-            return self.own.buckets
-        return int(self.spark.conf.get("spark.sql.shuffle.partitions") or 200)
+            return df.repartition(self.own.buckets, BUCKET)
+        return df.repartition(BUCKET)
 
     def check_dialect(self, catalog: Catalog, names: list[str]) -> None:
         check_dialect(catalog, names, "spark", "Spark")
@@ -98,7 +111,7 @@ class SparkEngine(OfflineEngine):
         scan = scan_view(self.spark, self.config, source, view, lower, upper)
         spec = kernel.ViewSpec(view, source, keys, scan.file_order, scan.label, (BUCKET,))
         if scan.df is None:
-            return self.spark.createDataFrame([], f"{BUCKET} int"), spec
+            return self.spark.createDataFrame([], f"{BUCKET} long"), spec
         needed = _needed(view, source, keys, features, scan)
         _check_columns(scan, view, needed)
         df = time_filter(scan.df, source.timestamp_field, lower, upper)
@@ -111,7 +124,7 @@ class SparkEngine(OfflineEngine):
         from pyspark.sql import functions as F
 
         typed = [F.col(f"`{k}`").cast("long" if t == Int64 else "string") for k, t in keys.items()]
-        return F.pmod(F.xxhash64(*typed), F.lit(self._buckets())).cast("int")
+        return F.xxhash64(*typed)
 
     # ---- training sets ----------------------------------------------------------------------
 
@@ -133,14 +146,25 @@ class SparkEngine(OfflineEngine):
         if table.num_rows == 0:
             return RetrievalJob(entities, schema, None)
 
-        spine = self.spark.createDataFrame(narrow)
+        spine, folder = self._spine(narrow)
         parts = [self._join_part(catalog, view, by_view[view.name], spine, low, high) for view in views]  # fmt: skip
-        result = parts[0]
-        for part in parts[1:]:
-            result = result.join(part, ROW_ID)
-        result = result.select(ROW_ID, *[f"`{r.output_name}`" for r in refs])
         what = f"training set of {', '.join(repr(v.name) for v in views)}"
-        return SparkRetrievalJob(entities, schema, result, what)
+        job = SparkRetrievalJob(entities, schema, parts, what)
+        if folder is not None:  # the spine's file lives as long as the job can run
+            weakref.finalize(job, shutil.rmtree, folder, ignore_errors=True)
+        return job
+
+    def _spine(self, narrow: pa.Table) -> tuple[DataFrame, str | None]:
+        """The spine's row ids, keys and times as a DataFrame. A local session reads
+        them from a Parquet file the driver writes (Spark's vectorized reader, nothing
+        held in the JVM's heap); a cluster's executors cannot read the driver's disk, so
+        there they travel inside the plan."""
+        if self.own.remote or not self.own.master.startswith("local"):
+            return self.spark.createDataFrame(narrow), None
+        folder = tempfile.mkdtemp(prefix="almanac-spine-")
+        path = os.path.join(folder, "spine.parquet")
+        pq.write_table(narrow, path, compression="none")
+        return self.spark.read.parquet(path), folder
 
     def _join_part(
         self,
@@ -150,24 +174,32 @@ class SparkEngine(OfflineEngine):
         spine: DataFrame,
         low: datetime | None,
         high: datetime | None,
-    ) -> DataFrame:
-        """ROW_ID and the features `refs` of one view for every spine row."""
-        from pyspark.sql.pandas.types import from_arrow_schema
+    ) -> _Part:
+        """ROW_ID and the features `refs` of one view for every spine row: the spine's
+        rows (prefixed, SIDE 0) and the view's (SIDE 1) shuffled together by their keys'
+        hash, one DuckDB query per partition."""
+        from pyspark.sql import functions as F
 
         lower, _ = rows_needed(view, low, high)
         rows, spec = self._rows(catalog, view, lower, high, [r.field.name for r in refs])
         keys = catalog.join_keys(view)
-        mine = spine.select(ROW_ID, *[f"`{k}`" for k in keys], TS)
-        mine = mine.withColumn(BUCKET, self._bucket(keys))
+        spine_columns = (ROW_ID, *keys, TS)
+        mine = spine.select(
+            *[F.col(f"`{c}`").alias(_SPINE + c) for c in spine_columns],
+            self._bucket(keys).alias(BUCKET),
+            F.lit(0).cast("byte").alias(_SIDE),
+        )
+        view_columns = tuple(c for c in rows.columns if c != BUCKET)
+        both = mine.unionByName(rows.withColumn(_SIDE, F.lit(1).cast("byte")), allowMissingColumns=True)  # fmt: skip
         schema = pa.schema(
             [(ROW_ID, pa.int64())] + [(r.output_name, arrow_type(r.field.dtype)) for r in refs]
         )
-        run = partial(kernel.point_in_time, spec, refs, low, high, schema)
-        return (
-            mine.groupBy(BUCKET)
-            .cogroup(rows.groupBy(BUCKET))
-            .applyInArrow(run, from_arrow_schema(schema))
+        run = _SpineAndRows(
+            partial(kernel.point_in_time, spec, refs, low, high, schema),
+            spine_columns,
+            view_columns,
         )
+        return _Part(self._shuffle(both), run, schema)
 
     # ---- materialization and audits ---------------------------------------------------------
 
@@ -186,8 +218,8 @@ class SparkEngine(OfflineEngine):
             + [("event_timestamp", UTC_US)]
             + ([("created_timestamp", UTC_US)] if has_created else [])
         )
-        run = _PerBucket(partial(kernel.latest, spec, start, end, schema))
-        return rows.groupBy(BUCKET).applyInArrow(run, from_arrow_schema(schema)), schema
+        run = _Partition(partial(kernel.latest, spec, start, end, schema))
+        return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
 
     def _tiles_df(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
@@ -200,8 +232,8 @@ class SparkEngine(OfflineEngine):
             [(k, arrow_type(t)) for k, t in keys.items()]
             + [("event_timestamp", UTC_US), ("tiles", pa.binary())]
         )
-        run = _PerBucket(partial(kernel.tiles, spec, start, end))
-        return rows.groupBy(BUCKET).applyInArrow(run, from_arrow_schema(schema)), schema
+        run = _Partition(partial(kernel.tiles, spec, start, end))
+        return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
 
     def latest_rows(
         self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime
@@ -392,45 +424,113 @@ def _needed(
 
 
 class SparkRetrievalJob(RetrievalJob):
-    """A training set computed by Spark: `to_arrow` collects the features in one job
-    and puts them in row order on the driver (a permutation of row ids: one take);
-    streaming (`to_arrow_batches`, `to_parquet`) has Spark sort them and fetches one
-    partition at a time, so only one partition's features are in memory."""
+    """A training set computed by Spark, one part per view (ROW_ID and its features).
+    `to_arrow` runs the parts side by side, each partition's answer coming back as
+    Arrow IPC bytes, and puts each part's rows in spine order on the driver (a
+    permutation of row ids: one take per part). Streaming (`to_arrow_batches`,
+    `to_parquet`) has Spark join the parts and sort them, and fetches one partition at a
+    time, so only one partition's features are in memory."""
 
     def __init__(
-        self, entities: pa.Table, features: pa.Schema, result: DataFrame, what: str
+        self, entities: pa.Table, features: pa.Schema, parts: list[_Part], what: str
     ) -> None:
-        ordered = result.orderBy(ROW_ID)
-
         def produce(batch_rows: int) -> pa.RecordBatchReader:
+            joined = parts[0].typed()
+            for part in parts[1:]:
+                joined = joined.join(part.typed(), ROW_ID)
+            ordered = joined.select(ROW_ID, *[f"`{f.name}`" for f in features]).orderBy(ROW_ID)
             return pa.RecordBatchReader.from_batches(features, _features(ordered, features, what))
 
         super().__init__(entities, features, produce)
-        self._result = result
+        self._parts = parts
         self._what = what
 
     def to_arrow(self) -> pa.Table:
         if self._table is None and self._entities.num_rows:
-            with job(self._what):
-                collected = self._result.toArrow()
-            order = pc.sort_indices(collected.column(ROW_ID))
-            values = collected.drop_columns([ROW_ID]).take(order).cast(self._features)
+            with ThreadPoolExecutor(len(self._parts)) as pool:
+                answers = list(pool.map(self._fetch, self._parts))
+            columns: dict[str, pa.ChunkedArray] = {}
+            for answer in answers:
+                values = answer.drop_columns([ROW_ID]).take(pc.sort_indices(answer[ROW_ID]))
+                columns.update(zip(values.column_names, values.columns, strict=True))
             table = self._entities
-            for i, field in enumerate(self._features):
-                table = table.append_column(field, values.column(i))
+            for field in self._features:
+                table = table.append_column(field, columns[field.name].cast(field.type))
             self._table = table
         return super().to_arrow()
 
+    def _fetch(self, part: _Part) -> pa.Table:
+        with job(self._what):
+            blobs = part.packed().toArrow().column("ipc")
+        tables = [_unpack(blob.as_buffer()) for chunk in blobs.chunks for blob in chunk]
+        return pa.concat_tables(tables) if tables else part.schema.empty_table()
+
 
 @dataclass(frozen=True)
-class _PerBucket:
-    """A kernel over one bucket's table. (pyspark's `applyInArrow` inspects a function's
+class _Part:
+    """One view's part of a training set: the shuffled union of spine and view rows,
+    and the kernel that answers each of its partitions."""
+
+    shuffled: DataFrame
+    run: _SpineAndRows
+    schema: pa.Schema
+
+    def typed(self) -> DataFrame:
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return self.shuffled.mapInArrow(self.run, from_arrow_schema(self.schema))
+
+    def packed(self) -> DataFrame:
+        """Each partition's answer as one row of Arrow IPC bytes (no conversion to
+        Spark's rows and back)."""
+        return self.shuffled.mapInArrow(replace(self.run, pack=True), "ipc binary")
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """A kernel over one partition's rows, as one table. (pyspark inspects a function's
     type hints and fails on a `functools.partial`; an object without hints is fine.)"""
 
     run: Callable[[pa.Table], pa.Table]
 
-    def __call__(self, *args):  # type: ignore[no-untyped-def]
-        return self.run(args[-1])  # pyspark passes (key, table) or (table)
+    def __call__(self, batches):  # type: ignore[no-untyped-def]
+        table = _whole(batches)
+        if table is not None:
+            yield from self.run(table).to_batches()
+
+
+@dataclass(frozen=True)
+class _SpineAndRows:
+    """A training set's kernel over one partition of its shuffle: the spine's rows
+    (SIDE 0, their columns prefixed) and the view's rows (SIDE 1) taken apart."""
+
+    run: Callable[[pa.Table, pa.Table], pa.Table]
+    spine_columns: tuple[str, ...]
+    view_columns: tuple[str, ...]
+    pack: bool = False  # yield the answer as one row of Arrow IPC bytes
+
+    def __call__(self, batches):  # type: ignore[no-untyped-def]
+        table = _whole(batches)
+        if table is None:
+            return
+        is_spine = pc.equal(table.column(_SIDE), 0)
+        spine = table.filter(is_spine)
+        if spine.num_rows == 0:
+            return
+        spine = spine.select([_SPINE + c for c in self.spine_columns])
+        spine = spine.rename_columns(list(self.spine_columns))
+        rows = table.filter(pc.invert(is_spine)).select(list(self.view_columns))
+        answer = self.run(spine, rows)
+        if self.pack:
+            yield _ipc_row(answer)
+        else:
+            yield from answer.to_batches()
+
+
+def _whole(batches: Iterator[pa.RecordBatch]) -> pa.Table | None:
+    """A partition's batches as one table (None if it has no rows)."""
+    kept = [batch for batch in batches if batch.num_rows]
+    return pa.Table.from_batches(kept) if kept else None
 
 
 def _check_columns(scan: SparkScan, view: FeatureView, needed: set[str]) -> None:
@@ -461,9 +561,8 @@ def _stream(df: DataFrame, schema: pa.Schema | None, what: str) -> Iterator[pa.R
     packed = df.mapInArrow(_pack, "ipc binary")
     with job(what):
         for row in packed.toLocalIterator(prefetchPartitions=True):
-            with pa.ipc.open_stream(pa.py_buffer(row.ipc)) as reader:
-                for batch in reader:
-                    yield batch if schema is None or batch.schema == schema else batch.cast(schema)
+            for batch in _unpack(pa.py_buffer(row.ipc)).to_batches():
+                yield batch if schema is None or batch.schema == schema else batch.cast(schema)
 
 
 def _collect(df: DataFrame, schema: pa.Schema, what: str) -> pa.RecordBatchReader:
@@ -476,14 +575,21 @@ def _collect(df: DataFrame, schema: pa.Schema, what: str) -> pa.RecordBatchReade
 
 def _pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        yield pa.RecordBatch.from_pydict(
-            {"ipc": pa.array([sink.getvalue().to_pybytes()], pa.binary())}
-        )
+        if batch.num_rows:
+            yield _ipc_row(pa.Table.from_batches([batch]))
+
+
+def _ipc_row(table: pa.Table) -> pa.RecordBatch:
+    """`table` as a one-row batch of its Arrow IPC stream bytes."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return pa.RecordBatch.from_pydict({"ipc": pa.array([sink.getvalue().to_pybytes()], pa.binary())})  # fmt: skip
+
+
+def _unpack(blob: pa.Buffer) -> pa.Table:
+    with pa.ipc.open_stream(blob) as reader:
+        return reader.read_all()
 
 
 def _write_partition(

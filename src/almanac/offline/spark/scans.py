@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,19 +102,27 @@ def _with_file_order(spark: SparkSession, df: DataFrame, paths: list[str]) -> Da
     """`df` with FILE_INDEX (the file's place in `paths`) and FILE_ROW."""
     from pyspark.sql import functions as F
 
-    # `_metadata.file_path` is a URI: percent-encoded, '+' kept as it is.
-    uri = F.col("_metadata.file_path")
+    uri = F.col("_metadata.file_path")  # a URI: file:/path, percent-encoded, '+' kept
     decoded = F.regexp_replace(F.url_decode(F.replace(uri, F.lit("+"), F.lit("%2B"))), "^file:(//)?", "")  # fmt: skip
     row = F.col("_metadata.row_index").alias(FILE_ROW)
-    if len(paths) <= _LITERAL_PATHS:  # a map in the plan: no broadcast job
-        pairs = [F.lit(x) for i, p in enumerate(paths) for x in (p, i)]
-        index = F.create_map(*pairs)[decoded].cast("long").alias(FILE_INDEX)
-        return df.select("*", index, row)
+    if len(paths) <= _LITERAL_PATHS:  # maps in the plan: no broadcast job
+        # Looked up by the URI as Spark most likely spells it (no string work per row);
+        # by the decoded path if it spells it otherwise.
+        by_uri = [F.lit(x) for i, p in enumerate(paths) for u in _uris(p) for x in (u, i)]
+        by_path = [F.lit(x) for i, p in enumerate(paths) for x in (p, i)]
+        index = F.coalesce(F.create_map(*by_uri)[uri], F.create_map(*by_path)[decoded])
+        return df.select("*", index.cast("long").alias(FILE_INDEX), row)
     table = spark.createDataFrame(
         pa.table({_PATH: paths, FILE_INDEX: pa.array(range(len(paths)), pa.int64())})
     )
     with_path = df.select("*", decoded.alias(_PATH), row)
     return with_path.join(F.broadcast(table), _PATH, "left").drop(_PATH)
+
+
+def _uris(path: str) -> tuple[str, str]:
+    """The likely spellings of a local file's `_metadata.file_path` (Hadoop's URI)."""
+    quoted = quote(path, safe="/:@!$&'()*+,;=-._~")
+    return f"file:{quoted}", f"file://{quoted}"
 
 
 def _footers(files: list[Path]) -> tuple[bool, set[str]]:

@@ -36,9 +36,9 @@ class SparkSettings(BaseModel):
     remote: str | None = None  # a Spark Connect URL (sc://host:15002); replaces master
     app_name: str = "almanac"
     conf: dict[str, str | int | float | bool] = {}
-    # How many buckets the join keys are hashed into; each bucket is one DuckDB query in
-    # one Python worker, so it must fit in a worker's memory. Default: the session's
-    # spark.sql.shuffle.partitions.
+    # How many partitions (hash buckets of the join keys) the rows are shuffled into;
+    # each is one DuckDB query in one Python worker, so it must fit in a worker's
+    # memory. Default: what adaptive query execution makes of the shuffled bytes.
     buckets: int | None = Field(None, ge=1)
     # Spark's own log4j level: its failures reach you as Almanac errors, with their reason.
     log_level: str = "FATAL"
@@ -79,8 +79,15 @@ def session(settings: SparkSettings) -> SparkSession:
             # Python workers run this interpreter (its packages: almanac, DuckDB, Arrow).
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             builder = builder.master(settings.master)
-        # Almanac creates no tables: keep Spark's warehouse folder out of the working one.
-        defaults = {"spark.sql.warehouse.dir": os.path.join(tempfile.gettempdir(), "almanac-spark-warehouse")}  # fmt: skip
+        defaults = {
+            # Almanac creates no tables: keep Spark's warehouse folder out of the working one.
+            "spark.sql.warehouse.dir": os.path.join(
+                tempfile.gettempdir(), "almanac-spark-warehouse"
+            ),
+            # Spark's 1 GiB default is the whole of a local session (driver and executors
+            # share its JVM): a training set of a million rows runs it out of heap.
+            "spark.driver.memory": "4g",
+        }
         own = {key: _text(value) for key, value in settings.conf.items()}
         conf = defaults | own | _REQUIRED
         for key, item in conf.items():
