@@ -25,7 +25,7 @@ from datagen import FEATURES, SIZES, make_repo
 # Runs in a fresh interpreter: argv = [repo, features]; engine settings come from the
 # environment (ALMANAC_OFFLINE_ENGINE, ALMANAC_OFFLINE_SPARK_MASTER); prints one JSON line.
 CHILD = r"""
-import json, os, sys, time
+import json, math, os, sys, time
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -47,7 +47,8 @@ for name in [f.split(":")[1] for f in features]:
     if pa.types.is_string(col.type):
         total = pc.sum(pc.utf8_length(col)).as_py()
     else:
-        total = pc.sum(col.cast(pa.float64())).as_py()
+        # fsum: exact, so the same values give the same total however they are laid out
+        total = math.fsum(col.cast(pa.float64()).drop_null().to_pylist())
     out[name] = [col.null_count, round(total or 0.0, 3)]
 with open("/proc/self/status") as status:
     peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
