@@ -1,0 +1,95 @@
+"""Cold start: each CLI command in a fresh process, as a user runs it in a container
+(`PYTHONDONTWRITEBYTECODE=1`: nothing is cached between processes but what was compiled
+at install).
+
+The starter repo (`almanac init`, 3,000 users, 300,000 watch events) is created and
+applied once under `benchmarks/.data/cold-start/`. Almanac's own source is compiled to
+bytecode first, as `pip install` does for a user (the dev checkout is an editable
+install). Each command runs `RUNS` times; the median wall time is reported, with the
+time to import the Python interpreter alone (`python -c pass`) as the floor.
+`materialize-incremental` starts from an empty online store each time, so it does the
+whole job, not a no-op.
+
+    .venv/bin/python benchmarks/bench_cold_start.py small
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE / ".data" / "cold-start"
+RUNS = 3
+BIN = Path(sys.executable).parent
+
+COMMANDS: dict[str, list[str]] = {
+    "--help": ["--help"],
+    "list": ["list", "views"],
+    "plan": ["plan"],
+    "historical → Parquet": [
+        "historical", "-e", "data/labels.parquet", "-s", "recommender_v1", "-o", "out/train.parquet",
+    ],
+    "materialize-incremental": ["materialize-incremental"],
+    "get-online": ["get-online", "-k", "user_id=1", "-s", "recommender_v1"],
+}  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALMANAC_")}
+    return {**env, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "120"}
+
+
+def _run(args: list[str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return seconds
+
+
+def _prepare() -> None:
+    src = HERE.parent / "src"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
+    if REPO.exists():
+        shutil.rmtree(REPO)
+    REPO.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([BIN / "almanac", "init", str(REPO)], check=True, capture_output=True)
+    _run([str(BIN / "almanac"), "apply"])
+    _run([str(BIN / "almanac"), "materialize-incremental"])  # get-online reads these
+
+
+def run(sizes: list[str]) -> list[dict[str, Any]]:
+    if "small" not in sizes and "medium" not in sizes:
+        return []
+    _prepare()
+    records = []
+    floor = statistics.median(_run([sys.executable, "-c", "pass"]) for _ in range(RUNS))
+    records.append(_record("python -c pass", floor, "the interpreter alone: the floor"))
+    for name, args in COMMANDS.items():
+        samples = []
+        for _ in range(RUNS):
+            if name == "materialize-incremental":
+                (REPO / ".almanac" / "online.db").unlink(missing_ok=True)
+            samples.append(_run([str(BIN / "almanac"), *args]))
+        note = f"median of {RUNS} fresh processes; starter repo"
+        records.append(_record(f"almanac {name}", statistics.median(samples), note))
+    return records
+
+
+def _record(case: str, seconds: float, note: str) -> dict[str, Any]:
+    return {"benchmark": "cold_start", "size": "starter", "backend": "cli", "case": case,
+            "metric": "seconds", "value": round(seconds, 3), "unit": "s", "note": note}  # fmt: skip
+
+
+if __name__ == "__main__":
+    for item in run(sys.argv[1:] or ["small"]):
+        print(json.dumps(item, ensure_ascii=False))
