@@ -28,12 +28,14 @@ SPARK = {
 }
 
 
-def starter_on_spark(path: Path, online_url: str = "sqlite:///.almanac/online.db") -> Path:
-    """The starter repo with the Spark engine: its SQL source rewritten in Spark SQL
-    (the same rows), and `online.url` set."""
+def starter_on_spark(
+    path: Path, online_url: str = "sqlite:///.almanac/online.db", spark: dict[str, object] = SPARK
+) -> Path:
+    """The starter repo with the Spark engine (`spark`: its settings): its SQL source
+    rewritten in Spark SQL (the same rows), and `online.url` set."""
     create_starter_repo(path, users=300, events=20_000, end=END)
     config = (path / "almanac.yaml").read_text()
-    config = re.sub(r"(?m)^  engine: duckdb.*$", "  engine: spark\n  spark: " + json.dumps(SPARK), config)  # fmt: skip
+    config = re.sub(r"(?m)^  engine: duckdb.*$", "  engine: spark\n  spark: " + json.dumps(spark), config)  # fmt: skip
     config = re.sub(r"(?m)^  url: sqlite:///\.almanac/online\.db.*$", f"  url: {online_url}", config)  # fmt: skip
     (path / "almanac.yaml").write_text(config)
     features = (path / "features.py").read_text()

@@ -4,8 +4,10 @@ DuckDB's rows; bad settings and bad definitions get errors that name them."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,6 +55,33 @@ def test_the_starter_repo_gives_duckdbs_training_set(
     path = job.to_parquet(tmp_path / "out" / "train.parquet")
     assert pq.read_table(path).equals(duckdb)
     assert [p.name for p in path.parent.iterdir()] == ["train.parquet"]
+
+
+def test_partitions_sized_by_spark_give_the_same_rows(
+    tmp_path: Path, duckdb_store: FeatureStore
+) -> None:
+    """Without `buckets`, Spark decides how many partitions the keys hash into; the
+    rows are the same. The spine's file (a local session's) is gone with its job."""
+    repo = starter_on_spark(tmp_path / "repo", spark={**SPARK, "buckets": None})
+    with FeatureStore(repo) as store:
+        store.apply()
+        labels = store.repo_path / "data" / "labels.parquet"
+        before = set(Path(tempfile.gettempdir()).glob("almanac-spine-*"))
+        job = store.get_historical_features(labels, feature_service="recommender_v1")
+        assert len(set(Path(tempfile.gettempdir()).glob("almanac-spine-*")) - before) == 1
+        assert job.to_arrow().equals(training_set(duckdb_store))
+        tiles = store.offline.aggregation_tiles(store.catalog, store.catalog.view("user_stats"), None, END)  # fmt: skip
+        expected = duckdb_store.offline.aggregation_tiles(
+            duckdb_store.catalog, duckdb_store.catalog.view("user_stats"), None, END
+        )
+        assert _sorted(tiles.read_all()).equals(_sorted(expected.read_all()))
+        del job
+        gc.collect()
+        assert set(Path(tempfile.gettempdir()).glob("almanac-spine-*")) - before == set()
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    return table.sort_by([(name, "ascending") for name in table.column_names])
 
 
 def test_materialization_writes_from_the_executors(
