@@ -149,11 +149,13 @@ class FeatureStore:
         return self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
 
     def write_to_offline_store(self, view: str, df: Any) -> int:
-        """Append rows to a view's offline dataset (atomic; schema checked first)."""
+        """Append rows to a view's offline dataset (atomic; columns, types and the
+        view's expectations checked first)."""
+        from almanac.ingest.push import write_to_offline_store
         from almanac.repo import guard_writes
 
         guard_writes("write_to_offline_store")
-        return self.offline.write(self.catalog, self.catalog.view(view), df)
+        return write_to_offline_store(self, view, df)
 
     # ---- online ------------------------------------------------------------------------
 

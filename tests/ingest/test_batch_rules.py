@@ -124,7 +124,6 @@ def _loose() -> pa.Table:
         "segment": pa.array(["x", "y"]).dictionary_encode(),
         "seen_at": [T1.isoformat(), None],
         "visits": pa.array(ROWS["visits"], pa.list_(pa.timestamp("ns"))),
-        "ignored": ["extra", "columns"],
     })  # fmt: skip
 
 
@@ -145,7 +144,6 @@ def test_a_good_batch_goes_through_both_and_is_stored_the_same(store: FeatureSto
     assert written.column("segment").to_pylist() == ["x", "y"]
     assert written.column("seen_at").to_pylist() == [T1, None]
     assert written.column("visits").to_pylist() == ROWS["visits"]
-    assert "ignored" not in written.column_names
 
 
 def test_a_good_batch_reaches_the_online_store_by_push(store: FeatureStore) -> None:

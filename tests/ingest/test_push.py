@@ -180,13 +180,12 @@ def test_bad_arguments(store: FeatureStore) -> None:
     assert store.push("user_events", {k: [] for k in ROWS}) == 0
 
 
-def test_extra_columns_are_ignored(store: FeatureStore) -> None:
-    # Feast clients send a `created` column even when the source declares none.
+def test_a_column_no_view_reads_is_refused_by_name(store: FeatureStore) -> None:
     now = datetime.now(UTC)
-    assert (
-        store.push("user_events", {**ROWS, "event_timestamp": [now, now], "created": [now, now]})
-        == 2
-    )
+    with pytest.raises(InputError, match=r"unknown column\(s\) 'live_score; DROP TABLE x'"):
+        store.push("user_events", {**ROWS, "event_timestamp": [now, now], "live_score; DROP TABLE x": [1, 2]})  # fmt: skip
+    assert offline_files(store, "user_events") == []
+    assert online(store, ["a"])["last_page"] == [None]
 
 
 def test_a_push_source_feeding_a_transformed_view_is_refused_before_any_write(

@@ -3,6 +3,7 @@
 from almanac.definitions.aggregation import Aggregation, AggregationView
 from almanac.definitions.base import Definition, format_duration, parse_duration
 from almanac.definitions.entity import Entity
+from almanac.definitions.expectations import Expect, Expectation
 from almanac.definitions.feature_service import FeatureService
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
@@ -31,6 +32,8 @@ __all__ = [
     "Bytes",
     "Definition",
     "Entity",
+    "Expect",
+    "Expectation",
     "FeatureService",
     "FeatureView",
     "Field",

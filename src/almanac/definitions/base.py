@@ -148,6 +148,14 @@ def check_dialect(value: str) -> str:
     return value
 
 
+def drop_defaults(spec: Any, defaults: dict[str, Any]) -> Any:
+    """`spec` without the fields that hold their default: specs written before a field
+    existed stay byte-identical (no plan change, no online reset)."""
+    if isinstance(spec, dict):
+        spec = {k: v for k, v in spec.items() if k not in defaults or v != defaults[k]}
+    return spec
+
+
 def drop_default_dialect(spec: Any) -> Any:
     # Specs written before dialects existed stay byte-identical (no plan change, no
     # online reset): the default is not written out.

@@ -6,10 +6,11 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import Field as PydanticField
-from pydantic import PrivateAttr, field_validator
+from pydantic import PrivateAttr, field_validator, model_serializer
 
-from almanac.definitions.base import Definition, Duration, Name, format_duration
+from almanac.definitions.base import Definition, Duration, Name, drop_defaults, format_duration
 from almanac.definitions.entity import Entity
+from almanac.definitions.expectations import Expectation, OnViolation
 from almanac.definitions.sources import FileSource, PushSource, SourceBase, SqlSource
 from almanac.definitions.transformations import Transformation, as_transformation
 from almanac.definitions.types import parse_dtype
@@ -60,6 +61,10 @@ class FeatureView(Definition):
     tags: dict[str, str] = {}
     materialize_every: Duration | None = None
     transformation: Transformation | None = None
+    # What rows must satisfy to enter the view's stores, and what a breach does (see
+    # `almanac.definitions.expectations`).
+    expectations: list[Expectation] = []
+    on_violation: OnViolation = "reject"
 
     # The objects the user passed, so a repo loader can register them too.
     _entity_objects: list[Entity] = PrivateAttr(default_factory=list)
@@ -88,6 +93,10 @@ class FeatureView(Definition):
         self._source_object = source_object
         if entity_objects:
             check_join_keys_not_features(self, entity_objects)
+
+    @model_serializer(mode="wrap")
+    def _spec(self, handler: Any) -> Any:
+        return drop_defaults(handler(self), {"expectations": [], "on_violation": "reject"})
 
     @property  # shadows pydantic's deprecated `BaseModel.schema()` classmethod, on purpose
     def schema(self) -> list[Field]:  # type: ignore[override]

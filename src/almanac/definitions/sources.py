@@ -12,7 +12,14 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import Field as PydanticField
 from pydantic import field_validator, model_serializer, model_validator
 
-from almanac.definitions.base import Definition, Dialect, Name, check_dialect, drop_default_dialect
+from almanac.definitions.base import (
+    Definition,
+    Dialect,
+    Name,
+    check_dialect,
+    drop_default_dialect,
+    drop_defaults,
+)
 
 
 class _SourceBase(Definition):
@@ -82,9 +89,18 @@ class SqlSource(_SourceBase):
 
 class PushSource(_SourceBase):
     """Rows sent by API (`store.push`, `POST /push`). Almanac keeps their history as a
-    Parquet dataset under the offline store's data path."""
+    Parquet dataset under the offline store's data path.
+
+    A pushed column that no view of the source reads (and that is not a join key or a
+    time column) is refused, naming it: a typo'd feature never vanishes silently.
+    `extra_columns="ignore"` drops such columns instead (raw events often carry more)."""
 
     type: Literal["push"] = "push"
+    extra_columns: Literal["reject", "ignore"] = "reject"
+
+    @model_serializer(mode="wrap")
+    def _spec(self, handler: Any) -> Any:
+        return drop_defaults(handler(self), {"extra_columns": "reject"})
 
 
 Source = Annotated[FileSource | SqlSource | PushSource, PydanticField(discriminator="type")]

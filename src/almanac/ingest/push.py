@@ -4,10 +4,10 @@ A push source may feed several feature views. A push is checked completely befor
 anything is written (DESIGN.md, rule 7): the batch must carry every join key of every
 view reading the source (in its declared type, no nulls), the source's event-time
 column (no nulls; naive times are UTC) and every feature of those views, each castable
-to its declared dtype without loss. Columns no view reads are ignored (a Feast client
-sends a `created` column even when the source declares none). The rules are those of
-`almanac.semantics.validate`, which `write_to_offline_store` follows too: rows get the same answer
-whichever way they come in.
+to its declared dtype without loss. A column no view reads is refused by name, unless the
+source says `extra_columns="ignore"`; then the views' expectations admit the rows
+(`almanac.ingest.admission`). The rules are those of `almanac.semantics.validate`, which
+`write_to_offline_store` follows too: rows get the same answer whichever way they come in.
 
 Then, all or nothing across both stores:
 
@@ -48,6 +48,7 @@ from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError, NotFoundError
+from almanac.ingest.admission import admit, check_columns
 from almanac.online.batch import prepare_batch
 from almanac.online.layouts import claim
 from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
@@ -109,7 +110,13 @@ def push(
     table = to_arrow(df, what)
     if table.num_rows == 0:
         return 0
-    batch = _with_created_time(normalize(table, catalog, source, views), source)
+    readers = [view for view in catalog.all_views().values() if view.source == source.name]
+    table = check_columns(table, _pushable(readers, catalog, source), source.extra_columns, what)
+    admission = admit(normalize(table, catalog, source, views), views, what)
+    if admission.rows.num_rows == 0:  # every row quarantined
+        admission.record(store.config)
+        return 0
+    batch = _with_created_time(admission.rows, source)
     # Every check happens before the first write: the online batches are prepared (and
     # so validated) by the same code that `write_batch` runs.
     online_writes: list[tuple[FeatureView, list[str], list[str], pa.Table]] = []
@@ -151,7 +158,36 @@ def push(
         raise
     if staged is not None:
         staged.commit()
+    admission.record(store.config)
     return int(batch.num_rows)
+
+
+def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
+    """Append `df` to a view's offline dataset as one new file (atomic), admitted by
+    the same rules as a push: strict columns, then the view's expectations."""
+    from almanac.offline.writer import prepare_batch as offline_batch
+
+    catalog = store.catalog
+    view = catalog.view(view_name)
+    source = catalog.source_of(view)
+    what = f"batch for feature view '{view.name}'"
+    table = to_arrow(df, what)
+    if table.num_rows == 0:
+        return 0
+    readers = [other for other in catalog.all_views().values() if other.source == source.name]
+    allowed = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
+    for reader in readers:
+        allowed.update(catalog.join_keys(reader), _columns_read(reader))
+    table = check_columns(table, allowed, getattr(source, "extra_columns", "reject"), what)
+    batch = offline_batch(table, view, catalog.join_keys(view), source)
+    admission = admit(batch, [view], what)
+    staged = store.offline.stage(catalog, view, admission.rows) if admission.rows.num_rows else None
+    rows = 0
+    if staged is not None:
+        staged.commit()
+        rows = staged.rows
+    admission.record(store.config)
+    return rows
 
 
 def push_source_of(catalog: Catalog, name: str) -> PushSource:
@@ -235,6 +271,15 @@ def normalize(
         created_field=source.created_timestamp_field,
         columns=_union(views, catalog, what, keys=False),
     )
+
+
+def _pushable(views: list[FeatureView], catalog: Catalog, source: PushSource) -> set[str]:
+    """The columns a push to `source` may carry: its views' join keys and the columns
+    they read, and the source's time columns."""
+    names = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
+    for view in views:
+        names.update(catalog.join_keys(view), _columns_read(view))
+    return names
 
 
 def _union(

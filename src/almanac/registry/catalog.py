@@ -170,6 +170,7 @@ class Catalog:
             source = self.sources[view.source]
             if isinstance(source, PushSource) and isinstance(view, AggregationView):
                 _check_pushed_columns_typed(view, label)
+            _check_expectation_columns(view, source, [*owners], label)
             reserved = {source.timestamp_field, source.created_timestamp_field}
             for feature in view.feature_names:
                 if feature in reserved:
@@ -291,6 +292,25 @@ class Catalog:
             seen[item.output_name] = item.ref
         # The same feature asked for twice is returned once.
         return list({item.ref: item for item in resolved}.values())
+
+
+def _check_expectation_columns(
+    view: FeatureView, source: Source, keys: list[str], label: str
+) -> None:
+    """An expectation checks a column the view reads: a join key, a time column, a
+    feature (an aggregation view: an aggregated column)."""
+    if isinstance(view, AggregationView):
+        read = set(input_dtypes(view.aggregations, view.columns))
+    else:
+        read = set(view.feature_names)
+    read |= {*keys, source.timestamp_field, source.created_timestamp_field or ""}
+    for expectation in view.expectations:
+        if expectation.column is not None and expectation.column not in read:
+            raise DefinitionError(
+                f"{label}: field 'expectations': {expectation.label} checks column "
+                f"'{expectation.column}', which the view does not read (it reads: "
+                f"{', '.join(sorted(c for c in read if c))})"
+            )
 
 
 def _check_pushed_columns_typed(view: AggregationView, label: str) -> None:

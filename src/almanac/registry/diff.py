@@ -90,12 +90,19 @@ _DOCUMENTATION = ("owner", "description", "tags")
 # Fields of a view that are read-time settings or schedules, not what its stored values are
 # computed from: a TTL is applied at read time, a cadence only says when to run.
 _READ_TIME = ("ttl", "materialize_every")
+# Rules that admit rows at the door: they decide what is written, not how stored values
+# are computed from it (values admitted before an edit stay valid).
+_ADMISSION = ("expectations", "on_violation", "extra_columns")
 
 
 def _values_layout(spec: Any) -> Any:
     """A spec without its documentation, at any depth."""
     if isinstance(spec, dict):
-        return {k: _values_layout(v) for k, v in spec.items() if k not in _DOCUMENTATION}
+        return {
+            k: _values_layout(v)
+            for k, v in spec.items()
+            if k not in _DOCUMENTATION and k not in _ADMISSION
+        }
     if isinstance(spec, list):
         return [_values_layout(item) for item in spec]
     return spec
