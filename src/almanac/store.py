@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from almanac.online.response import OnlineResponse
     from almanac.ports.offline import OfflineEngine, RetrievalJob
     from almanac.ports.online import OnlineStore
+    from almanac.quality.checks import Validation
+    from almanac.quality.drift import FeatureDrift
+    from almanac.quality.statistics import FeatureStatistics
     from almanac.registry.diff import Plan
     from almanac.registry.store import CachedRegistry
 
@@ -156,6 +159,37 @@ class FeatureStore:
 
         guard_writes("write_to_offline_store")
         return write_to_offline_store(self, view, df)
+
+    # ---- quality -----------------------------------------------------------------------
+
+    def statistics(
+        self, view: str, start: datetime | str | None = None, end: datetime | str | None = None
+    ) -> list[FeatureStatistics]:
+        """Statistics of each feature of `view` over its offline rows with event times
+        in [start, end] (see `almanac.quality.statistics`)."""
+        from almanac.quality.checks import statistics
+
+        return statistics(self, view, start, end)
+
+    def drift(
+        self,
+        view: str,
+        reference: tuple[datetime | str | None, datetime | str | None],
+        current: tuple[datetime | str | None, datetime | str | None],
+    ) -> list[FeatureDrift]:
+        """PSI, Jensen–Shannon and KS of each feature of `view` from the `reference`
+        window (start, end) to the `current` one, with a status (see `almanac.quality.drift`)."""
+        from almanac.quality.checks import feature_drift
+
+        return feature_drift(self, view, reference, current)
+
+    def validate(
+        self, view: str, start: datetime | str | None = None, end: datetime | str | None = None
+    ) -> Validation:
+        """`view`'s expectations over its offline rows with event times in [start, end]."""
+        from almanac.quality.checks import validate
+
+        return validate(self, view, start, end)
 
     # ---- online ------------------------------------------------------------------------
 

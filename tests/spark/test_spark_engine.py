@@ -58,17 +58,19 @@ def test_the_starter_repo_gives_duckdbs_training_set(
 
 
 def test_partitions_sized_by_spark_give_the_same_rows(
-    tmp_path: Path, duckdb_store: FeatureStore
+    tmp_path: Path, duckdb_store: FeatureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without `buckets`, Spark decides how many partitions the keys hash into; the
     rows are the same. The spine's file (a local session's) is gone with its job."""
+    scratch = tmp_path / "scratch"  # this test's own temporary folder: no other test's files
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     repo = starter_on_spark(tmp_path / "repo", spark={**SPARK, "buckets": None})
     with FeatureStore(repo) as store:
         store.apply()
         labels = store.repo_path / "data" / "labels.parquet"
-        before = set(Path(tempfile.gettempdir()).glob("almanac-spine-*"))
         job = store.get_historical_features(labels, feature_service="recommender_v1")
-        assert len(set(Path(tempfile.gettempdir()).glob("almanac-spine-*")) - before) == 1
+        assert len(list(scratch.glob("almanac-spine-*"))) == 1
         assert job.to_arrow().equals(training_set(duckdb_store))
         tiles = store.offline.aggregation_tiles(store.catalog, store.catalog.view("user_stats"), None, END)  # fmt: skip
         expected = duckdb_store.offline.aggregation_tiles(
@@ -77,7 +79,18 @@ def test_partitions_sized_by_spark_give_the_same_rows(
         assert _sorted(tiles.read_all()).equals(_sorted(expected.read_all()))
         del job
         gc.collect()
-        assert set(Path(tempfile.gettempdir()).glob("almanac-spine-*")) - before == set()
+        assert list(scratch.glob("almanac-spine-*")) == []
+
+
+@pytest.mark.parametrize("view", ["user_profile", "user_last_genre"])
+def test_rows_are_duckdbs_rows(spark_store: FeatureStore, duckdb_store: FeatureStore, view: str) -> None:  # fmt: skip
+    """What statistics, drift and validation read: every row in the window, typed."""
+    start, end = END - timedelta(days=20), END - timedelta(days=2)
+    got = spark_store.offline.rows(spark_store.catalog, spark_store.catalog.view(view), start, end)
+    want = duckdb_store.offline.rows(duckdb_store.catalog, duckdb_store.catalog.view(view), start, end)  # fmt: skip
+    got_table, want_table = got.read_all(), want.read_all()
+    assert want_table.num_rows > 100
+    assert _sorted(got_table).equals(_sorted(want_table))
 
 
 def _sorted(table: pa.Table) -> pa.Table:

@@ -23,6 +23,7 @@ from almanac.errors import InputError
 from almanac.offline import frames
 from almanac.registry.catalog import Catalog, FeatureRef
 from almanac.semantics.rows import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from almanac.semantics.validate import UTC_US
 
 # Column names of the narrow spine (no user column can be named so).
 ROW_ID = "__almanac_row"
@@ -110,6 +111,17 @@ def entity_key(view: FeatureView, keys: dict[str, str], key: dict[str, Any]) -> 
             + (f"; missing key(s): {', '.join(missing)}" if missing else "")
         )
     return {k: _key_value(k, v, keys[k]) for k, v in key.items()}
+
+
+def rows_schema(view: FeatureView, keys: dict[str, str], has_created: bool) -> pa.Schema:
+    """The columns of `latest_rows` and `rows`: join keys, features, `event_timestamp`
+    and, when the source has a created time, `created_timestamp`."""
+    return pa.schema(
+        [(k, arrow_type(t)) for k, t in keys.items()]
+        + [(f.name, arrow_type(f.dtype)) for f in view.features]
+        + [(EVENT_TIMESTAMP, UTC_US)]
+        + ([(CREATED_TIMESTAMP, UTC_US)] if has_created else [])
+    )
 
 
 def check_latest_columns(view: FeatureView, keys: dict[str, str]) -> None:

@@ -110,6 +110,14 @@ class OfflineEngine(ABC):
         `created_timestamp` (the online store breaks ties with it)."""
 
     @abstractmethod
+    def rows(
+        self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
+    ) -> pa.RecordBatchReader:
+        """Every row of a feature view with start <= event time <= end (either bound may
+        be open), typed as the view declares: the columns of `latest_rows`, in no
+        particular order. What statistics, drift and validation read."""
+
+    @abstractmethod
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
     ) -> pa.RecordBatchReader:

@@ -47,6 +47,17 @@ def to_utc(value: datetime | str, name: str = "time") -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def time_range(
+    start: datetime | str | None, end: datetime | str | None
+) -> tuple[datetime | None, datetime | None]:
+    """`start` and `end` as UTC times (None: open); InputError if start is after end."""
+    low = None if start is None else to_utc(start, "start")
+    high = None if end is None else to_utc(end, "end")
+    if low is not None and high is not None and low > high:
+        raise InputError(f"start {low.isoformat()} is after end {high.isoformat()}")
+    return low, high
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -32,6 +32,7 @@ from almanac.offline.duckdb.point_in_time import (
     historical_query,
     history_query,
     latest_query,
+    rows_query,
     view_rows,
 )
 from almanac.offline.duckdb.readers import parse_text, to_arrow
@@ -39,12 +40,12 @@ from almanac.offline.duckdb.source_check import check_views
 from almanac.offline.duckdb.sources import SourceScan, describe
 from almanac.offline.duckdb.transformations import scan_view
 from almanac.offline.frames import UTC_US
-from almanac.offline.spine import check_latest_columns, entity_key, prepare_spine
+from almanac.offline.spine import check_latest_columns, entity_key, prepare_spine, rows_schema
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
 from almanac.ports.offline import OfflineEngine
 from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
-from almanac.semantics.times import to_utc
+from almanac.semantics.times import time_range, to_utc
 from almanac.semantics.windows import rows_needed
 
 # DuckDB errors that mean "the data is not what the definitions say" (a value that does
@@ -154,13 +155,21 @@ class DuckDBEngine(OfflineEngine):
         source = catalog.source_of(view)
         scan = scan_view(cursor, self.config, source, view, start, end)
         rows = view_rows(scan, source, view, keys, None, start, end)
-        schema = pa.schema(
-            [(k, arrow_type(t)) for k, t in keys.items()]
-            + [(f.name, arrow_type(f.dtype)) for f in view.features]
-            + [("event_timestamp", UTC_US)]
-            + ([("created_timestamp", UTC_US)] if rows.has_created else [])
-        )
+        schema = rows_schema(view, keys, rows.has_created)
         return _reader(cursor, latest_query(rows, start, end), schema, 128 * 1024, "latest_rows")
+
+    def rows(
+        self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
+    ) -> pa.RecordBatchReader:
+        start, end = time_range(start, end)
+        keys = catalog.join_keys(view)
+        check_latest_columns(view, keys)
+        cursor = self._cursor()
+        source = catalog.source_of(view)
+        scan = scan_view(cursor, self.config, source, view, start, end)
+        rows = view_rows(scan, source, view, keys, None, start, end)
+        schema = rows_schema(view, keys, rows.has_created)
+        return _reader(cursor, rows_query(rows, start, end), schema, 128 * 1024, f"rows of '{view.name}'")  # fmt: skip
 
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime

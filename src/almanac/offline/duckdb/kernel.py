@@ -34,6 +34,7 @@ from almanac.offline.duckdb.point_in_time import (
     historical_query,
     history_query,
     latest_query,
+    rows_query,
     view_rows,
 )
 from almanac.offline.duckdb.sources import Source, SourceScan, describe
@@ -131,6 +132,23 @@ def latest(
         scan = _scan(con, spec, rows)
         found = view_rows(scan, spec.source, spec.view, spec.keys, None, start, end)
         return _run(con, latest_query(found, start, end), schema, f"feature view '{spec.view.name}'")  # fmt: skip
+    finally:
+        con.close()
+
+
+def rows(
+    spec: ViewSpec,
+    start: datetime | None,
+    end: datetime | None,
+    schema: pa.Schema,
+    table: pa.Table,
+) -> pa.Table:
+    """One partition of `rows`: its rows typed as the view declares, within the bounds."""
+    con = connect()
+    try:
+        scan = _scan(con, spec, table)
+        found = view_rows(scan, spec.source, spec.view, spec.keys, None, start, end)
+        return _run(con, rows_query(found, start, end), schema, f"feature view '{spec.view.name}'")  # fmt: skip
     finally:
         con.close()
 

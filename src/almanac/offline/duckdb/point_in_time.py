@@ -249,6 +249,19 @@ def latest_query(rows: ViewRows, start: datetime | None, end: datetime) -> str:
     return f"SELECT {', '.join(outputs)} FROM ({grouped})"
 
 
+def rows_query(rows: ViewRows, start: datetime | None, end: datetime | None) -> str:
+    """Every row with start <= event time <= end (None: open), in the columns of
+    `latest_query`."""
+    outputs = [quote(k) for k in rows.keys] + [quote(f.name) for f in rows.features]
+    outputs.append(f"{TS} AS event_timestamp")
+    if rows.has_created:
+        outputs.append(f"{CREATED} AS created_timestamp")
+    where = [f"{TS} >= {sql_timestamp(start)}"] if start is not None else []
+    where += [f"{TS} <= {sql_timestamp(end)}"] if end is not None else []
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {', '.join(outputs)} FROM ({rows.sql}){clause}"
+
+
 def history_query(
     rows: ViewRows, key: dict[str, object], at: datetime | None, ttl: timedelta | None
 ) -> str:

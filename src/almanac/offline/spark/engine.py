@@ -47,13 +47,20 @@ from almanac.offline.duckdb.source_check import check_views as duckdb_check_view
 from almanac.offline.duckdb.source_check import column_problems
 from almanac.offline.spark.scans import Source, SparkScan, scan_view, time_filter
 from almanac.offline.spark.session import SparkSettings, first_line, job, session
-from almanac.offline.spine import ROW_ID, TS, check_latest_columns, entity_key, prepare_spine
+from almanac.offline.spine import (
+    ROW_ID,
+    TS,
+    check_latest_columns,
+    entity_key,
+    prepare_spine,
+    rows_schema,
+)
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
 from almanac.ports.offline import OfflineEngine, OnlineTarget, write_online
 from almanac.ports.online import OnlineStore
 from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
-from almanac.semantics.times import to_utc
+from almanac.semantics.times import time_range, to_utc
 from almanac.semantics.validate import UTC_US
 from almanac.semantics.windows import rows_needed
 
@@ -212,12 +219,7 @@ class SparkEngine(OfflineEngine):
         check_latest_columns(view, keys)
         rows, spec = self._rows(catalog, view, start, end)
         has_created = catalog.source_of(view).created_timestamp_field is not None
-        schema = pa.schema(
-            [(k, arrow_type(t)) for k, t in keys.items()]
-            + [(f.name, arrow_type(f.dtype)) for f in view.features]
-            + [("event_timestamp", UTC_US)]
-            + ([("created_timestamp", UTC_US)] if has_created else [])
-        )
+        schema = rows_schema(view, keys, has_created)
         run = _Partition(partial(kernel.latest, spec, start, end, schema))
         return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
 
@@ -241,6 +243,23 @@ class SparkEngine(OfflineEngine):
         start, end = _bounds(start, end)
         df, schema = self._latest_df(catalog, view, start, end)
         return _collect(df, schema, f"latest rows of feature view '{view.name}'")
+
+    def rows(
+        self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
+    ) -> pa.RecordBatchReader:
+        """Each partition of the scan is typed by the kernel where it is (no shuffle)
+        and streamed back one partition at a time."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        start, end = time_range(start, end)
+        keys = catalog.join_keys(view)
+        check_latest_columns(view, keys)
+        rows, spec = self._rows(catalog, view, start, end)
+        has_created = catalog.source_of(view).created_timestamp_field is not None
+        schema = rows_schema(view, keys, has_created)
+        run = _Partition(partial(kernel.rows, spec, start, end, schema))
+        df = rows.mapInArrow(run, from_arrow_schema(schema))
+        return pa.RecordBatchReader.from_batches(schema, _stream(df, schema, f"rows of '{view.name}'"))  # fmt: skip
 
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime

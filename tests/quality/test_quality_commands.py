@@ -1,0 +1,100 @@
+"""`stats`, `drift` and `validate` over a view's offline rows, from the SDK and the CLI:
+a planted shift is found, an unchanged feature is not, breaches exit 1."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from almanac import FeatureStore
+from almanac.cli import main
+from almanac.errors import InputError
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+FEATURES = """
+from almanac import Entity, Expect, FeatureView, Field, FileSource, Float64, String
+
+user = Entity(name="user", join_keys=["user_id"], dtype="int64")
+payments = FeatureView(
+    name="payments", entities=[user],
+    source=FileSource(name="payments_source", path="data/payments/"),
+    schema=[Field("amount", Float64), Field("plan", String)],
+    expectations=[Expect.between("amount", 0, 1000)], on_violation="warn",
+)
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FeatureStore:
+    repo = tmp_path / "repo"
+    (repo / "data" / "payments").mkdir(parents=True)
+    (repo / "almanac.yaml").write_text("project: quality\n")
+    (repo / "features.py").write_text(FEATURES)
+    store = FeatureStore(repo)
+    store.apply()
+    rng = np.random.default_rng(3)
+    for week, mean in ((0, 100.0), (1, 100.0), (2, 160.0)):  # week 2: amounts shift
+        n = 4_000
+        times = [T0 + timedelta(days=7 * week, seconds=int(s)) for s in rng.integers(0, 6 * 86400, n)]  # fmt: skip
+        store.write_to_offline_store("payments", {
+            "user_id": rng.integers(0, 500, n).tolist(), "event_timestamp": times,
+            "amount": rng.normal(mean, 10, n).tolist(),
+            "plan": rng.choice(["free", "pro"], n, p=[0.8, 0.2]).tolist(),
+        })  # fmt: skip
+    return store
+
+
+def weeks(a: int, b: int) -> tuple[datetime, datetime]:
+    return T0 + timedelta(days=7 * a), T0 + timedelta(days=7 * b) - timedelta(microseconds=1)
+
+
+def test_drift_finds_the_planted_shift_and_only_it(store: FeatureStore) -> None:
+    calm = {d.feature: d.status for d in store.drift("payments", weeks(0, 1), weeks(1, 2))}
+    assert calm == {"amount": "ok", "plan": "ok"}
+    moved = {d.feature: d for d in store.drift("payments", weeks(0, 1), weeks(2, 3))}
+    assert moved["amount"].status == "drift" and moved["plan"].status == "ok"
+    assert moved["amount"].reference_rows == moved["amount"].current_rows == 4_000
+
+
+def test_statistics_cover_the_window(store: FeatureStore) -> None:
+    amount, plan = store.statistics("payments", *weeks(2, 3))
+    assert amount.rows == 4_000 and amount.mean == pytest.approx(160, abs=1)
+    assert [value for value, _ in plan.top] == ["free", "pro"]
+    with pytest.raises(InputError, match="after end"):
+        store.statistics("payments", T0 + timedelta(days=1), T0)
+
+
+def test_the_cli_prints_json_and_validate_exits_1_on_a_breach(
+    store: FeatureStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            main(["--repo", str(store.repo_path), *args])
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    code, out = run("stats", "payments", "--json")
+    assert code == 0, out
+    assert [s["feature"] for s in json.loads(out)] == ["amount", "plan"]
+    start, end = (t.isoformat() for t in weeks(0, 1))
+    later = weeks(2, 3)[0].isoformat()
+    code, out = run("drift", "payments", "--reference", f"{start}..{end}", "--current", f"{later}..", "--json")  # fmt: skip
+    assert code == 0, out
+    assert {d["feature"]: d["status"] for d in json.loads(out)}["amount"] == "drift"
+    assert run("validate", "payments")[0] == 0
+    # A breach written under `warn` is found offline: exit 1, naming it.
+    store.write_to_offline_store("payments", {
+        "user_id": [1], "event_timestamp": [T0], "amount": [-5.0], "plan": ["free"]})  # fmt: skip
+    code, out = run("validate", "payments")
+    assert code == 1
+    assert "between('amount', 0, 1000): 1 of 12001 rows (e.g. -5.0)" in " ".join(out.split())
+    code, out = run("drift", "payments", "--reference", "x", "--current", "..")
+    assert code == 2 and "expected START..END" in out
