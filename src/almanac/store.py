@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from almanac.online.response import OnlineResponse
     from almanac.ports.offline import OfflineEngine, RetrievalJob
     from almanac.ports.online import OnlineStore
-    from almanac.quality.checks import Validation
+    from almanac.quality.checks import Quarantine, Validation
     from almanac.quality.drift import FeatureDrift
+    from almanac.quality.freshness import ViewFreshness
     from almanac.quality.statistics import FeatureStatistics
     from almanac.registry.diff import Plan
     from almanac.registry.store import CachedRegistry
@@ -190,6 +191,22 @@ class FeatureStore:
         from almanac.quality.checks import validate
 
         return validate(self, view, start, end)
+
+    def quarantine(self, view: str) -> Quarantine:
+        """The rows `view` kept aside under `on_violation="quarantine"`, newest first,
+        each with the expectations it broke."""
+        from almanac.quality.checks import quarantined
+
+        return quarantined(self, view)
+
+    def freshness(
+        self, views: list[str] | None = None, now: datetime | None = None
+    ) -> list[ViewFreshness]:
+        """Each view's newest event and materialization lag against its `freshness` SLO
+        (see `almanac.quality.freshness`)."""
+        from almanac.quality.freshness import freshness
+
+        return freshness(self, views, now)
 
     # ---- online ------------------------------------------------------------------------
 

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from almanac import Expect, FeatureStore, FeatureView, Field, Float64
 from almanac.errors import DefinitionError, InputError
-from almanac.ingest.admission import REASON, admit, quarantine_folder
+from almanac.ingest.admission import admit
+from almanac.offline.files import quarantine_folder
 from almanac.registry.diff import values_fingerprint
+from almanac.semantics.expectations import REASON
 
 FEATURES = """
 from almanac import Aggregation, AggregationView, Entity, Expect, FeatureView, Field, Float64
@@ -129,6 +131,9 @@ def test_quarantine_writes_the_passing_rows_and_keeps_the_others(tmp_path: Path,
         # A batch with no passing row writes nothing but the quarantine.
         assert store.write_to_offline_store("amounts", rows(now, [-1.0], ["pro"])) == 0
         assert len(offline_rows(store)) == 1 and len(quarantined(store)) == 4
+        held = store.quarantine("amounts")
+        assert held.reasons() == {"between('amount', 0, 1000)": 3, "one_of('tier', ['free', 'pro'])": 1}  # fmt: skip
+        assert held.rows.column("amount").to_pylist()[0] == -1.0  # newest first
 
 
 def test_a_column_no_view_reads_is_refused_unless_the_source_ignores_extras(tmp_path: Path) -> None:  # fmt: skip

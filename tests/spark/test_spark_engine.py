@@ -93,6 +93,13 @@ def test_rows_are_duckdbs_rows(spark_store: FeatureStore, duckdb_store: FeatureS
     assert _sorted(got_table).equals(_sorted(want_table))
 
 
+def test_newest_event_is_duckdbs(spark_store: FeatureStore, duckdb_store: FeatureStore) -> None:
+    for view in ("user_profile", "user_last_genre", "user_stats"):
+        spark = spark_store.offline.newest_event(spark_store.catalog, spark_store.catalog.view(view))  # fmt: skip
+        duck = duckdb_store.offline.newest_event(duckdb_store.catalog, duckdb_store.catalog.view(view))  # fmt: skip
+        assert spark == duck is not None, view
+
+
 def _sorted(table: pa.Table) -> pa.Table:
     return table.sort_by([(name, "ascending") for name in table.column_names])
 

@@ -4,25 +4,18 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
-from almanac.errors import InputError
+from almanac.quality.checks import parse_window
 
 _START = typer.Option("--start", help="Earliest event time (ISO 8601); default: the first.")
 _END = typer.Option("--end", help="Latest event time (ISO 8601); default: the last.")
 _JSON = typer.Option("--json", help="Print JSON.")
-
-
-def _window(text: str, option: str) -> tuple[str | None, str | None]:
-    """'T1..T2' (either side may be empty) as (start, end)."""
-    if ".." not in text:
-        raise InputError(f"{option}: expected START..END (ISO 8601, either may be empty), got {text!r}")  # fmt: skip
-    start, end = text.split("..", 1)
-    return start.strip() or None, end.strip() or None
 
 
 def _number(value: Any) -> str:
@@ -70,7 +63,9 @@ def drift(
 ) -> None:
     """Drift of each feature of a view between two windows: PSI, Jensen–Shannon, KS."""
     with open_store() as store:
-        found = store.drift(view, _window(reference, "--reference"), _window(current, "--current"))
+        found = store.drift(
+            view, parse_window(reference, "--reference"), parse_window(current, "--current")
+        )
     if as_json:
         typer.echo(json.dumps([d.to_dict() for d in found], indent=2))
         return
@@ -106,3 +101,62 @@ def validate(
             console.print(f"[red]{view}: {breach.describe()}[/]")
     if not result.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def freshness(
+    views: Annotated[list[str] | None, typer.Argument(help="Views (default: all).")] = None,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """How old each view's newest event and online refresh are, against its SLO; exit 1
+    if any view is stale or lagging."""
+    with open_store() as store:
+        found = store.freshness(views or None)
+    if as_json:
+        typer.echo(json.dumps([f.to_dict() for f in found], indent=2))
+    else:
+        table = Table(title="freshness")
+        for column in ("view", "newest event", "age", "online lag", "slo", "status"):
+            table.add_column(column)
+        colors = {"ok": "green", "stale": "red", "lagging": "yellow"}
+        for f in found:
+            table.add_row(
+                f.view, "" if f.newest_event is None else f.newest_event.isoformat(timespec="seconds"),
+                _age(f.event_age_seconds), _age(f.materialization_lag_seconds),
+                _age(f.slo_seconds), f"[{colors.get(f.status, 'white')}]{f.status}[/]",
+            )  # fmt: skip
+        console.print(table)
+    if any(f.status in ("stale", "lagging") for f in found):
+        raise typer.Exit(1)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    from almanac.definitions.base import format_duration
+
+    return format_duration(timedelta(seconds=round(seconds)))
+
+
+@app.command()
+def quarantine(
+    view: Annotated[str, typer.Argument(help="A view with on_violation='quarantine'.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to show.")] = 10,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """List the rows a view kept aside, newest first, with the expectations they broke."""
+    with open_store() as store:
+        held = store.quarantine(view)
+    if as_json:
+        typer.echo(json.dumps(held.to_dict(limit), indent=2, default=str))
+        return
+    console.print(f"{view}: {held.rows.num_rows:,} rows in quarantine")
+    for reason, count in sorted(held.reasons().items(), key=lambda item: -item[1]):
+        console.print(f"  {count:,} × {reason}")
+    if held.rows.num_rows:
+        table = Table()
+        for name in held.rows.column_names:
+            table.add_column(name, overflow="fold")
+        for row in held.rows.slice(0, limit).to_pylist():
+            table.add_row(*(str(value) for value in row.values()))
+        console.print(table)

@@ -65,6 +65,9 @@ class FeatureView(Definition):
     # `almanac.definitions.expectations`).
     expectations: list[Expectation] = []
     on_violation: OnViolation = "reject"
+    # The freshness SLO: the newest event should be no older than this (`almanac
+    # freshness`, `/health`, the `almanac_view_freshness_seconds` gauge).
+    freshness: Duration | None = None
 
     # The objects the user passed, so a repo loader can register them too.
     _entity_objects: list[Entity] = PrivateAttr(default_factory=list)
@@ -96,7 +99,8 @@ class FeatureView(Definition):
 
     @model_serializer(mode="wrap")
     def _spec(self, handler: Any) -> Any:
-        return drop_defaults(handler(self), {"expectations": [], "on_violation": "reject"})
+        defaults: dict[str, Any] = {"expectations": [], "on_violation": "reject", "freshness": None}
+        return drop_defaults(handler(self), defaults)
 
     @property  # shadows pydantic's deprecated `BaseModel.schema()` classmethod, on purpose
     def schema(self) -> list[Field]:  # type: ignore[override]
@@ -146,7 +150,7 @@ class FeatureView(Definition):
             seen.add(field.name)
         return schema
 
-    @field_validator("ttl", "materialize_every")
+    @field_validator("ttl", "materialize_every", "freshness")
     @classmethod
     def _non_negative(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value <= timedelta(0):

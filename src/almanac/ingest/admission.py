@@ -17,7 +17,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,13 +24,19 @@ import pyarrow.compute as pc
 from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
 from almanac.errors import InputError
+from almanac.offline.files import quarantine_folder
 from almanac.offline.writer import stage_parquet
-from almanac.semantics.expectations import Breach, bad_rows, breaches, reasons
+from almanac.semantics.expectations import (
+    QUARANTINED_AT,
+    REASON,
+    Breach,
+    bad_rows,
+    breaches,
+    reasons,
+)
 from almanac.semantics.validate import UTC_US
 
 log = logging.getLogger("almanac.quality")
-REASON = "__almanac_reason"
-QUARANTINED_AT = "__almanac_quarantined_at"
 
 
 def check_columns(
@@ -100,8 +105,3 @@ def admit(batch: pa.Table, views: Sequence[FeatureView], what: str) -> Admission
         )
     rows = batch.filter(pc.invert(dropped)) if quarantined else batch
     return Admission(rows, quarantined)
-
-
-def quarantine_folder(config: RepoConfig, view: str) -> Path:
-    """Where a view's quarantined rows are kept (hidden from every source's scan)."""
-    return config.resolve_path(config.offline.data_path) / ".quarantine" / view

@@ -28,6 +28,11 @@ def push_folder(config: RepoConfig, source: PushSource) -> Path:
     return config.resolve_path(config.offline.data_path) / str(source.name)
 
 
+def quarantine_folder(config: RepoConfig, view: str) -> Path:
+    """Where a view's quarantined rows are kept (a hidden folder: no source scans it)."""
+    return config.resolve_path(config.offline.data_path) / ".quarantine" / view
+
+
 def has_glob(path: str) -> bool:
     return any(char in path for char in _GLOB_CHARS)
 

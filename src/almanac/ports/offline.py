@@ -118,6 +118,11 @@ class OfflineEngine(ABC):
         particular order. What statistics, drift and validation read."""
 
     @abstractmethod
+    def newest_event(self, catalog: Catalog, view: FeatureView) -> datetime | None:
+        """The latest event time among the view's rows (an aggregation view: its
+        source's), None if it has none: how fresh its offline data is."""
+
+    @abstractmethod
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
     ) -> pa.RecordBatchReader:

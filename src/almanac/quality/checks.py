@@ -4,22 +4,50 @@ expectations over rows already stored)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.feature_view import FeatureView
 from almanac.errors import InputError
+from almanac.offline.files import quarantine_folder
 from almanac.ports.handles import StoreHandle
 from almanac.quality.drift import DRIFT_PSI, WARN_PSI, FeatureDrift, drift
 from almanac.quality.statistics import FeatureStatistics, describe
-from almanac.semantics.expectations import Breach, breaches
+from almanac.semantics.expectations import QUARANTINED_AT, REASON, Breach, breaches
 from almanac.semantics.times import time_range
 
 Window = tuple[datetime | str | None, datetime | str | None]
+
+
+def parse_window(text: str, what: str) -> tuple[str | None, str | None]:
+    """'START..END' (ISO 8601; either side may be empty) as (start, end)."""
+    if ".." not in text:
+        raise InputError(f"{what}: expected START..END (ISO 8601, either may be empty), got {text!r}")  # fmt: skip
+    start, end = text.split("..", 1)
+    return start.strip() or None, end.strip() or None
+
+
+@dataclass
+class BreachReport:
+    expectation: str
+    failed: int
+    examples: list[Any]
+
+
+@dataclass
+class ValidationReport:
+    """`Validation` as JSON."""
+
+    view: str
+    rows: int
+    passed: bool
+    breaches: list[BreachReport]
 
 
 @dataclass
@@ -33,15 +61,8 @@ class Validation:
         return not self.breaches
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "view": self.view,
-            "rows": self.rows,
-            "passed": self.passed,
-            "breaches": [
-                {"expectation": b.expectation.label, "failed": b.failed, "examples": b.examples}
-                for b in self.breaches
-            ],
-        }
+        found = [BreachReport(b.expectation.label, b.failed, b.examples) for b in self.breaches]
+        return asdict(ValidationReport(self.view, self.rows, self.passed, found))
 
 
 def statistics(
@@ -74,6 +95,40 @@ def validate(
     table = _rows(store, definition, (start, end))
     found = breaches(table, definition.expectations, f"feature view '{view}'")
     return Validation(view, table.num_rows, found)
+
+
+@dataclass
+class Quarantine:
+    """What a view's quarantine holds: its rows (with `__almanac_reason` and
+    `__almanac_quarantined_at`), newest first."""
+
+    view: str
+    rows: pa.Table
+
+    def reasons(self) -> dict[str, int]:
+        if self.rows.num_rows == 0:
+            return {}
+        counts = pc.value_counts(self.rows.column(REASON))
+        return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))  # fmt: skip
+
+    def to_dict(self, limit: int = 20) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "rows": self.rows.num_rows,
+            "reasons": self.reasons(),
+            "newest": self.rows.slice(0, limit).to_pylist(),
+        }
+
+
+def quarantined(store: StoreHandle, view: str) -> Quarantine:
+    """The rows `view` kept aside under `on_violation="quarantine"`."""
+    store.catalog.view(view)  # NotFoundError for an unknown view
+    folder = quarantine_folder(store.config, view)
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    if not files:
+        return Quarantine(view, pa.table({REASON: pa.array([], pa.string())}))
+    table = pa.concat_tables([pq.read_table(path) for path in files], promote_options="permissive")
+    return Quarantine(view, table.sort_by([(QUARANTINED_AT, "descending")]))
 
 
 def _feature_view(store: StoreHandle, name: str) -> FeatureView:

@@ -89,7 +89,7 @@ class Plan:
 _DOCUMENTATION = ("owner", "description", "tags")
 # Fields of a view that are read-time settings or schedules, not what its stored values are
 # computed from: a TTL is applied at read time, a cadence only says when to run.
-_READ_TIME = ("ttl", "materialize_every")
+_READ_TIME = ("ttl", "materialize_every", "freshness")
 # Rules that admit rows at the door: they decide what is written, not how stored values
 # are computed from it (values admitted before an edit stay valid).
 _ADMISSION = ("expectations", "on_violation", "extra_columns")

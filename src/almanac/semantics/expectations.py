@@ -14,6 +14,9 @@ from almanac.definitions.expectations import Expectation
 from almanac.errors import InputError
 
 _EXAMPLES = 3
+# The columns a quarantined row gains: the expectations it breaks, and when.
+REASON = "__almanac_reason"
+QUARANTINED_AT = "__almanac_quarantined_at"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from almanac.serving.errors import (
 )
 from almanac.serving.handlers import ServingState
 from almanac.serving.metrics import Metrics
+from almanac.serving.quality import quality_router
 from almanac.serving.schemas import (
     ContextRequest,
     ContextResponse,
@@ -443,6 +444,7 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         text = await asyncio.to_thread(state.metrics.render)
         return Response(text, media_type=state.metrics.content_type)
 
+    api.include_router(quality_router(state))
     _document(api, state)
     return api
 

@@ -36,6 +36,7 @@ from almanac.serving.errors import (
     parse_body,
 )
 from almanac.serving.metrics import Metrics
+from almanac.serving.monitoring import FreshnessMonitor
 from almanac.serving.schemas import INT64_MAX, INT64_MIN, ContextRequest, OnlineFeaturesRequest
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class ServingState:
         # The last write's storage-full error, until a write succeeds (`writes`).
         self.storage_error: str | None = None
         self.offline_lock = threading.Lock()
+        self.freshness = FreshnessMonitor(store, metrics)
         config = store.config
         # Where writes land on local disks: the offline data path, a SQLite online file.
         self.storage_paths = [config.resolve_path(config.offline.data_path)]
@@ -308,14 +310,16 @@ async def health(state: ServingState) -> tuple[int, dict[str, Any]]:
     else:
         online = await materialization_check(state)
     storage = await storage_check(state)
+    fresh = await state.freshness.check(timeout)
     ok = registry["status"] == "ok" and online["status"] != "unavailable"
-    degraded = storage["status"] != "ok" or online["status"] != "ok"
+    degraded = storage["status"] != "ok" or online["status"] != "ok" or fresh["status"] != "ok"
     status = "unavailable" if not ok else "degraded" if degraded else "ok"
     body = {
         "status": status,
         "registry": registry,
         "online_store": online,
         "storage": storage,
+        "freshness": fresh,
         "registry_version": version,
     }
     return (200 if ok else 503), body

@@ -267,12 +267,24 @@ class StorageCheck(BaseModel):
     )
 
 
+class FreshnessCheck(BaseModel):
+    status: Literal["ok", "degraded", "unknown"]
+    detail: str | None = Field(None, description="The views out of their freshness SLO.")
+    views: dict[str, Literal["stale", "lagging"]] | None = Field(
+        None,
+        description="stale: the newest event is older than the SLO; lagging: the "
+        "online store was last refreshed longer ago than that.",
+    )
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded", "unavailable"] = Field(
         description="unavailable (503): a store cannot be reached; degraded (200): reads "
-        "are served but writes are refused (storage full)."
+        "are served but something needs attention (storage full, the online store missing "
+        "a view's values, a view out of its freshness SLO)."
     )
     registry: HealthCheck
     online_store: HealthCheck
     storage: StorageCheck
+    freshness: FreshnessCheck
     registry_version: int | None = None

@@ -32,6 +32,7 @@ from almanac.offline.duckdb.point_in_time import (
     historical_query,
     history_query,
     latest_query,
+    newest_query,
     rows_query,
     view_rows,
 )
@@ -157,6 +158,16 @@ class DuckDBEngine(OfflineEngine):
         rows = view_rows(scan, source, view, keys, None, start, end)
         schema = rows_schema(view, keys, rows.has_created)
         return _reader(cursor, latest_query(rows, start, end), schema, 128 * 1024, "latest_rows")
+
+    def newest_event(self, catalog: Catalog, view: FeatureView) -> datetime | None:
+        cursor = self._cursor()
+        source = catalog.source_of(view)
+        scan = scan_view(cursor, self.config, source, view)
+        query = newest_query(scan, source, catalog.join_keys(view))
+        schema = pa.schema([("newest", UTC_US)])
+        table = _reader(cursor, query, schema, 1, f"newest event of '{view.name}'").read_all()
+        newest: datetime | None = table.column(0)[0].as_py() if table.num_rows else None
+        return newest
 
     def rows(
         self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None

@@ -34,6 +34,7 @@ from almanac.offline.duckdb.point_in_time import (
     historical_query,
     history_query,
     latest_query,
+    newest_query,
     rows_query,
     view_rows,
 )
@@ -149,6 +150,18 @@ def rows(
         scan = _scan(con, spec, table)
         found = view_rows(scan, spec.source, spec.view, spec.keys, None, start, end)
         return _run(con, rows_query(found, start, end), schema, f"feature view '{spec.view.name}'")  # fmt: skip
+    finally:
+        con.close()
+
+
+def newest(spec: ViewSpec, table: pa.Table) -> pa.Table:
+    """One partition's latest event time (one row; null for none)."""
+    con = connect()
+    try:
+        scan = _scan(con, spec, table)
+        schema = pa.schema([("newest", pa.timestamp("us", tz="UTC"))])
+        query = newest_query(scan, spec.source, spec.keys)
+        return _run(con, query, schema, f"feature view '{spec.view.name}'")
     finally:
         con.close()
 

@@ -262,6 +262,23 @@ def rows_query(rows: ViewRows, start: datetime | None, end: datetime | None) -> 
     return f"SELECT {', '.join(outputs)} FROM ({rows.sql}){clause}"
 
 
+def newest_query(scan: SourceScan, source: Source, keys: dict[str, str]) -> str:
+    """The latest event time among the source rows a view reads (rows with a key and a
+    time; NULL for none), for a feature view and an aggregation view alike."""
+    ts_col = source.timestamp_field
+    if scan.empty:
+        return "SELECT NULL::TIMESTAMPTZ AS newest"
+    missing = [name for name in [*keys, ts_col] if name not in scan.columns]
+    if missing:
+        raise InputError(
+            f"{scan.label}: no column {', '.join(repr(m) for m in missing)}; it has: "
+            f"{', '.join(scan.columns)}"
+        )
+    where = " AND ".join(f"{quote(name)} IS NOT NULL" for name in [*keys, ts_col])
+    newest = cast_column(ts_col, scan.columns[ts_col], "TIMESTAMPTZ")
+    return f"SELECT max({newest}) AS newest FROM {scan.relation} WHERE {where}"
+
+
 def history_query(
     rows: ViewRows, key: dict[str, object], at: datetime | None, ttl: timedelta | None
 ) -> str:

@@ -244,6 +244,16 @@ class SparkEngine(OfflineEngine):
         df, schema = self._latest_df(catalog, view, start, end)
         return _collect(df, schema, f"latest rows of feature view '{view.name}'")
 
+    def newest_event(self, catalog: Catalog, view: FeatureView) -> datetime | None:
+        """Each partition's latest event time, by the kernel where it is; the latest of
+        those on the driver."""
+        rows, spec = self._rows(catalog, view, None, None, [])
+        run = _Partition(partial(kernel.newest, spec))
+        with job(f"newest event of '{view.name}'"):
+            found = rows.mapInArrow(run, "newest timestamp").toArrow()
+        times = [t for t in found.column("newest").to_pylist() if t is not None]
+        return max(times).astimezone(UTC) if times else None
+
     def rows(
         self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
     ) -> pa.RecordBatchReader:
