@@ -95,6 +95,9 @@ class ServerConfig(_Section):
     api_keys: list[str] = []
     max_entities: int = Field(10_000, ge=1)
     missing_placeholder: str = "unknown"
+    # The share of entities whose served feature vectors are logged for the skew report
+    # (0: off; sampled by entity key, so an entity is logged always or never).
+    log_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class RepoConfig(_Section):

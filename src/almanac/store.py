@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from almanac.quality.checks import Quarantine, Validation
     from almanac.quality.drift import FeatureDrift
     from almanac.quality.freshness import ViewFreshness
+    from almanac.quality.skew import SkewReport
     from almanac.quality.statistics import FeatureStatistics
     from almanac.registry.diff import Plan
     from almanac.registry.store import CachedRegistry
@@ -191,6 +192,19 @@ class FeatureStore:
         from almanac.quality.checks import validate
 
         return validate(self, view, start, end)
+
+    def skew(
+        self,
+        feature_service: str,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> SkewReport:
+        """The logged online reads of a feature service (`server.log_sample_rate`)
+        replayed offline at their read times, compared value by value (see
+        `almanac.quality.skew`)."""
+        from almanac.quality.skew import skew
+
+        return skew(self, feature_service, start, end)
 
     def quarantine(self, view: str) -> Quarantine:
         """The rows `view` kept aside under `on_violation="quarantine"`, newest first,

@@ -160,3 +160,33 @@ def quarantine(
         for row in held.rows.slice(0, limit).to_pylist():
             table.add_row(*(str(value) for value in row.values()))
         console.print(table)
+
+
+@app.command()
+def skew(
+    service: Annotated[str, typer.Argument(help="A feature service.")],
+    start: Annotated[
+        str | None, typer.Option("--start", help="Earliest read time (ISO 8601).")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Latest read time (ISO 8601).")] = None,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Replay the logged online reads of a feature service offline and compare them
+    value by value; exit 1 if any feature differs."""
+    with open_store() as store:
+        report = store.skew(service, start, end)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        table = Table(title=f"{service}: {report.rows:,} logged entity reads")
+        for column in ("feature", "compared", "mismatches", "missing", "extra", "rate"):
+            table.add_column(column)
+        for f in report.features:
+            color = "green" if f.rate == 0 else "red"
+            table.add_row(
+                f.feature, f"{f.compared:,}", f"{f.mismatches:,}", f"{f.missing:,}",
+                f"{f.extra:,}", f"[{color}]{f.rate:.2%}[/]",
+            )  # fmt: skip
+        console.print(table)
+    if any(f.rate for f in report.features):
+        raise typer.Exit(1)

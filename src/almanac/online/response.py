@@ -53,7 +53,9 @@ class OnlineResponse:
     gives the Almanac dtype of every key and feature column (used by `to_arrow`).
     """
 
-    __slots__ = ("_datetimes", "_event_timestamps", "dtypes", "join_keys", "statuses", "values")
+    __slots__ = (
+        "_datetimes", "_event_timestamps", "dtypes", "join_keys", "read_time", "statuses", "values",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -69,6 +71,9 @@ class OnlineResponse:
         self._event_timestamps = dict(event_timestamps)
         self._datetimes: dict[str, list[datetime | None]] | None = None
         self.dtypes = dict(dtypes or {})
+        # The time the values were read at (TTLs and windows are measured from it), when
+        # known: what a replay of this read through the offline store must use.
+        self.read_time: datetime | None = None
 
     @property
     def feature_names(self) -> list[str]:

@@ -198,7 +198,9 @@ def finish_read(
         r if v.tiles is None else evaluate(v.tiles, r, now_micros)
         for v, r in zip(plan.views, rows, strict=True)
     ]
-    return build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes, plan.defaults)
+    response = build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes, plan.defaults)  # fmt: skip
+    response.read_time = micros_to_datetime(now_micros)
+    return response
 
 
 # ---- read time ------------------------------------------------------------------------------

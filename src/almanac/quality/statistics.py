@@ -79,7 +79,10 @@ def _one(column: pa.ChunkedArray, name: str, dtype: str) -> FeatureStatistics:
         stats.mean = float(ordered.mean())
         stats.stddev = float(ordered.std(ddof=1)) if len(ordered) > 1 else 0.0
         stats.quantiles = dict(zip(_QUANTILE_NAMES, _sorted_quantiles(ordered), strict=True))
-        counts, edges = np.histogram(ordered, bins=BINS)
+        try:
+            counts, edges = np.histogram(ordered, bins=BINS)
+        except ValueError:  # a range too narrow for 10 finite bins (e.g. 0 and 5e-324)
+            counts, edges = np.array([len(ordered)]), np.array([ordered[0], ordered[-1]])
         stats.histogram = {"edges": edges.tolist(), "counts": counts.astype(float).tolist()}
         return stats
     stats.distinct = pc.count_distinct(present).as_py()

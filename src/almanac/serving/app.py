@@ -305,6 +305,8 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await state.online.aclose()
+            if state.serving_log is not None:
+                await asyncio.to_thread(state.serving_log.close)
             if owned:
                 state.store.close()
 

@@ -28,6 +28,7 @@ from almanac.materialize.jobs import views_to_materialize
 from almanac.online.context import check_entity, render_context
 from almanac.online.response import OnlineResponse
 from almanac.online.retrieval import finish_read, prepare_read
+from almanac.quality.serving_log import ServingLog, log_folder
 from almanac.serving import encode
 from almanac.serving.errors import (
     InvalidUrlError,
@@ -69,6 +70,8 @@ class ServingState:
         self.storage_error: str | None = None
         self.offline_lock = threading.Lock()
         self.freshness = FreshnessMonitor(store, metrics)
+        rate = store.config.server.log_sample_rate
+        self.serving_log = ServingLog(log_folder(store.config), rate) if rate > 0 else None
         config = store.config
         # Where writes land on local disks: the offline data path, a SQLite online file.
         self.storage_paths = [config.resolve_path(config.offline.data_path)]
@@ -107,7 +110,12 @@ async def read_online(
     started = time.perf_counter()
     rows = await state.online.read_async(state.project, requests)
     state.metrics.observe_store(state.online.backend, time.perf_counter() - started)
-    return finish_read(plan, keys, rows, None)
+    response = finish_read(plan, keys, rows, None)
+    if state.serving_log is not None and response.read_time is not None:
+        state.serving_log.record(
+            response, response.read_time, features, feature_service, full_feature_names
+        )
+    return response
 
 
 async def online_features(state: ServingState, body: bytes) -> bytes:

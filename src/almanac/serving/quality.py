@@ -5,6 +5,7 @@ off the event loop that serves online reads."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Query, Response
 from almanac.quality import checks
 from almanac.quality.drift import FeatureDrift
 from almanac.quality.freshness import ViewFreshness, freshness
+from almanac.quality.skew import skew
 from almanac.quality.statistics import FeatureStatistics
 from almanac.serving.encode import dumps
 from almanac.serving.handlers import ServingState
@@ -34,6 +36,24 @@ def _errors() -> dict[int | str, dict[str, Any]]:
 _NOT_FOUND = _errors()
 _START = Query(None, description="Earliest event time (ISO 8601); default: the first.")
 _END = Query(None, description="Latest event time (ISO 8601); default: the last.")
+
+
+@dataclass
+class FeatureSkewInfo:
+    feature: str
+    compared: int
+    mismatches: int
+    missing: int
+    extra: int
+    rate: float
+    examples: list[dict[str, Any]]
+
+
+@dataclass
+class SkewReportInfo:
+    feature_service: str
+    rows: int
+    features: list[FeatureSkewInfo]
 
 
 def quality_router(state: ServingState) -> APIRouter:
@@ -64,6 +84,13 @@ def quality_router(state: ServingState) -> APIRouter:
     async def validate(view: str, start: str | None = _START, end: str | None = _END) -> Response:
         """A view's expectations over its offline rows."""
         return await run(checks.validate, view, start, end)
+
+    @router.get("/skew/{feature_service}", response_model=SkewReportInfo, responses=_NOT_FOUND)
+    async def skew_report(
+        feature_service: str, start: str | None = _START, end: str | None = _END
+    ) -> Response:
+        """The logged online reads of a feature service replayed offline, compared."""
+        return await run(skew, feature_service, start, end)
 
     @router.get("/freshness", response_model=list[ViewFreshness], responses=_NOT_FOUND)
     async def view_freshness(

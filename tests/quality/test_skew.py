@@ -1,0 +1,93 @@
+"""The skew report finds a planted skew exactly and reports none on a clean run; the
+serving log keeps whole entities."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+
+from almanac import FeatureStore
+from almanac.errors import InputError
+from almanac.quality.serving_log import sampled
+from almanac.serving.app import create_app
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+USERS = list(range(200))
+FEATURES = """
+from almanac import Entity, FeatureService, FeatureView, Field, FileSource, Float64, String
+
+user = Entity(name="user", join_keys=["user_id"], dtype="int64")
+profile = FeatureView(
+    name="profile", entities=[user], source=FileSource(name="profile_source", path="data/profile/"),
+    schema=[Field("score", Float64), Field("tier", String)],
+)
+ranker = FeatureService(name="ranker", features=[profile])
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    url = "sqlite:///.almanac/online.db" if request.param == "sqlite" else request.getfixturevalue("redis_url")  # fmt: skip
+    repo = tmp_path / "repo"
+    (repo / "data" / "profile").mkdir(parents=True)
+    (repo / "almanac.yaml").write_text(
+        f"project: skew\nonline:\n  url: {url}\nserver:\n  log_sample_rate: {{rate}}\n"
+    )
+    (repo / "features.py").write_text(FEATURES)
+    return repo
+
+
+def serve(repo: Path, rate: float, plant: list[int]) -> FeatureStore:
+    (repo / "almanac.yaml").write_text((repo / "almanac.yaml").read_text().replace("{rate}", str(rate)))  # fmt: skip
+    store = FeatureStore(repo)
+    store.apply()
+    store.write_to_offline_store("profile", {
+        "user_id": USERS, "event_timestamp": [T0] * len(USERS),
+        "score": [u / 10 for u in USERS], "tier": ["free" if u % 3 else "pro" for u in USERS],
+    })  # fmt: skip
+    store.materialize(None, T0 + timedelta(hours=1))
+    if plant:  # values written straight into the online store, behind the offline store's back
+        later = pa.array([T0 + timedelta(minutes=5)] * len(plant), pa.timestamp("us", tz="UTC"))
+        rows = pa.table({"user_id": plant, "event_timestamp": later, "score": [-1.0] * len(plant),
+                         "tier": ["free" if u % 3 else "pro" for u in plant]})  # fmt: skip
+        store.online.write_batch(store.project, "profile", ["user_id"], ["score", "tier"], rows)
+    with TestClient(create_app(repo)) as client:
+        for half in (USERS[:100], USERS[100:]):
+            answer = client.post("/get-online-features", json={"feature_service": "ranker", "entities": {"user_id": half}})  # fmt: skip
+            assert answer.status_code == 200
+    return store
+
+
+def test_a_planted_skew_is_reported_exactly(repo: Path) -> None:
+    planted = USERS[::33][:6]  # 3% of the entities
+    store = serve(repo, 1.0, planted)
+    report = {f.feature: f for f in store.skew("ranker").features}
+    assert report["score"].compared == 200 and report["score"].mismatches == 6
+    assert report["score"].rate == pytest.approx(0.03)
+    assert sorted(e["entity"]["user_id"] for e in report["score"].examples) == planted[:5]
+    assert report["tier"].rate == 0  # the same text was written
+
+
+def test_a_clean_run_reports_no_skew(repo: Path) -> None:
+    store = serve(repo, 1.0, [])
+    report = store.skew("ranker")
+    assert report.rows == 200 and all(f.rate == 0 for f in report.features)
+    with pytest.raises(InputError, match="no logged reads"):
+        store.skew("ranker", start=datetime.now(UTC) + timedelta(hours=1))
+
+
+def test_sampling_keeps_whole_entities(repo: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from almanac.quality.serving_log import log_folder
+
+    store = serve(repo, 0.3, [])
+    expected = {u for u in USERS if sampled({"user_id": u}, 0.3)}
+    assert 30 < len(expected) < 90
+    files = sorted(log_folder(store.config).glob("*.parquet"))
+    entities = [e for path in files for e in pq.read_table(path).column("entity").to_pylist()]
+    assert sorted(entities) == sorted(f'{{"user_id": {u}}}' for u in expected)  # each once
