@@ -144,10 +144,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-def _serve(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def _serve(
+    repo: Path, port: int, workers: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-c", "from almanac.cli import main; main()", "--repo", str(repo),
                "serve", "--port", str(port), "--workers", str(workers)]  # fmt: skip
-    return _start(command, port, dict(os.environ))
+    return _start(command, port, {**os.environ, **(env or {})})
 
 
 FLOOR_APP = """
@@ -348,6 +350,26 @@ def _stack() -> str:
     return f"{generator}; event loop/parser: {'+'.join(fast) if fast else 'asyncio+h11 (no uvloop/httptools)'}"
 
 
+def _with_serving_log(
+    repo: Path, seconds: int, folder: Path, size: str, note: str
+) -> list[dict[str, Any]]:
+    """The 1- and 100-entity reads (c=8, 1 worker) with the serving log sampling 1% and
+    100% of the entities (the skew report's input): compare with the log-off rows."""
+    records = []
+    for rate in (0.01, 1.0):
+        port = free_port()
+        server = _serve(repo, port, 1, {"ALMANAC_SERVER_LOG_SAMPLE_RATE": str(rate)})
+        try:
+            for entities in (1, 100):
+                bodies = _bodies("/get-online-features", entities)
+                figures = _load(port, "/get-online-features", bodies, 8, seconds, folder)
+                case = f"{entities} entit{'y' if entities == 1 else 'ies'} x 10 features, c=8, 1 worker, serving log {rate:.0%}"
+                records += _records(size, "redis", case, figures, note)
+        finally:
+            _stop(server)
+    return records
+
+
 def run(sizes: list[str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for size in sizes:
@@ -372,6 +394,7 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
                         records += _paired(port, seconds, folder, size, note)
                 finally:
                     _stop(server)
+            records += _with_serving_log(repo, seconds, folder, size, note)
             port = free_port()
             floor = _serve_floor(folder, redis.url, port)
             try:

@@ -208,3 +208,21 @@ def test_quarantine_splits_rows_exactly_as_the_reference(
     assert result.rows.column("id").to_pylist() == [i for i in range(len(values)) if i not in bad]
     kept = result.quarantined[0][1].column("id").to_pylist() if result.quarantined else []
     assert kept == bad
+
+
+def test_writes_take_parquet_paths_and_numpy_columns(tmp_path: Path) -> None:
+    """The forms a batch may come in, admitted by the same rules on every path."""
+    import numpy as np
+
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    with make_store(tmp_path, "sqlite:///.almanac/online.db") as store:
+        path = tmp_path / "batch.parquet"
+        pq.write_table(pa.table(rows(now, [1.0, 2.0], ["pro", "free"])), path)
+        assert store.write_to_offline_store("amounts", path) == 2
+        numpy = {"user_id": np.array(["a", "b"], dtype=object), "event_timestamp": [now, now],
+                 "amount": np.array([3.0, 4.0]), "tier": ["pro", "pro"]}  # fmt: skip
+        assert store.push("payments", numpy) == 2
+        pq.write_table(pa.table({**rows(now, [1.0], ["pro"]), "amout": [1.0]}), path)
+        with pytest.raises(InputError, match="unknown column"):
+            store.write_to_offline_store("amounts", path)
+        assert len(offline_rows(store)) == 4

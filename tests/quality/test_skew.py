@@ -80,14 +80,22 @@ def test_a_clean_run_reports_no_skew(repo: Path) -> None:
         store.skew("ranker", start=datetime.now(UTC) + timedelta(hours=1))
 
 
+def test_an_entity_is_sampled_alike_in_any_batch() -> None:
+    """The vectorized path (large batches) and the per-row path agree, for both key kinds."""
+    for keys in (list(range(500)), [f"user-{i}" for i in range(500)]):
+        alone = [i for i, key in enumerate(keys) if sampled({"user_id": [key]}, 0.25)]
+        assert alone == sampled({"user_id": keys}, 0.25)
+        assert 80 < len(alone) < 170
+
+
 def test_sampling_keeps_whole_entities(repo: Path) -> None:
     import pyarrow.parquet as pq
 
     from almanac.quality.serving_log import log_folder
 
     store = serve(repo, 0.3, [])
-    expected = {u for u in USERS if sampled({"user_id": u}, 0.3)}
+    expected = {USERS[i] for i in sampled({"user_id": USERS}, 0.3)}
     assert 30 < len(expected) < 90
     files = sorted(log_folder(store.config).glob("*.parquet"))
     entities = [e for path in files for e in pq.read_table(path).column("entity").to_pylist()]
-    assert sorted(entities) == sorted(f'{{"user_id": {u}}}' for u in expected)  # each once
+    assert sorted(entities) == sorted(f'{{"user_id":{u}}}' for u in expected)  # each once

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,6 +50,7 @@ from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError, NotFoundError
 from almanac.ingest.admission import admit, check_columns
+from almanac.offline import frames
 from almanac.online.batch import prepare_batch
 from almanac.online.layouts import claim
 from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
@@ -171,7 +173,8 @@ def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
     view = catalog.view(view_name)
     source = catalog.source_of(view)
     what = f"batch for feature view '{view.name}'"
-    table = to_arrow(df, what)
+    # What pushes take, and what the engines read too (Parquet paths, Arrow streams).
+    table = to_arrow(df, what) if _rows_like(df) else frames.to_arrow(df, what)
     if table.num_rows == 0:
         return 0
     readers = [other for other in catalog.all_views().values() if other.source == source.name]
@@ -234,11 +237,23 @@ def to_arrow(df: Any, what: str) -> pa.Table:
     )
 
 
+def _rows_like(df: Any) -> bool:
+    module = type(df).__module__.split(".")[0]
+    return (
+        isinstance(df, pa.Table | pa.RecordBatch | Mapping)
+        or (isinstance(df, Sequence) and not isinstance(df, str | bytes))
+        or (module == "pandas" and hasattr(df, "columns"))
+        or (module == "polars" and hasattr(df, "to_arrow"))
+    )
+
+
 def _from_columns(data: Mapping[Any, Any], what: str) -> pa.Table:
     arrays = {}
     for name, values in data.items():
         if not isinstance(name, str):
             raise InputError(f"{what}: column names must be text, got {name!r}")
+        if isinstance(values, np.ndarray):
+            values = values.tolist() if values.dtype == object else pa.array(values)
         if isinstance(values, str | bytes) or not isinstance(values, Sequence | pa.Array):
             raise InputError(f"{what}: column '{name}' must be a list of values, got {values!r}")
         try:

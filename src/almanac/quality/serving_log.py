@@ -1,11 +1,12 @@
 """The serving log: feature vectors as they were served, for the skew report.
 
 Sampling is by entity: an entity row is logged when a hash of its join-key values falls
-under `sample_rate`, so an entity is logged on every request or on none (its history is
-whole, as Chronon does it). Records are queued by the request (no I/O on its path) and a
-background thread writes them every `flush_seconds`, or every `flush_rows` records, as
-one Parquet file each under `<data_path>/.serving_log/` (a hidden folder: no source
-scans it). A full queue drops records and counts them, rather than slow a request.
+under `sample_rate` (`sampled`), so an entity is logged on every request or on none (its history is
+whole, as Chronon does it). A request only keeps a reference to its answer (no I/O, no
+encoding on its path); a background thread encodes and writes what was kept every
+`flush_seconds`, as one Parquet file under `<data_path>/.serving_log/` (a hidden folder:
+no source scans it). Past `capacity` rows waiting, rows are dropped and counted rather
+than slow a request.
 
 One row per (request, entity row): the read time, what was asked (`features` as JSON
 or `feature_service`, and `full_feature_names`), the entity's join keys, and the served
@@ -14,17 +15,16 @@ values and statuses, as JSON objects keyed by output column.
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
-import time
 import zlib
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 import pyarrow as pa
 
 from almanac.config import RepoConfig
@@ -41,17 +41,56 @@ SCHEMA = pa.schema([
     ("values", pa.string()),
     ("statuses", pa.string()),
 ])  # fmt: skip
-_BUCKETS = 1_000_000
 
 
 def log_folder(config: RepoConfig) -> Path:
     return config.resolve_path(config.offline.data_path) / ".serving_log"
 
 
-def sampled(keys: dict[str, Any], rate: float) -> bool:
-    """Whether the entity with these join-key values is logged (stable across processes)."""
-    text = json.dumps(keys, sort_keys=True, default=str).encode()
-    return zlib.crc32(text) % _BUCKETS < rate * _BUCKETS
+def sampled(join_keys: dict[str, list[Any]], rate: float) -> list[int]:
+    """The rows (indices) whose entities are logged: those whose join-key hash falls
+    under `rate`. The hash is of the values, not Python's `hash`, so every process and
+    every run logs the same entities (a multiplicative hash of integer keys, CRC-32 of
+    text); large batches are hashed vectorized."""
+    columns = list(join_keys.values())
+    rows = len(columns[0]) if columns else 0
+    if rate >= 1.0:
+        return list(range(rows))
+    limit = int(rate * (1 << 20))
+    if rows <= _SMALL:  # NumPy's fixed cost would dominate: plain integers
+        out = []
+        for i in range(rows):
+            mixed = 0
+            for column in columns:
+                mixed = (mixed * _MIX + _key_hash(column[i])) & _MASK
+            if (mixed * _MIX & _MASK) >> 44 < limit:
+                out.append(i)
+        return out
+    total = np.zeros(rows, np.uint64)
+    with np.errstate(over="ignore"):
+        for column in columns:
+            total = total * np.uint64(_MIX) + _key_hashes(column)
+        buckets = (total * np.uint64(_MIX)) >> np.uint64(44)
+    return np.flatnonzero(buckets < np.uint64(limit)).tolist()
+
+
+_SMALL = 32
+_MIX = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+
+
+def _key_hash(value: Any) -> int:
+    if type(value) is int:
+        return (value * _MIX) & _MASK
+    return (zlib.crc32(str(value).encode()) * _MIX) & _MASK
+
+
+def _key_hashes(values: list[Any]) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        if all(type(v) is int for v in values):
+            return np.asarray(values, dtype=np.int64).view(np.uint64) * np.uint64(_MIX)
+        crcs = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
+        return crcs * np.uint64(_MIX)
 
 
 class ServingLog:
@@ -60,15 +99,20 @@ class ServingLog:
         folder: Path,
         sample_rate: float,
         flush_seconds: float = 1.0,
-        flush_rows: int = 10_000,
         capacity: int = 100_000,
     ) -> None:
         self.folder = folder
         self.sample_rate = sample_rate
         self.flush_seconds = flush_seconds
-        self.flush_rows = flush_rows
+        self.capacity = capacity
         self.dropped = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(capacity)
+        # Requests append here and nothing wakes the writer: it takes the whole list once
+        # per `flush_seconds` (a thread woken per request would take the GIL from the
+        # event loop that many times).
+        self._pending: list[tuple[Any, ...]] = []
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="almanac-serving-log", daemon=True)
         self._thread.start()
 
@@ -80,56 +124,43 @@ class ServingLog:
         feature_service: str | None,
         full_feature_names: bool,
     ) -> None:
-        """Queue the sampled entity rows of one answer (never blocks)."""
+        """Keep the sampled entity rows of one answer (never blocks on I/O; the writer
+        thread encodes them, off the request's path)."""
         if self.sample_rate <= 0:
             return
-        names = list(response.join_keys)
-        rows = len(next(iter(response.join_keys.values()), []))
-        asked = None if features is None else json.dumps(list(features))
-        for i in range(rows):
-            keys = {name: response.join_keys[name][i] for name in names}
-            if not sampled(keys, self.sample_rate):
-                continue
-            item = {
-                "read_time": read_time,
-                "features": asked,
-                "feature_service": feature_service,
-                "full_feature_names": full_feature_names,
-                "entity": json.dumps(keys, sort_keys=True, default=str),
-                "values": json.dumps({f: v[i] for f, v in response.values.items()}, default=str),
-                "statuses": json.dumps({f: str(s[i]) for f, s in response.statuses.items()}),
-            }
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
-                self.dropped += 1
+        rows = sampled(response.join_keys, self.sample_rate)
+        if not rows:
+            return
+        total = len(next(iter(response.join_keys.values()), []))
+        item: tuple[Any, ...]
+        if len(rows) * 4 >= total:  # most rows: keep the answer, encoded by the writer
+            parts = (response.join_keys, response.values, response.statuses)
+            item = (*parts, rows, read_time, features, feature_service, full_feature_names)
+        else:  # a few: encode them now, so nothing the garbage collector scans is kept
+            item = (_rows(response.join_keys, response.values, response.statuses, rows,
+                          read_time, features, feature_service, full_feature_names),)  # fmt: skip
+        with self._lock:
+            if self._queued + len(rows) > self.capacity:
+                self.dropped += len(rows)
+                return
+            self._queued += len(rows)
+            self._pending.append(item)
 
     def close(self) -> None:
-        """Write what is queued and stop."""
-        self._queue.put(None)
+        """Write what is kept and stop."""
+        self._stop.set()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        """Write a file when `flush_rows` records are pending or the oldest pending one
-        has waited `flush_seconds`."""
-        pending: list[dict[str, Any]] = []
-        deadline = float("inf")
-        while True:
-            try:
-                wait = None if not pending else max(0.0, deadline - time.monotonic())
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = {}
-            if item is None:
-                self._write(pending)
-                return
-            if item:
-                if not pending:
-                    deadline = time.monotonic() + self.flush_seconds
-                pending.append(item)
-            if pending and (len(pending) >= self.flush_rows or time.monotonic() >= deadline):
-                self._write(pending)
-                pending = []
+        while not self._stop.wait(self.flush_seconds):
+            self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            taken, self._pending, self._queued = self._pending, [], 0
+        if taken:
+            self._write([row for item in taken for row in (item[0] if len(item) == 1 else _rows(*item))])  # fmt: skip
 
     def _write(self, items: list[dict[str, Any]]) -> None:
         if not items:
@@ -142,3 +173,35 @@ class ServingLog:
         except Exception as error:  # the log never fails a request; it says so
             self.dropped += len(items)
             log.warning("serving log: %d records not written: %s", len(items), error)
+
+
+def _rows(
+    keys: dict[str, list[Any]],
+    values: dict[str, list[Any]],
+    statuses: dict[str, list[Any]],
+    rows: list[int],
+    read_time: datetime,
+    features: Sequence[str] | None,
+    feature_service: str | None,
+    full_feature_names: bool,
+) -> list[dict[str, Any]]:
+    """The log records of one answer's sampled rows."""
+    asked = None if features is None else encode(list(features))
+    out = []
+    for i in rows:
+        out.append({
+            "read_time": read_time,
+            "features": asked,
+            "feature_service": feature_service,
+            "full_feature_names": full_feature_names,
+            "entity": encode({name: column[i] for name, column in keys.items()}),
+            "values": encode({name: column[i] for name, column in values.items()}),
+            "statuses": encode({name: str(column[i]) for name, column in statuses.items()}),
+        })  # fmt: skip
+    return out
+
+
+def encode(value: Any) -> str:
+    """JSON as the log keeps it (keys sorted; times in ISO 8601): the skew report
+    encodes offline values the same way to compare them."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from almanac.errors import InputError
 from almanac.ports.handles import StoreHandle
-from almanac.quality.serving_log import SCHEMA, log_folder
+from almanac.quality.serving_log import SCHEMA, encode, log_folder
 from almanac.semantics.times import time_range
 
 _EXAMPLES = 5
@@ -131,8 +131,8 @@ def _compare(
 
 
 def _normal(value: Any) -> Any:
-    """A value as the log holds it (JSON, datetimes as text)."""
-    return json.loads(json.dumps(value, default=str))
+    """A value as the log holds it (its JSON encoding, read back)."""
+    return json.loads(encode(value))
 
 
 def _difference(served: Any, offline: Any) -> str | None:
