@@ -29,6 +29,7 @@ from almanac.offline.duckdb.point_in_time import (
     SPINE,
     JoinPart,
     PointPart,
+    ViewRows,
     historical_query,
     history_query,
     latest_query,
@@ -146,18 +147,10 @@ class DuckDBEngine(OfflineEngine):
     def latest_rows(
         self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime
     ) -> pa.RecordBatchReader:
-        end = to_utc(end, "end")
-        start = None if start is None else to_utc(start, "start")
-        if start is not None and start > end:
-            raise InputError(f"start {start.isoformat()} is after end {end.isoformat()}")
-        keys = catalog.join_keys(view)
-        check_latest_columns(view, keys)
-        cursor = self._cursor()
-        source = catalog.source_of(view)
-        scan = scan_view(cursor, self.config, source, view, start, end)
-        rows = view_rows(scan, source, view, keys, None, start, end)
-        schema = rows_schema(view, keys, rows.has_created)
-        return _reader(cursor, latest_query(rows, start, end), schema, 128 * 1024, "latest_rows")
+        start, high = time_range(start, end)
+        assert high is not None
+        cursor, rows, schema = self._typed_rows(catalog, view, start, high)
+        return _reader(cursor, latest_query(rows, start, high), schema, 128 * 1024, "latest_rows")
 
     def newest_event(self, catalog: Catalog, view: FeatureView) -> datetime | None:
         cursor = self._cursor()
@@ -173,14 +166,21 @@ class DuckDBEngine(OfflineEngine):
         self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
     ) -> pa.RecordBatchReader:
         start, end = time_range(start, end)
+        cursor, rows, schema = self._typed_rows(catalog, view, start, end)
+        return _reader(cursor, rows_query(rows, start, end), schema, 128 * 1024, f"rows of '{view.name}'")  # fmt: skip
+
+    def _typed_rows(
+        self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
+    ) -> tuple[duckdb.DuckDBPyConnection, ViewRows, pa.Schema]:
+        """The view's rows about [start, end], typed (what `latest_rows` and `rows`
+        select from), with the columns they answer in."""
         keys = catalog.join_keys(view)
         check_latest_columns(view, keys)
         cursor = self._cursor()
         source = catalog.source_of(view)
         scan = scan_view(cursor, self.config, source, view, start, end)
         rows = view_rows(scan, source, view, keys, None, start, end)
-        schema = rows_schema(view, keys, rows.has_created)
-        return _reader(cursor, rows_query(rows, start, end), schema, 128 * 1024, f"rows of '{view.name}'")  # fmt: skip
+        return cursor, rows, rows_schema(view, keys, rows.has_created)
 
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime

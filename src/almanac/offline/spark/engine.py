@@ -215,13 +215,20 @@ class SparkEngine(OfflineEngine):
     ) -> tuple[DataFrame, pa.Schema]:
         from pyspark.sql.pandas.types import from_arrow_schema
 
+        rows, spec, schema = self._typed_rows(catalog, view, start, end)
+        run = _Partition(partial(kernel.latest, spec, start, end, schema))
+        return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
+
+    def _typed_rows(
+        self, catalog: Catalog, view: FeatureView, start: datetime | None, end: datetime | None
+    ) -> tuple[DataFrame, kernel.ViewSpec, pa.Schema]:
+        """The view's rows about [start, end] and the columns `latest_rows` and `rows`
+        answer in (the kernels type them)."""
         keys = catalog.join_keys(view)
         check_latest_columns(view, keys)
         rows, spec = self._rows(catalog, view, start, end)
         has_created = catalog.source_of(view).created_timestamp_field is not None
-        schema = rows_schema(view, keys, has_created)
-        run = _Partition(partial(kernel.latest, spec, start, end, schema))
-        return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
+        return rows, spec, rows_schema(view, keys, has_created)
 
     def _tiles_df(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
@@ -262,11 +269,7 @@ class SparkEngine(OfflineEngine):
         from pyspark.sql.pandas.types import from_arrow_schema
 
         start, end = time_range(start, end)
-        keys = catalog.join_keys(view)
-        check_latest_columns(view, keys)
-        rows, spec = self._rows(catalog, view, start, end)
-        has_created = catalog.source_of(view).created_timestamp_field is not None
-        schema = rows_schema(view, keys, has_created)
+        rows, spec, schema = self._typed_rows(catalog, view, start, end)
         run = _Partition(partial(kernel.rows, spec, start, end, schema))
         df = rows.mapInArrow(run, from_arrow_schema(schema))
         return pa.RecordBatchReader.from_batches(schema, _stream(df, schema, f"rows of '{view.name}'"))  # fmt: skip
