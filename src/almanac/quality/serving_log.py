@@ -8,9 +8,10 @@ encoding on its path); a background thread encodes and writes what was kept ever
 no source scans it). Past `capacity` rows waiting, rows are dropped and counted rather
 than slow a request.
 
-One row per (request, entity row): the read time, what was asked (`features` as JSON
-or `feature_service`, and `full_feature_names`), the entity's join keys, and the served
-values and statuses, as JSON objects keyed by output column.
+One row per answer: the read time, what was asked (`features` as JSON or
+`feature_service`, and `full_feature_names`), and the sampled entity rows as JSON
+objects of columns — the join keys (`entity`), the served values and their statuses,
+each keyed by column name with one list entry per logged entity row.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class ServingLog:
         # Requests append here and nothing wakes the writer: it takes the whole list once
         # per `flush_seconds` (a thread woken per request would take the GIL from the
         # event loop that many times).
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[dict[str, Any]] = []
         self._queued = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -132,19 +133,29 @@ class ServingLog:
         if not rows:
             return
         total = len(next(iter(response.join_keys.values()), []))
-        item: tuple[Any, ...]
-        if len(rows) * 4 >= total:  # most rows: keep the answer, encoded by the writer
-            parts = (response.join_keys, response.values, response.statuses)
-            item = (*parts, rows, read_time, features, feature_service, full_feature_names)
-        else:  # a few: encode them now, so nothing the garbage collector scans is kept
-            item = (_rows(response.join_keys, response.values, response.statuses, rows,
-                          read_time, features, feature_service, full_feature_names),)  # fmt: skip
+        parts: tuple[dict[str, list[Any]], ...] = (
+            response.join_keys, response.values, response.statuses,
+        )  # fmt: skip
+        if len(rows) < total:
+            parts = tuple({name: [column[i] for i in rows] for name, column in part.items()} for part in parts)  # fmt: skip
+        # One record per answer, its columns encoded now in one call each (C speed):
+        # nothing the garbage collector scans is kept, and the writer only writes.
+        keys, values, statuses = parts
+        record = {
+            "read_time": read_time,
+            "features": None if features is None else encode(list(features)),
+            "feature_service": feature_service,
+            "full_feature_names": full_feature_names,
+            "entity": encode(keys),
+            "values": encode(values),
+            "statuses": encode(statuses),
+        }
         with self._lock:
             if self._queued + len(rows) > self.capacity:
                 self.dropped += len(rows)
                 return
             self._queued += len(rows)
-            self._pending.append(item)
+            self._pending.append(record)
 
     def close(self) -> None:
         """Write what is kept and stop."""
@@ -160,7 +171,7 @@ class ServingLog:
         with self._lock:
             taken, self._pending, self._queued = self._pending, [], 0
         if taken:
-            self._write([row for item in taken for row in (item[0] if len(item) == 1 else _rows(*item))])  # fmt: skip
+            self._write(taken)
 
     def _write(self, items: list[dict[str, Any]]) -> None:
         if not items:
@@ -173,32 +184,6 @@ class ServingLog:
         except Exception as error:  # the log never fails a request; it says so
             self.dropped += len(items)
             log.warning("serving log: %d records not written: %s", len(items), error)
-
-
-def _rows(
-    keys: dict[str, list[Any]],
-    values: dict[str, list[Any]],
-    statuses: dict[str, list[Any]],
-    rows: list[int],
-    read_time: datetime,
-    features: Sequence[str] | None,
-    feature_service: str | None,
-    full_feature_names: bool,
-) -> list[dict[str, Any]]:
-    """The log records of one answer's sampled rows."""
-    asked = None if features is None else encode(list(features))
-    out = []
-    for i in rows:
-        out.append({
-            "read_time": read_time,
-            "features": asked,
-            "feature_service": feature_service,
-            "full_feature_names": full_feature_names,
-            "entity": encode({name: column[i] for name, column in keys.items()}),
-            "values": encode({name: column[i] for name, column in values.items()}),
-            "statuses": encode({name: str(column[i]) for name, column in statuses.items()}),
-        })  # fmt: skip
-    return out
 
 
 def encode(value: Any) -> str:

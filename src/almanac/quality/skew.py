@@ -86,7 +86,8 @@ def skew(
         part = logged.filter(pc.equal(logged["full_feature_names"], full))
         if part.num_rows:
             _compare(store, feature_service, full, part, reports)
-    return SkewReport(feature_service, logged.num_rows, list(reports.values()))
+    rows = max((f.compared for f in reports.values()), default=0)
+    return SkewReport(feature_service, rows, list(reports.values()))
 
 
 def _read_log(
@@ -108,12 +109,13 @@ def _read_log(
 def _compare(
     store: StoreHandle, service: str, full: bool, logged: pa.Table, reports: dict[str, FeatureSkew]
 ) -> None:
-    entities = [json.loads(text) for text in logged["entity"].to_pylist()]
-    spine = pa.Table.from_pylist(entities).append_column("event_timestamp", logged["read_time"])
+    entities, served, times = _explode(logged)
+    spine = pa.Table.from_pylist(entities).append_column(
+        "event_timestamp", pa.array(times, SCHEMA.field("read_time").type)
+    )
     offline = store.offline.get_historical_features(
         store.catalog, spine, store.catalog.resolve(None, service, full)
     ).to_arrow()
-    served = [json.loads(text) for text in logged["values"].to_pylist()]
     for name in served[0] if served else []:
         report = reports.setdefault(name, FeatureSkew(name, 0))
         want = [_normal(v) for v in offline.column(name).to_pylist()]
@@ -125,9 +127,27 @@ def _compare(
             setattr(report, kind, getattr(report, kind) + 1)
             if len(report.examples) < _EXAMPLES:
                 report.examples.append({
-                    "entity": entities[i], "read_time": logged["read_time"][i].as_py().isoformat(),
+                    "entity": entities[i], "read_time": times[i].isoformat(),
                     "served": got, "offline": expected,
                 })  # fmt: skip
+
+
+def _explode(logged: pa.Table) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[datetime]]:  # fmt: skip
+    """The logged answers (JSON objects of columns) as one entry per entity row: its
+    join keys, its served values and its read time."""
+    entities: list[dict[str, Any]] = []
+    served: list[dict[str, Any]] = []
+    times: list[datetime] = []
+    for keys_text, values_text, read_time in zip(
+        logged["entity"].to_pylist(), logged["values"].to_pylist(),
+        logged["read_time"].to_pylist(), strict=True,
+    ):  # fmt: skip
+        keys, values = json.loads(keys_text), json.loads(values_text)
+        rows = len(next(iter(keys.values()), []))
+        entities += [{name: column[i] for name, column in keys.items()} for i in range(rows)]
+        served += [{name: column[i] for name, column in values.items()} for i in range(rows)]
+        times += [read_time] * rows
+    return entities, served, times
 
 
 def _normal(value: Any) -> Any:
