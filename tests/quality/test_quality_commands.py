@@ -81,6 +81,8 @@ def test_the_cli_prints_json_and_validate_exits_1_on_a_breach(
         out, err = capsys.readouterr()
         return code, out + err
 
+    code, out = run("describe", "payments")
+    assert code == 0 and "expectations (warn): between('amount', 0, 1000)" in out
     code, out = run("stats", "payments", "--json")
     assert code == 0, out
     assert [s["feature"] for s in json.loads(out)] == ["amount", "plan"]

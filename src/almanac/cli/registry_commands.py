@@ -235,6 +235,11 @@ def describe(
             console.print(f"  {escape(obj.description)}", highlight=False)
         if obj.transformation is not None:
             console.print(f"  transformation: {_show(obj.transformation.to_spec())}", highlight=False)  # fmt: skip
+        if obj.freshness is not None:
+            console.print(f"  freshness SLO: {format_duration(obj.freshness)}")
+        if obj.expectations:
+            labels = ", ".join(e.label for e in obj.expectations)
+            console.print(f"  expectations ({obj.on_violation}): {escape(labels)}", highlight=False)
         if isinstance(obj, AggregationView):
             console.print(f"  tile: {format_duration(obj.tile) if obj.tile else 'none (exact windows)'}")  # fmt: skip
             print_rows(
