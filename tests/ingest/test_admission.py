@@ -226,3 +226,39 @@ def test_writes_take_parquet_paths_and_numpy_columns(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="unknown column"):
             store.write_to_offline_store("amounts", path)
         assert len(offline_rows(store)) == 4
+
+
+def test_the_edges_of_admission(tmp_path: Path) -> None:
+    """An empty batch meets row_count(min=1)? No. Another view's column in a write for
+    one view? Refused (it would be dropped). NaN and int64 beyond 2^53 under between."""
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    repo = tmp_path / "edges"
+    repo.mkdir()
+    (repo / "almanac.yaml").write_text("project: edges\n")
+    (repo / "features.py").write_text("""
+from almanac import Entity, Expect, FeatureView, Field, Float64, Int64, PushSource, String
+user = Entity(name="user", join_keys=["user_id"])
+events = PushSource(name="events")
+a = FeatureView(name="a", entities=[user], source=events, schema=[Field("big", Int64)],
+                expectations=[Expect.between("big", 0), Expect.row_count(min=1)])
+b = FeatureView(name="b", entities=[user], source=events, schema=[Field("tier", String)])
+""")
+    with FeatureStore(repo) as store:
+        store.apply()
+        with pytest.raises(InputError, match=r"row_count\(min=1, max=None\): the batch has 0 rows"):
+            store.push("events", {"user_id": [], "event_timestamp": [], "big": [], "tier": []})
+        assert store.push("events", {"user_id": ["u"], "event_timestamp": [now], "big": [2**53 + 1], "tier": ["x"]}) == 1  # fmt: skip
+        with pytest.raises(InputError, match="between"):
+            store.push("events", {"user_id": ["u"], "event_timestamp": [now], "big": [-(2**62)], "tier": ["x"]})  # fmt: skip
+        with pytest.raises(InputError, match=r"unknown column\(s\) 'tier'"):
+            store.write_to_offline_store("a", {"user_id": ["u"], "event_timestamp": [now], "big": [1], "tier": ["GOLD"]})  # fmt: skip
+
+
+def test_time_columns_are_not_expectation_columns(tmp_path: Path) -> None:
+    repo = tmp_path / "times"
+    repo.mkdir()
+    (repo / "almanac.yaml").write_text("project: times\n")
+    (repo / "features.py").write_text(FEATURES.format(policy="reject", extra="reject").replace(
+        'Expect.not_null("tier")', 'Expect.not_null("event_timestamp")'))  # fmt: skip
+    with FeatureStore(repo) as store, pytest.raises(DefinitionError, match="checks column 'event_timestamp'"):  # fmt: skip
+        store.plan()

@@ -97,3 +97,14 @@ def test_same_distribution_is_ok_and_a_planted_shift_is_drift() -> None:
     assert moved["plan"].ks is None  # categories: PSI and JS only
     _, q = _categories(reference.column("plan"), shifted.column("plan"))
     assert q[-1] == pytest.approx(0.2, abs=0.02)  # the unseen category has its own bin
+
+
+def test_nan_is_missing_and_large_integers_do_not_break_the_numbers() -> None:
+    """File data may hold NaN (pushes refuse it) and int64 beyond 2^53."""
+    values = [1.0, 2.0, 3.0, float("nan")] * 100
+    (s,) = describe(pa.table({"x": values}), {"x": "float64"})
+    assert (s.distinct, s.nulls, s.max) == (3, 100, 3.0)
+    same = pa.table({"x": values})
+    assert drift(same, same, ["x"])[0].status == "ok"
+    (big,) = describe(pa.table({"n": pa.array([2**53 + 1, 5], pa.int64())}), {"n": "int64"})
+    assert big.max == float(2**53 + 1)

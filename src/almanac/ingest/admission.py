@@ -65,9 +65,25 @@ class Admission:
     quarantined: list[tuple[FeatureView, pa.Table]] = field(default_factory=list)
 
     def record(self, config: RepoConfig) -> None:
-        """Write the quarantined rows (after the admitted ones were committed)."""
+        """Write the quarantined rows, after the admitted ones were committed: a failure
+        here (a full disk) is logged, not raised, as the batch itself is in."""
         for view, rows in self.quarantined:
-            stage_parquet(rows, quarantine_folder(config, view.name)).commit()
+            try:
+                stage_parquet(rows, quarantine_folder(config, view.name)).commit()
+            except Exception as error:
+                log.error("view '%s': %d quarantined rows not kept: %s", view.name, rows.num_rows, error)  # fmt: skip
+
+
+def check_empty(views: Sequence[FeatureView], what: str) -> None:
+    """An empty batch breaks only a `row_count` with a minimum: refused or logged by the
+    view's policy (there are no rows to quarantine)."""
+    for view in views:
+        for expectation in view.expectations:
+            if expectation.check == "row_count" and (expectation.min or 0) > 0:
+                message = f"view '{view.name}' expects {expectation.label}: the batch has 0 rows"
+                if view.on_violation == "reject":
+                    raise InputError(f"{what}: refused, nothing was written: {message}")
+                log.warning("%s: %s", what, message)
 
 
 def admit(batch: pa.Table, views: Sequence[FeatureView], what: str) -> Admission:

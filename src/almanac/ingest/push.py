@@ -49,7 +49,7 @@ from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError, NotFoundError
-from almanac.ingest.admission import admit, check_columns
+from almanac.ingest.admission import admit, check_columns, check_empty
 from almanac.offline import frames
 from almanac.online.batch import prepare_batch
 from almanac.online.layouts import claim
@@ -111,6 +111,7 @@ def push(
     what = f"push to '{source.name}'"
     table = to_arrow(df, what)
     if table.num_rows == 0:
+        check_empty(views, what)
         return 0
     readers = [view for view in catalog.all_views().values() if view.source == source.name]
     table = check_columns(table, _pushable(readers, catalog, source), source.extra_columns, what)
@@ -176,11 +177,12 @@ def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
     # What pushes take, and what the engines read too (Parquet paths, Arrow streams).
     table = to_arrow(df, what) if _rows_like(df) else frames.to_arrow(df, what)
     if table.num_rows == 0:
+        check_empty([view], what)
         return 0
-    readers = [other for other in catalog.all_views().values() if other.source == source.name]
+    # The file gets this view's columns only: another view's column would be dropped
+    # (and its expectations never checked), so it is refused like any unknown one.
     allowed = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
-    for reader in readers:
-        allowed.update(catalog.join_keys(reader), _columns_read(reader))
+    allowed.update(catalog.join_keys(view), _columns_read(view))
     table = check_columns(table, allowed, getattr(source, "extra_columns", "reject"), what)
     batch = offline_batch(table, view, catalog.join_keys(view), source)
     admission = admit(batch, [view], what)

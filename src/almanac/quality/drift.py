@@ -77,7 +77,10 @@ def _one(
     if pa.types.is_list(ref.type) or pa.types.is_large_list(ref.type):
         ref, cur = pc.list_value_length(ref), pc.list_value_length(cur)
     if numeric(ref) and numeric(cur):
-        a, b = ref.cast(pa.float64()).to_numpy(), cur.cast(pa.float64()).to_numpy()
+        a, b = (pc.cast(c, pa.float64(), safe=False).to_numpy() for c in (ref, cur))
+        a, b = a[~np.isnan(a)], b[~np.isnan(b)]  # a NaN (file data) is missing
+        if len(a) == 0 or len(b) == 0:
+            return result
         p, q = _binned(a, b)
         result.ks = ks_statistic(a, b)
     elif pa.types.is_timestamp(ref.type):

@@ -117,6 +117,8 @@ def _compare(
         store.catalog, spine, store.catalog.resolve(None, service, full)
     ).to_arrow()
     for name in served[0] if served else []:
+        if name not in offline.column_names:  # no longer in the service: nothing to compare
+            continue
         report = reports.setdefault(name, FeatureSkew(name, 0))
         want = [_normal(v) for v in offline.column(name).to_pylist()]
         for i, (got, expected) in enumerate(zip((row.get(name) for row in served), want, strict=True)):  # fmt: skip

@@ -73,7 +73,15 @@ def _one(column: pa.ChunkedArray, name: str, dtype: str) -> FeatureStatistics:
     if numeric(present):
         # One sort gives the distinct count (exact: hashing ten million floats is several
         # times slower), the extremes and the quantiles (NumPy's linear interpolation).
-        ordered = np.sort(present.cast(pa.float64()).to_numpy())
+        ordered = np.sort(pc.cast(present, pa.float64(), safe=False).to_numpy())
+        nans = int(np.isnan(ordered).sum())  # sorted last; a NaN (file data) is missing
+        if nans:
+            ordered = ordered[: len(ordered) - nans]
+            stats.nulls += nans
+            stats.null_rate = stats.nulls / rows
+        if len(ordered) == 0:
+            stats.distinct = 0
+            return stats
         stats.distinct = int(np.count_nonzero(np.diff(ordered))) + 1
         stats.min, stats.max = float(ordered[0]), float(ordered[-1])
         stats.mean = float(ordered.mean())

@@ -297,13 +297,13 @@ class Catalog:
 def _check_expectation_columns(
     view: FeatureView, source: Source, keys: list[str], label: str
 ) -> None:
-    """An expectation checks a column the view reads: a join key, a time column, a
-    feature (an aggregation view: an aggregated column)."""
+    """An expectation checks a column the view reads: a join key or a feature (an
+    aggregation view: an aggregated column). Time columns have their own rules (rule 7)."""
     if isinstance(view, AggregationView):
         read = set(input_dtypes(view.aggregations, view.columns))
     else:
         read = set(view.feature_names)
-    read |= {*keys, source.timestamp_field, source.created_timestamp_field or ""}
+    read |= set(keys)
     for expectation in view.expectations:
         if expectation.column is not None and expectation.column not in read:
             raise DefinitionError(

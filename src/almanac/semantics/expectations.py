@@ -93,8 +93,10 @@ def _mask(column: pa.ChunkedArray, expectation: Expectation, what: str) -> pa.Ch
     if expectation.check == "between":
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise InputError(f"{label}: between needs a numeric column, '{expectation.column}' is {column.type}")  # fmt: skip
-        values = column.cast(pa.float64())
+        values = pc.cast(column, pa.float64(), safe=False)  # int64 beyond 2^53: nearest
         bad = pa.chunked_array([pa.repeat(pa.scalar(False), len(column))])
+        if pa.types.is_floating(column.type):  # NaN is within no bounds
+            bad = pc.is_nan(column).fill_null(False)
         if expectation.min is not None:
             bad = pc.or_(bad, pc.less(values, expectation.min).fill_null(False))
         if expectation.max is not None:

@@ -154,7 +154,12 @@ class SparkEngine(OfflineEngine):
             return RetrievalJob(entities, schema, None)
 
         spine, folder = self._spine(narrow)
-        parts = [self._join_part(catalog, view, by_view[view.name], spine, low, high) for view in views]  # fmt: skip
+        try:
+            parts = [self._join_part(catalog, view, by_view[view.name], spine, low, high) for view in views]  # fmt: skip
+        except BaseException:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         what = f"training set of {', '.join(repr(v.name) for v in views)}"
         job = SparkRetrievalJob(entities, schema, parts, what)
         if folder is not None:  # the spine's file lives as long as the job can run
