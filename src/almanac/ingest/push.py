@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
-from almanac.definitions.sources import PushSource
+from almanac.definitions.sources import PushSource, SourceBase
 from almanac.errors import InputError, NotFoundError
 from almanac.ingest.admission import admit, check_columns, check_empty
 from almanac.offline import frames
@@ -114,7 +114,9 @@ def push(
         check_empty(views, what)
         return 0
     readers = [view for view in catalog.all_views().values() if view.source == source.name]
-    table = check_columns(table, _pushable(readers, catalog, source), source.extra_columns, what)
+    table = check_columns(
+        table, _allowed_columns(readers, catalog, source), source.extra_columns, what
+    )
     admission = admit(normalize(table, catalog, source, views), views, what)
     if admission.rows.num_rows == 0:  # every row quarantined
         admission.record(store.config)
@@ -181,8 +183,7 @@ def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
         return 0
     # The file gets this view's columns only: another view's column would be dropped
     # (and its expectations never checked), so it is refused like any unknown one.
-    allowed = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
-    allowed.update(catalog.join_keys(view), _columns_read(view))
+    allowed = _allowed_columns([view], catalog, source)
     table = check_columns(table, allowed, getattr(source, "extra_columns", "reject"), what)
     batch = offline_batch(table, view, catalog.join_keys(view), source)
     admission = admit(batch, [view], what)
@@ -290,9 +291,9 @@ def normalize(
     )
 
 
-def _pushable(views: list[FeatureView], catalog: Catalog, source: PushSource) -> set[str]:
-    """The columns a push to `source` may carry: its views' join keys and the columns
-    they read, and the source's time columns."""
+def _allowed_columns(views: list[FeatureView], catalog: Catalog, source: SourceBase) -> set[str]:
+    """The columns a batch for `views` of `source` may carry: their join keys and the
+    columns they read, and the source's time columns."""
     names = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
     for view in views:
         names.update(catalog.join_keys(view), _columns_read(view))

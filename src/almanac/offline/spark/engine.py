@@ -646,11 +646,10 @@ def _write_partition(
 
 
 def _bounds(start: datetime | None, end: datetime) -> tuple[datetime | None, datetime]:
-    end = to_utc(end, "end")
-    start = None if start is None else to_utc(start, "start")
-    if start is not None and start > end:
-        raise InputError(f"start {start.isoformat()} is after end {end.isoformat()}")
-    return start, end
+    """`time_range` with the end a materialization always has."""
+    low, high = time_range(start, end)
+    assert high is not None
+    return low, high
 
 
 # Spark's types by the DuckDB names `column_problems` compares (numeric or not matters).
