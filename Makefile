@@ -19,13 +19,15 @@ $(VENV)/.installed: uv.lock pyproject.toml | $(UV)
 
 install: $(VENV)/.installed
 
-# Integration tests start their own redis-server and PostgreSQL, and the Spark engine's
-# tests a local Spark (a JVM); install them if missing.
+# Integration tests start their own redis-server and PostgreSQL, the Spark engine's
+# tests a local Spark (a JVM), and the report's test a headless Chromium (Debian's, driven
+# by playwright; never `playwright install`); install them if missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

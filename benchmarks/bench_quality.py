@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from almanac import Expect, FeatureView, Field
-from almanac.ingest.admission import admit
+from almanac.quality.admission import admit
 from almanac.quality.drift import drift
 from almanac.quality.statistics import describe
 

@@ -84,6 +84,10 @@ class OnlineConfig(_BackendSections):
     # Optional Redis key expiry, to bound memory (values past their TTL are hidden on read anyway).
     key_ttl_seconds: int | None = Field(None, gt=0)
     batch_size: int = Field(50_000, ge=1)
+    # The share of entities whose feature vectors this process's SDK reads
+    # (`get_online_features`) log for the skew report (0: off); the feature server's own
+    # reads follow `server.log_sample_rate`.
+    log_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
 
     @property
     def scheme(self) -> str:

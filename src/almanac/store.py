@@ -26,8 +26,12 @@ if TYPE_CHECKING:
     from almanac.ports.offline import OfflineEngine, RetrievalJob
     from almanac.ports.online import OnlineStore
     from almanac.quality.checks import Quarantine, Validation
+    from almanac.quality.datasets import SavedDataset
     from almanac.quality.drift import FeatureDrift
     from almanac.quality.freshness import ViewFreshness
+    from almanac.quality.report import Report
+    from almanac.quality.results import Results
+    from almanac.quality.serving_log import ServingLog
     from almanac.quality.skew import SkewReport
     from almanac.quality.statistics import FeatureStatistics
     from almanac.registry.diff import Plan
@@ -142,16 +146,31 @@ class FeatureStore:
         feature_service: str | None = None,
         full_feature_names: bool = False,
         timestamp_field: str = "event_timestamp",
+        save_as: str | None = None,
     ) -> RetrievalJob:
         """Point-in-time correct feature values for each row of `entity_df`.
 
         `entity_df` is pandas, Polars, Arrow, a Parquet path or SQL text, with the
         entities' join keys and an `event_timestamp` column (or the one named
         `timestamp_field`). Its other columns (labels) pass through untouched.
+
+        `save_as` computes the set now and keeps it, with the registry version and
+        each feature's statistics, as a saved dataset: the reference that later data
+        is compared with (`drift(..., reference="NAME")`; see `almanac.quality.datasets`).
         """
         catalog = self.catalog
         refs = catalog.resolve(features, feature_service, full_feature_names)
-        return self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
+        job = self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
+        if save_as is None:
+            return job
+        from almanac.quality.datasets import save
+
+        _, saved = save(
+            self.config, save_as, job, refs, project=self.project,
+            registry_version=self.registry.backend.version(),
+            feature_service=feature_service, timestamp_field=timestamp_field,
+        )  # fmt: skip
+        return saved
 
     def write_to_offline_store(self, view: str, df: Any) -> int:
         """Append rows to a view's offline dataset (atomic; columns, types and the
@@ -176,14 +195,30 @@ class FeatureStore:
     def drift(
         self,
         view: str,
-        reference: tuple[datetime | str | None, datetime | str | None],
-        current: tuple[datetime | str | None, datetime | str | None],
+        reference: tuple[datetime | str | None, datetime | str | None] | str,
+        current: tuple[datetime | str | None, datetime | str | None] | str,
     ) -> list[FeatureDrift]:
         """PSI, Jensen–Shannon and KS of each feature of `view` from the `reference`
-        window (start, end) to the `current` one, with a status (see `almanac.quality.drift`)."""
+        sample to the `current` one, with a status (see `almanac.quality.drift`). A
+        sample is a window (start, end) of the view's offline rows, or the name of a
+        saved dataset (`get_historical_features(..., save_as=...)`): its column of
+        each of the view's features."""
         from almanac.quality.checks import feature_drift
 
         return feature_drift(self, view, reference, current)
+
+    def datasets(self) -> list[SavedDataset]:
+        """The saved training sets, newest first."""
+        from almanac.quality.datasets import listed
+
+        return listed(self.config)
+
+    def dataset(self, name: str) -> SavedDataset:
+        """A saved training set: its features, registry version, statistics, and
+        `.read()` for its rows."""
+        from almanac.quality.datasets import load
+
+        return load(self.config, name)
 
     def validate(
         self, view: str, start: datetime | str | None = None, end: datetime | str | None = None
@@ -205,6 +240,35 @@ class FeatureStore:
         from almanac.quality.skew import skew
 
         return skew(self, feature_service, start, end)
+
+    def results(
+        self, view: str | None = None, since: datetime | None = None, failed: bool = False
+    ) -> Results:
+        """The recorded results of expectations (`.rows`, newest first): one per
+        expectation per batch checked on every entry path (see `almanac.quality.results`)."""
+        from almanac.quality.results import read
+
+        return read(self.config, view, since, failed)
+
+    def report(
+        self,
+        views: Sequence[str] | None = None,
+        *,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        reference: tuple[datetime | str | None, datetime | str | None] | str | None = None,
+        current: tuple[datetime | str | None, datetime | str | None] | None = None,
+        step: str = "1d",
+        services: Sequence[str] | None = None,
+    ) -> Report:
+        """The data-quality report (`.html`: one self-contained page; see
+        `almanac.quality.report`): statistics per view, drift from `reference` (a window
+        or a saved dataset) to the `current` window, freshness, and skew per service."""
+        from almanac.quality.report import render
+
+        return render(
+            self, views, start, end, reference, current, step=step, services=services
+        )  # fmt: skip
 
     def quarantine(self, view: str) -> Quarantine:
         """The rows `view` kept aside under `on_violation="quarantine"`, newest first,
@@ -244,10 +308,25 @@ class FeatureStore:
         are measured from; pass one to replay what was served at that moment."""
         from almanac.online.retrieval import get_online_features
 
-        return get_online_features(
+        response = get_online_features(
             self, features, entity_rows, feature_service=feature_service,
             full_feature_names=full_feature_names, now=now,
         )  # fmt: skip
+        if self._serving_log is not None and response.read_time is not None:
+            self._serving_log.record(
+                response, response.read_time, features, feature_service, full_feature_names
+            )
+        return response
+
+    @cached_property
+    def _serving_log(self) -> ServingLog | None:
+        """The SDK's own serving log (`online.log_sample_rate`; off by default)."""
+        rate = self.config.online.log_sample_rate
+        if rate <= 0:
+            return None
+        from almanac.quality.serving_log import ServingLog, log_folder
+
+        return ServingLog(log_folder(self.config), rate)
 
     def get_context(
         self,
@@ -307,7 +386,7 @@ class FeatureStore:
         return materialize_incremental(self, end, views, **options)
 
     def close(self) -> None:
-        for name in ("online", "offline", "registry"):
+        for name in ("_serving_log", "online", "offline", "registry"):
             backend = self.__dict__.pop(name, None)
             if backend is not None:
                 backend.close()

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from almanac import Expect, FeatureStore, FeatureView, Field, Float64
 from almanac.errors import DefinitionError, InputError
-from almanac.ingest.admission import admit
 from almanac.offline.files import quarantine_folder
+from almanac.quality.admission import admit
 from almanac.registry.diff import values_fingerprint
 from almanac.semantics.expectations import REASON
 
@@ -262,3 +262,21 @@ def test_time_columns_are_not_expectation_columns(tmp_path: Path) -> None:
         'Expect.not_null("tier")', 'Expect.not_null("event_timestamp")'))  # fmt: skip
     with FeatureStore(repo) as store, pytest.raises(DefinitionError, match="checks column 'event_timestamp'"):  # fmt: skip
         store.plan()
+
+
+def test_every_check_is_recorded_rejected_batches_included(tmp_path: Path) -> None:
+    with make_store(tmp_path, "sqlite:///.almanac/online.db") as store:
+        now = datetime.now(UTC) - timedelta(seconds=1)
+        store.push("payments", rows(now, [10.0, 20.0], ["pro", "free"]))
+        with pytest.raises(InputError):
+            store.push("payments", rows(now, [-5.0], ["pro"]))
+        store.write_to_offline_store("amounts", rows(now, [1.0], ["free"]))
+        recorded = store.results("amounts").rows.to_pylist()
+        assert len(recorded) == 9  # 3 batches × 3 expectations, newest first
+        assert [r["entry"] for r in recorded[::3]] == ["write", "push", "push"]
+        failed = store.results("amounts", failed=True).rows.to_pylist()
+        assert [(r["expectation"], r["observed"], r["rows"], r["policy"]) for r in failed] == [
+            ("between('amount', 0, 1000)", 1, 1, "reject")
+        ]
+        assert store.results("spend").rows.num_rows == 0  # no expectations, nothing recorded
+        assert store.results(since=datetime.now(UTC) + timedelta(seconds=5)).rows.num_rows == 0

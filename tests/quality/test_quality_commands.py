@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from almanac import FeatureStore
@@ -48,6 +51,18 @@ def store(tmp_path: Path) -> FeatureStore:
     return store
 
 
+def cli(store: FeatureStore, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run `almanac --repo REPO *args`: its exit code and what it printed."""
+    capsys.readouterr()
+    try:
+        main(["--repo", str(store.repo_path), *args])
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
 def weeks(a: int, b: int) -> tuple[datetime, datetime]:
     return T0 + timedelta(days=7 * a), T0 + timedelta(days=7 * b) - timedelta(microseconds=1)
 
@@ -71,15 +86,7 @@ def test_statistics_cover_the_window(store: FeatureStore) -> None:
 def test_the_cli_prints_json_and_validate_exits_1_on_a_breach(
     store: FeatureStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run(*args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        try:
-            main(["--repo", str(store.repo_path), *args])
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out + err
+    run = partial(cli, store, capsys)
 
     code, out = run("describe", "payments")
     assert code == 0 and "expectations (warn): between('amount', 0, 1000)" in out
@@ -100,3 +107,82 @@ def test_the_cli_prints_json_and_validate_exits_1_on_a_breach(
     assert "between('amount', 0, 1000): 1 of 12001 rows (e.g. -5.0)" in " ".join(out.split())
     code, out = run("drift", "payments", "--reference", "x", "--current", "..")
     assert code == 2 and "expected START..END" in out
+
+
+def test_a_saved_training_set_is_the_reference_for_drift(store: FeatureStore) -> None:
+    rng = np.random.default_rng(5)
+    # A spine over the calm weeks: the model trains on amounts around 100.
+    spine = pa.table(
+        {
+            "user_id": rng.integers(0, 500, 2_000),
+            "event_timestamp": [
+                T0 + timedelta(days=13, hours=int(h)) for h in rng.integers(0, 24, 2_000)
+            ],
+            "label": rng.integers(0, 2, 2_000),
+        }
+    )
+    job = store.get_historical_features(spine, ["payments:amount", "payments:plan"], save_as="train_v1")  # fmt: skip
+    table = job.to_arrow()
+    assert table.column_names == ["user_id", "event_timestamp", "label", "amount", "plan"]
+    assert table.column("label").equals(spine.column("label"))  # the spine's order and columns
+    saved = store.dataset("train_v1")
+    assert saved.rows == 2_000 and saved.registry_version == store.registry.backend.version()
+    assert [f.ref for f in saved.features] == ["payments:amount", "payments:plan"]
+    amount = next(s for s in saved.statistics if s["feature"] == "amount")
+    assert amount["mean"] == pytest.approx(np.mean(table.column("amount").drop_null().to_numpy()))
+    assert saved.read().equals(table)
+    # Against the training set, the shifted week drifts and a calm one does not.
+    moved = {d.feature: d.status for d in store.drift("payments", "train_v1", weeks(2, 3))}
+    calm = {d.feature: d.status for d in store.drift("payments", "train_v1", weeks(1, 2))}
+    assert moved == {"amount": "drift", "plan": "ok"} and calm == {"amount": "ok", "plan": "ok"}
+    # Two datasets compare directly; a name is never overwritten.
+    later = spine.set_column(1, "event_timestamp", pc.add(spine.column(1), pa.scalar(timedelta(days=7))))  # fmt: skip
+    store.get_historical_features(later, ["payments:amount"], full_feature_names=True, save_as="train_v2")  # fmt: skip
+    assert [d.status for d in store.drift("payments", "train_v1", "train_v2")] == ["drift"]
+    with pytest.raises(InputError, match="already saved"):
+        store.get_historical_features(spine, ["payments:amount"], save_as="train_v1")
+    with pytest.raises(InputError, match=r"no payments:plan"):
+        store.drift("payments", "train_v2", weeks(2, 3))
+    with pytest.raises(InputError, match="dataset name"):
+        store.get_historical_features(spine, ["payments:amount"], save_as="../escape")
+    assert {d.name for d in store.datasets()} == {"train_v1", "train_v2"}
+
+
+def test_the_cli_saves_lists_and_compares_datasets(
+    store: FeatureStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = partial(cli, store, capsys)
+
+    spine = tmp_path / "spine.csv"
+    spine.write_text("user_id,event_timestamp\n" + "".join(
+        f"{u},{(T0 + timedelta(days=12, minutes=u)).isoformat()}\n" for u in range(500)))  # fmt: skip
+    code, out = run("historical", "-e", str(spine), "-f", "payments", "--save-as", "base")
+    assert code == 0 and "saved as dataset 'base'" in out, out
+    code, out = run("datasets", "list", "--json")
+    assert code == 0 and [d["name"] for d in json.loads(out)] == ["base"]
+    code, out = run("datasets", "show", "base")
+    assert code == 0 and "payments:amount" in out and "500 rows" in out
+    later = weeks(2, 3)[0].isoformat()
+    code, out = run("drift", "payments", "--reference-dataset", "base", "--current", f"{later}..", "--json")  # fmt: skip
+    assert code == 0, out
+    assert {d["feature"]: d["status"] for d in json.loads(out)}["amount"] == "drift"
+    code, out = run("drift", "payments", "--reference-dataset", "base", "--reference", "..", "--current", "..")  # fmt: skip
+    assert code == 2 and "give one of a window START..END or a saved dataset" in out
+    code, out = run("drift", "payments", "--reference-dataset", "nope", "--current", "..")
+    assert code == 2 and "dataset 'nope'" in out
+    assert run("datasets", "delete", "base")[0] == 0
+    assert json.loads(run("datasets", "list", "--json")[1]) == []
+
+
+def test_validate_is_recorded_and_the_cli_lists_results(
+    store: FeatureStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store.write_to_offline_store("payments", {
+        "user_id": [1], "event_timestamp": [T0], "amount": [-5.0], "plan": ["free"]})  # fmt: skip
+    assert not store.validate("payments").passed
+    code, out = cli(store, capsys, "results", "payments", "--failed", "--json")
+    found = json.loads(out)
+    assert [(r["entry"], r["observed"]) for r in found["newest"]] == [("validate", 1), ("write", 1)]
+    assert found["failed"] == 2 and found["results"] == 2
+    code, out = cli(store, capsys, "results")  # 4 writes and a validate, one expectation each
+    assert code == 0 and "5 results, 2 failed" in " ".join(out.split())

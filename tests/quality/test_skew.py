@@ -102,3 +102,18 @@ def test_sampling_keeps_whole_entities(repo: Path) -> None:
     logged = [u for path in files for text in pq.read_table(path).column("entity").to_pylist()
               for u in json.loads(text)["user_id"]]  # fmt: skip
     assert sorted(logged) == sorted(expected)  # each sampled entity once, no other
+
+
+def test_the_sdk_logs_its_own_reads_when_asked(repo: Path) -> None:
+    """`online.log_sample_rate`: reads through `get_online_features` in this process
+    are logged and replayed like the server's (the server logs nothing here)."""
+    store = serve(repo, 0.0, USERS[:4])  # 4 of 200 entities skewed
+    with pytest.raises(InputError, match="no logged reads"):
+        store.skew("ranker")
+    config = (repo / "almanac.yaml").read_text()
+    (repo / "almanac.yaml").write_text(config.replace("online:\n", "online:\n  log_sample_rate: 1.0\n"))  # fmt: skip
+    with FeatureStore(repo) as sdk:
+        sdk.get_online_features(feature_service="ranker", entity_rows={"user_id": USERS[:50]})
+        sdk.get_online_features(feature_service="ranker", entity_rows={"user_id": USERS[50:]})
+        report = {f.feature: f for f in sdk.skew("ranker").features}  # flushed in process
+    assert report["score"].compared == 200 and report["score"].mismatches == 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
@@ -64,3 +65,39 @@ def test_quality_routes_answer_as_the_sdk(repo: Path) -> None:
         assert bad.status_code == 422 and "expected START..END" in bad.json()["detail"]
         late = client.get("/quality/stats/scores", params={"start": "2030-01-01", "end": "2020-01-01"}, headers=key)  # fmt: skip
         assert late.status_code == 422 and "after end" in late.json()["detail"]
+
+
+def test_recorded_results_and_drift_against_a_saved_dataset(repo: Path) -> None:
+    key = {"X-API-Key": "k1"}
+    with FeatureStore(repo) as store:
+        spine = {"user_id": [1, 2, 3, 4], "event_timestamp": [T + timedelta(hours=1)] * 4}
+        store.get_historical_features(pa.table(spine), ["scores:score"], save_as="day0")
+    with TestClient(create_app(repo)) as client:
+        found = client.get("/quality/results", params={"view": "scores"}, headers=key).json()
+        assert [(r["entry"], r["passed"], r["observed"]) for r in found] == [
+            ("push", False, 1), ("push", True, 0),
+        ]  # fmt: skip
+        failed = client.get("/quality/results", params={"failed": "true", "limit": 5}, headers=key)
+        assert [r["observed"] for r in failed.json()] == [1]
+        day = (T + timedelta(days=1)).isoformat()
+        drift = client.get("/quality/drift/scores", params={"reference_dataset": "day0", "current": f"{day}.."}, headers=key)  # fmt: skip
+        assert drift.status_code == 200 and drift.json()[0]["reference_rows"] == 4
+        both = client.get("/quality/drift/scores", params={"reference_dataset": "day0", "reference": "..", "current": ".."}, headers=key)  # fmt: skip
+        assert both.status_code == 422 and "give one of" in both.json()["detail"]
+        unknown = client.get("/quality/drift/scores", params={"reference_dataset": "nope", "current": ".."}, headers=key)  # fmt: skip
+        assert unknown.status_code == 404 and "dataset 'nope'" in unknown.json()["detail"]
+        bad = client.get("/quality/results", params={"since": "yesterday"}, headers=key)
+        assert bad.status_code == 422
+
+
+def test_metrics_count_expectation_results_of_pushes(repo: Path) -> None:
+    key = {"X-API-Key": "k1"}
+    now = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    with TestClient(create_app(repo)) as client:
+        df = {"user_id": [7, 8, 9], "event_timestamp": [now] * 3, "score": [0.5, 2.0, 3.0]}
+        answer = client.post("/push", json={"push_source_name": "score_events", "df": df}, headers=key)  # fmt: skip
+        assert answer.status_code == 200  # on_violation="warn": written, counted
+        text = client.get("/metrics", headers=key).text
+    label = "expectation=\"between('score', 0, 1)\""
+    assert f'almanac_expectation_checks_total{{{label},result="failed",view="scores"}} 1.0' in text
+    assert f'almanac_expectation_failed_rows_total{{{label},view="scores"}} 2.0' in text

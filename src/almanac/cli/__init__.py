@@ -13,7 +13,9 @@ from almanac.cli import registry_commands  # noqa: F401 - registers its commands
 from almanac.cli.app import app, err_console, state
 from almanac.errors import AlmanacError
 
-for _module in ("offline_commands", "online_commands", "quality_commands", "serve_commands"):
+for _module in (
+    "offline_commands", "online_commands", "quality_commands", "report_command", "serve_commands",
+):  # fmt: skip
     # Areas register their commands when their module is present.
     try:
         __import__(f"almanac.cli.{_module}")

@@ -56,6 +56,12 @@ def historical(
         Path | None,
         typer.Option("--out", "-o", help="Write the training set here (Parquet, atomic)."),
     ] = None,
+    save_as: Annotated[
+        str | None,
+        typer.Option(
+            "--save-as", help="Keep it as a saved dataset (the reference for `almanac drift`)."
+        ),
+    ] = None,
 ) -> None:
     """Build a point-in-time correct training set."""
     started = time.perf_counter()
@@ -66,6 +72,7 @@ def historical(
             feature_service=service,
             full_feature_names=full_feature_names,
             timestamp_field=timestamp_field,
+            save_as=save_as,
         )
         table = job.to_arrow()
         if out is not None:
@@ -80,6 +87,8 @@ def historical(
         filled = 100.0 * (table.num_rows - nulls) / table.num_rows if table.num_rows else 0.0
         summary.add_row(field.name, str(field.type), f"{filled:.1f}%")
     console.print(summary)
+    if save_as is not None:
+        console.print(f"saved as dataset '{save_as}' (almanac datasets show {save_as})")
     if out is not None:
         console.print(f"wrote {out}")
     else:

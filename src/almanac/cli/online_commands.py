@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from almanac.cli.app import app, console, open_store
+from almanac.cli.app import app, console, err_console, open_store
 from almanac.errors import InputError, NotFoundError
 from almanac.registry.catalog import Catalog
 
@@ -55,12 +55,17 @@ def _summary(result: MaterializeResult) -> None:
     for column in ("view", "from", "to", "rows", "seconds", "rows/s"):
         table.add_column(column)
     for run in result.runs:
+        rows = "[red]refused[/]" if run.refused else f"{run.rows:,}"
         table.add_row(
             run.view, run.start.isoformat() if run.start else "(first row)", run.end.isoformat(),
-            f"{run.rows:,}" + (f" ({run.skipped})" if run.skipped else ""),
+            rows + (f" ({run.skipped})" if run.skipped else ""),
             f"{run.seconds:.2f}", f"{run.rows_per_second:,.0f}",
         )  # fmt: skip
     console.print(table)
+    for run in result.refused:
+        err_console.print(f"[bold red]error:[/] {run.refused}", highlight=False, soft_wrap=True)
+    if result.refused:
+        raise typer.Exit(1)
 
 
 @app.command()

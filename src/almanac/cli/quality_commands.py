@@ -1,5 +1,6 @@
-"""Commands on data quality: `stats`, `drift` and `validate` over a view's offline rows
-(each with `--json`)."""
+"""Commands on data quality: `stats`, `drift` and `validate` over a view's offline rows,
+`freshness`, `quarantine`, `skew`, and the saved training sets (`datasets`); each with
+`--json`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typer
 from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
-from almanac.quality.checks import parse_window
+from almanac.quality.checks import sample
 
 _START = typer.Option("--start", help="Earliest event time (ISO 8601); default: the first.")
 _END = typer.Option("--end", help="Latest event time (ISO 8601); default: the last.")
@@ -54,18 +55,29 @@ def stats(
 def drift(
     view: Annotated[str, typer.Argument(help="A feature view.")],
     reference: Annotated[
-        str, typer.Option("--reference", help="The reference window START..END (ISO 8601).")
-    ],
+        str | None,
+        typer.Option("--reference", help="The reference window START..END (ISO 8601)."),
+    ] = None,
     current: Annotated[
-        str, typer.Option("--current", help="The current window START..END (ISO 8601).")
-    ],
+        str | None, typer.Option("--current", help="The current window START..END (ISO 8601).")
+    ] = None,
+    reference_dataset: Annotated[
+        str | None,
+        typer.Option("--reference-dataset", help="A saved dataset as the reference."),
+    ] = None,
+    current_dataset: Annotated[
+        str | None, typer.Option("--current-dataset", help="A saved dataset as the current.")
+    ] = None,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
-    """Drift of each feature of a view between two windows: PSI, Jensen–Shannon, KS."""
+    """Drift of each feature of a view between two samples (windows of its offline rows
+    or saved datasets): PSI, Jensen–Shannon, KS."""
+    before = sample(reference, reference_dataset, "--reference / --reference-dataset")
+    after = sample(current, current_dataset, "--current / --current-dataset")
     with open_store() as store:
-        found = store.drift(
-            view, parse_window(reference, "--reference"), parse_window(current, "--current")
-        )
+        found = store.drift(view, before, after)
+    reference = reference or f"dataset {reference_dataset}"
+    current = current or f"dataset {current_dataset}"
     if as_json:
         typer.echo(json.dumps([d.to_dict() for d in found], indent=2))
         return
@@ -190,3 +202,98 @@ def skew(
         console.print(table)
     if any(f.rate for f in report.features):
         raise typer.Exit(1)
+
+
+datasets_app = typer.Typer(help="Saved training sets (`almanac historical --save-as NAME`).")
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: Annotated[bool, _JSON] = False) -> None:
+    """The saved datasets, newest first."""
+    with open_store() as store:
+        found = store.datasets()
+    if as_json:
+        typer.echo(json.dumps([d.to_dict() for d in found], indent=2, default=str))
+        return
+    table = Table(title="saved datasets")
+    for column in ("name", "created", "rows", "features", "service", "registry version"):
+        table.add_column(column, overflow="fold")
+    for d in found:
+        table.add_row(
+            d.name, d.created_at, f"{d.rows:,}", str(len(d.features)),
+            d.feature_service or "", str(d.registry_version),
+        )  # fmt: skip
+    console.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    name: Annotated[str, typer.Argument(help="A saved dataset.")],
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """A saved dataset's features and their statistics at the time it was saved."""
+    with open_store() as store:
+        found = store.dataset(name)
+    if as_json:
+        typer.echo(json.dumps(found.to_dict(), indent=2, default=str))
+        return
+    console.print(
+        f"{found.name}: {found.rows:,} rows, saved {found.created_at} under registry version "
+        f"{found.registry_version}"
+        + (f" (service {found.feature_service})" if found.feature_service else "")
+    )
+    table = Table()
+    for column in ("feature", "column", "nulls", "distinct", "min", "p50", "max", "mean"):
+        table.add_column(column, overflow="fold")
+    by_column = {s["feature"]: s for s in found.statistics}
+    for f in found.features:
+        s = by_column.get(f.column, {})
+        table.add_row(
+            f.ref, f.column, f"{s.get('null_rate', 0):.1%}", _number(s.get("distinct")),
+            _number(s.get("min")), _number(s.get("quantiles", {}).get("p50")),
+            _number(s.get("max")), _number(s.get("mean")),
+        )  # fmt: skip
+    console.print(table)
+
+
+@datasets_app.command("delete")
+def datasets_delete(name: Annotated[str, typer.Argument(help="A saved dataset.")]) -> None:
+    """Delete a saved dataset (its rows and its statistics)."""
+    from almanac.quality.datasets import delete
+
+    with open_store() as store:
+        delete(store.config, name)
+    console.print(f"deleted dataset '{name}'")
+
+
+@app.command()
+def results(
+    view: Annotated[str | None, typer.Argument(help="A view (default: all).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only results from this time (ISO 8601).")
+    ] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only the failed ones.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Results to show.")] = 20,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """The recorded results of expectations, newest first: one per expectation per batch
+    checked (push, write, materialization, validate)."""
+    from almanac.semantics.times import to_utc
+
+    with open_store() as store:
+        found = store.results(view, None if since is None else to_utc(since, "--since"), failed)
+    if as_json:
+        typer.echo(json.dumps(found.to_dict(limit), indent=2, default=str))
+        return
+    summary = found.to_dict(limit)
+    table = Table(title=f"{summary['results']:,} results, {summary['failed']:,} failed")
+    for column in ("at", "view", "entry", "batch", "expectation", "observed", "rows", "passed", "policy"):  # fmt: skip
+        table.add_column(column, overflow="fold")
+    for r in summary["newest"]:
+        passed = "[green]yes[/]" if r["passed"] else "[red]no[/]"
+        table.add_row(
+            r["at"].isoformat(timespec="seconds"), r["view"], r["entry"], r["batch"],
+            r["expectation"], f"{r['observed']:,}", f"{r['rows']:,}", passed, r["policy"],
+        )  # fmt: skip
+    console.print(table)

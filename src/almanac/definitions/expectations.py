@@ -19,6 +19,8 @@ the values present. `almanac.semantics.expectations` evaluates them, vectorized.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import model_serializer, model_validator
@@ -111,6 +113,16 @@ class Expect:
     def row_count(min: int | None = None, max: int | None = None) -> Expectation:
         """The batch has between `min` and `max` rows."""
         return Expectation(check="row_count", min=min, max=max)
+
+    @staticmethod
+    def from_great_expectations(
+        suite: str | Path | Mapping[str, Any], unsupported: Literal["error", "skip"] = "error"
+    ) -> list[Expectation]:
+        """The expectations of a Great Expectations suite (its JSON file or the parsed
+        JSON), for the kinds both have (`almanac.definitions.great_expectations`)."""
+        from almanac.definitions.great_expectations import from_great_expectations
+
+        return from_great_expectations(suite, unsupported)
 
 
 def _bound(value: float | None) -> str:

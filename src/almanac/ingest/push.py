@@ -6,7 +6,7 @@ view reading the source (in its declared type, no nulls), the source's event-tim
 column (no nulls; naive times are UTC) and every feature of those views, each castable
 to its declared dtype without loss. A column no view reads is refused by name, unless the
 source says `extra_columns="ignore"`; then the views' expectations admit the rows
-(`almanac.ingest.admission`). The rules are those of `almanac.semantics.validate`, which
+(`almanac.quality.admission`). The rules are those of `almanac.semantics.validate`, which
 `write_to_offline_store` follows too: rows get the same answer whichever way they come in.
 
 Then, all or nothing across both stores:
@@ -49,11 +49,11 @@ from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource, SourceBase
 from almanac.errors import InputError, NotFoundError
-from almanac.ingest.admission import admit, check_columns, check_empty
 from almanac.offline import frames
 from almanac.online.batch import prepare_batch
 from almanac.online.layouts import claim
 from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from almanac.quality.admission import admit, check_columns, check_empty
 from almanac.registry.diff import values_fingerprint
 from almanac.semantics.tile_build import build_tiles
 from almanac.semantics.tiles import TILES_FEATURE, merge_blobs, reach_micros
@@ -111,13 +111,13 @@ def push(
     what = f"push to '{source.name}'"
     table = to_arrow(df, what)
     if table.num_rows == 0:
-        check_empty(views, what)
+        check_empty(views, what, store.config, "push")
         return 0
     readers = [view for view in catalog.all_views().values() if view.source == source.name]
     table = check_columns(
         table, _allowed_columns(readers, catalog, source), source.extra_columns, what
     )
-    admission = admit(normalize(table, catalog, source, views), views, what)
+    admission = admit(normalize(table, catalog, source, views), views, what, store.config, "push")
     if admission.rows.num_rows == 0:  # every row quarantined
         admission.record(store.config)
         return 0
@@ -179,14 +179,14 @@ def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
     # What pushes take, and what the engines read too (Parquet paths, Arrow streams).
     table = to_arrow(df, what) if _rows_like(df) else frames.to_arrow(df, what)
     if table.num_rows == 0:
-        check_empty([view], what)
+        check_empty([view], what, store.config, "write")
         return 0
     # The file gets this view's columns only: another view's column would be dropped
     # (and its expectations never checked), so it is refused like any unknown one.
     allowed = _allowed_columns([view], catalog, source)
     table = check_columns(table, allowed, getattr(source, "extra_columns", "reject"), what)
     batch = offline_batch(table, view, catalog.join_keys(view), source)
-    admission = admit(batch, [view], what)
+    admission = admit(batch, [view], what, store.config, "write")
     staged = store.offline.stage(catalog, view, admission.rows) if admission.rows.num_rows else None
     rows = 0
     if staged is not None:

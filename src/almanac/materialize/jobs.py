@@ -15,6 +15,11 @@ The online store's monotonic write rule makes every run idempotent: re-running a
 or running windows out of order, can never put an older value over a newer one. If a run
 dies half-way (the online store goes away), the watermark has not moved and the next run
 writes the same rows again.
+
+A view with expectations has its rows admitted as at the door
+(`almanac.quality.admission`), the whole run's rows as one batch: `reject` writes
+nothing of the view and keeps its watermark (the run is reported `refused`), `warn`
+writes them and records the breach, `quarantine` writes the rows that pass.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError
 from almanac.online.layouts import claim
-from almanac.ports.offline import OnlineTarget
+from almanac.ports.offline import OnlineTarget, write_online
+from almanac.quality.admission import admit, check_empty
 from almanac.registry.diff import values_fingerprint
 from almanac.semantics.tiles import TILES_FEATURE
 from almanac.semantics.times import FUTURE_TOLERANCE, to_utc
@@ -52,6 +58,7 @@ class ViewRun:
     rows: int = 0
     seconds: float = 0.0
     skipped: str = ""
+    refused: str = ""  # the view's expectations refused the rows (on_violation="reject")
 
     @property
     def rows_per_second(self) -> float:
@@ -65,6 +72,10 @@ class MaterializeResult:
     @property
     def rows(self) -> int:
         return sum(run.rows for run in self.runs)
+
+    @property
+    def refused(self) -> list[ViewRun]:
+        return [run for run in self.runs if run.refused]
 
 
 def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) -> dict[str, str]:
@@ -123,7 +134,16 @@ def _run_view(
     )
     started = time.perf_counter()
     count = None if progress is None else (lambda rows: progress(view.name, rows))
-    run.rows = store.offline.materialize(catalog, view, start, end, target, store.online, count)
+    if view.expectations and not isinstance(view, AggregationView):
+        try:
+            run.rows = _admitted(store, view, start, end, target, count)
+        except InputError as error:
+            # Nothing of the view was written; its watermark stays, so the next run
+            # reads the same rows again (and refuses them until they are fixed).
+            run.refused, run.seconds = str(error), time.perf_counter() - started
+            return run
+    else:
+        run.rows = store.offline.materialize(catalog, view, start, end, target, store.online, count)  # fmt: skip
     # Only now, with every batch written, does the watermark move — and only when the
     # window reached back to it: otherwise rows before `start` were never read.
     watermark = store.online.watermarks(store.project).get(view.name)
@@ -138,6 +158,28 @@ def _run_view(
         run.skipped = "watermark kept: rows before start were not read"
     run.seconds = time.perf_counter() - started
     return run
+
+
+def _admitted(
+    store: StoreHandle,
+    view: FeatureView,
+    start: datetime | None,
+    end: datetime,
+    target: OnlineTarget,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Write the rows of a view with expectations that they admit (by its
+    `on_violation`, as at the door): the rows come to this process to be checked as
+    one batch, whichever engine computed them."""
+    what = f"materialization of '{view.name}'"
+    rows = store.offline.latest_rows(store.catalog, view, start, end).read_all()
+    if rows.num_rows == 0:
+        check_empty([view], what, store.config, "materialize")
+        return 0
+    admission = admit(rows, [view], what, store.config, "materialize")
+    written = write_online(admission.rows.to_batches(), target, store.online, progress)
+    admission.record(store.config)
+    return written
 
 
 def materialize(

@@ -1,2 +1,4 @@
-"""Data quality: statistics, drift and validation of a view's offline rows (admission
-at the door is `almanac.ingest.admission`)."""
+"""Data quality: admission at the door (strict columns, expectations and their
+policies), the recorded results of every check, statistics, drift, validation of
+offline rows, freshness, the serving log and the skew report. Below ingestion and
+materialization, which call admission for every batch they take in."""

@@ -1,6 +1,6 @@
 """The quality verbs over a view's offline rows (read through the configured engine's
-`rows`): `statistics`, `drift` between two time windows, and `validate` (the view's
-expectations over rows already stored)."""
+`rows`): `statistics`, `drift` between two samples (time windows or saved training
+sets), and `validate` (the view's expectations over rows already stored)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,16 @@ from almanac.definitions.feature_view import FeatureView
 from almanac.errors import InputError
 from almanac.offline.files import quarantine_folder
 from almanac.ports.handles import StoreHandle
+from almanac.quality.datasets import load
 from almanac.quality.drift import DRIFT_PSI, WARN_PSI, FeatureDrift, drift
+from almanac.quality.results import record
 from almanac.quality.statistics import FeatureStatistics, describe
 from almanac.semantics.expectations import QUARANTINED_AT, REASON, Breach, breaches
 from almanac.semantics.times import time_range
 
 Window = tuple[datetime | str | None, datetime | str | None]
+# A time window of a view's offline rows, or the name of a saved dataset.
+Sample = Window | str
 
 
 def parse_window(text: str, what: str) -> tuple[str | None, str | None]:
@@ -31,6 +35,14 @@ def parse_window(text: str, what: str) -> tuple[str | None, str | None]:
         raise InputError(f"{what}: expected START..END (ISO 8601, either may be empty), got {text!r}")  # fmt: skip
     start, end = text.split("..", 1)
     return start.strip() or None, end.strip() or None
+
+
+def sample(window: str | None, dataset: str | None, what: str) -> Sample:
+    """A drift sample from text: a window START..END, or a saved dataset's name (one
+    of the two)."""
+    if (window is None) == (dataset is None):
+        raise InputError(f"{what}: give one of a window START..END or a saved dataset's name")
+    return dataset if dataset is not None else parse_window(window or "", what)
 
 
 @dataclass
@@ -76,14 +88,50 @@ def statistics(
 def feature_drift(
     store: StoreHandle,
     view: str,
-    reference: Window,
-    current: Window,
+    reference: Sample,
+    current: Sample,
     warn_psi: float = WARN_PSI,
     drift_psi: float = DRIFT_PSI,
 ) -> list[FeatureDrift]:
+    """Drift of `view`'s features between two samples: windows of its offline rows, or
+    saved datasets (their columns of its features). An aggregation view has no rows,
+    so both of its samples must be datasets."""
+    if isinstance(reference, str) and isinstance(current, str):
+        store.catalog.view(view)  # NotFoundError for an unknown view
+        # The features both hold (a later set may add or drop some).
+        first = load(store.config, reference).columns_of(view).values()
+        second = set(load(store.config, current).columns_of(view).values())
+        names = [name for name in first if name in second] or list(first)
+        before, after = (_dataset_rows(store, s, view, names)[0] for s in (reference, current))
+        return drift(before, after, names, warn_psi, drift_psi)
     definition = _feature_view(store, view)
-    before, after = _rows(store, definition, reference), _rows(store, definition, current)
+    before, after = (sample_rows(store, definition, sample) for sample in (reference, current))
     return drift(before, after, definition.feature_names, warn_psi, drift_psi)
+
+
+def sample_rows(store: StoreHandle, view: FeatureView, sample: Sample) -> pa.Table:
+    """A sample of `view`'s features: its offline rows in a window, or a saved
+    dataset's columns of them (named as the features)."""
+    if isinstance(sample, str):
+        return _dataset_rows(store, sample, view.name, view.feature_names)[0]
+    return _rows(store, view, sample)
+
+
+def _dataset_rows(
+    store: StoreHandle, name: str, view: str, names: list[str] | None
+) -> tuple[pa.Table, list[str]]:
+    """The saved dataset's columns of `view`'s features, named as the features (only
+    `names`, which it must all hold, when given)."""
+    dataset = load(store.config, name)
+    columns = dataset.columns_of(view)
+    wanted = list(columns.values()) if names is None else names
+    missing = [n for n in wanted if n not in columns.values()]
+    if not columns or missing:
+        held = ", ".join(f.ref for f in dataset.features) or "none"
+        lacking = f"features of '{view}'" if not columns else ", ".join(f"{view}:{n}" for n in missing)  # fmt: skip
+        raise InputError(f"saved dataset '{name}' has no {lacking} (it holds: {held})")
+    table = dataset.read(list(columns)).rename_columns([columns[c] for c in columns])
+    return table, wanted
 
 
 def validate(
@@ -94,6 +142,7 @@ def validate(
         raise InputError(f"feature view '{view}' declares no expectations")
     table = _rows(store, definition, (start, end))
     found = breaches(table, definition.expectations, f"feature view '{view}'")
+    record(store.config, definition, table.num_rows, found, "validate")
     return Validation(view, table.num_rows, found)
 
 

@@ -5,8 +5,8 @@ under `sample_rate` (`sampled`), so an entity is logged on every request or on n
 whole, as Chronon does it). A request only keeps a reference to its answer (no I/O, no
 encoding on its path); a background thread encodes and writes what was kept every
 `flush_seconds`, as one Parquet file under `<data_path>/.serving_log/` (a hidden folder:
-no source scans it). Past `capacity` rows waiting, rows are dropped and counted rather
-than slow a request.
+no source scans it; see `almanac.quality.parquet_log`). Past `capacity` rows waiting,
+rows are dropped and counted rather than slow a request.
 
 One row per answer: the read time, what was asked (`features` as JSON or
 `feature_service`, and `full_feature_names`), and the sampled entity rows as JSON
@@ -16,8 +16,6 @@ each keyed by column name with one list entry per logged entity row.
 
 from __future__ import annotations
 
-import logging
-import threading
 import zlib
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,9 +28,9 @@ import pyarrow as pa
 
 from almanac.config import RepoConfig
 from almanac.online.response import OnlineResponse
+from almanac.quality.parquet_log import ParquetLog
 from almanac.semantics.validate import UTC_US
 
-log = logging.getLogger("almanac.quality")
 SCHEMA = pa.schema([
     ("read_time", UTC_US),
     ("features", pa.string()),
@@ -67,9 +65,9 @@ def sampled(join_keys: dict[str, list[Any]], rate: float) -> list[int]:
             if (mixed * _MIX & _MASK) >> 44 < limit:
                 out.append(i)
         return out
-    total = np.zeros(rows, np.uint64)
     with np.errstate(over="ignore"):
-        for column in columns:
+        total = _key_hashes(columns[0])
+        for column in columns[1:]:
             total = total * np.uint64(_MIX) + _key_hashes(column)
         buckets = (total * np.uint64(_MIX)) >> np.uint64(44)
     return np.flatnonzero(buckets < np.uint64(limit)).tolist()
@@ -88,6 +86,9 @@ def _key_hash(value: Any) -> int:
 
 def _key_hashes(values: list[Any]) -> np.ndarray:
     with np.errstate(over="ignore"):
+        array = np.asarray(values)
+        if array.dtype == np.int64 and not any(type(v) is bool for v in values[:1]):
+            return array.view(np.uint64) * np.uint64(_MIX)  # integers, as `_key_hash`
         if all(type(v) is int for v in values):
             return np.asarray(values, dtype=np.int64).view(np.uint64) * np.uint64(_MIX)
         crcs = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
@@ -104,18 +105,12 @@ class ServingLog:
     ) -> None:
         self.folder = folder
         self.sample_rate = sample_rate
-        self.flush_seconds = flush_seconds
-        self.capacity = capacity
-        self.dropped = 0
-        # Requests append here and nothing wakes the writer: it takes the whole list once
-        # per `flush_seconds` (a thread woken per request would take the GIL from the
-        # event loop that many times).
-        self._pending: list[dict[str, Any]] = []
-        self._queued = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="almanac-serving-log", daemon=True)
-        self._thread.start()
+        self._log = ParquetLog(folder, SCHEMA, flush_seconds, capacity, "serving-log")
+
+    @property
+    def dropped(self) -> int:
+        """Entity rows not logged: the log was full, or a write failed."""
+        return self._log.dropped
 
     def record(
         self,
@@ -126,7 +121,7 @@ class ServingLog:
         full_feature_names: bool,
     ) -> None:
         """Keep the sampled entity rows of one answer (never blocks on I/O; the writer
-        thread encodes them, off the request's path)."""
+        thread writes them, off the request's path)."""
         if self.sample_rate <= 0:
             return
         rows = sampled(response.join_keys, self.sample_rate)
@@ -150,40 +145,14 @@ class ServingLog:
             "values": encode(values),
             "statuses": encode(statuses),
         }
-        with self._lock:
-            if self._queued + len(rows) > self.capacity:
-                self.dropped += len(rows)
-                return
-            self._queued += len(rows)
-            self._pending.append(record)
+        self._log.append(record, len(rows))
+
+    def flush(self) -> None:
+        self._log.flush()
 
     def close(self) -> None:
         """Write what is kept and stop."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
-            self._flush()
-        self._flush()
-
-    def _flush(self) -> None:
-        with self._lock:
-            taken, self._pending, self._queued = self._pending, [], 0
-        if taken:
-            self._write(taken)
-
-    def _write(self, items: list[dict[str, Any]]) -> None:
-        if not items:
-            return
-        from almanac.offline.writer import stage_parquet
-
-        try:
-            table = pa.Table.from_pylist(items, SCHEMA)
-            stage_parquet(table, self.folder).commit()
-        except Exception as error:  # the log never fails a request; it says so
-            self.dropped += len(items)
-            log.warning("serving log: %d records not written: %s", len(items), error)
+        self._log.close()
 
 
 def encode(value: Any) -> str:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from almanac.errors import InputError
 from almanac.ports.handles import StoreHandle
+from almanac.quality.parquet_log import flush_open
 from almanac.quality.serving_log import SCHEMA, encode, log_folder
 from almanac.semantics.times import time_range
 
@@ -94,6 +95,7 @@ def _read_log(
     store: StoreHandle, service: str, low: datetime | None, high: datetime | None
 ) -> pa.Table:
     folder = log_folder(store.config)
+    flush_open(folder)  # what this process logged (an SDK's reads) counts too
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     if not files:
         return SCHEMA.empty_table()

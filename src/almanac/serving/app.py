@@ -41,6 +41,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from almanac import __version__
 from almanac.errors import AlmanacError
+from almanac.quality import results
 from almanac.serving import handlers, writes
 from almanac.serving.auth import OPEN_PATHS, ApiKeyAuth, Authenticator
 from almanac.serving.body import read_body
@@ -298,9 +299,11 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         catalog = await asyncio.to_thread(state.registry.catalog, True)
         state.metrics.registry_version.set(catalog.version)
         refresher = asyncio.create_task(_refresh_forever(state))
+        unobserve = results.observe(state.metrics.observe_expectation)
         try:
             yield
         finally:
+            unobserve()
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher

@@ -10,6 +10,7 @@ per call, a measurable share of a 200 µs request.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,9 +61,24 @@ class Metrics:
         self.registry_refresh_errors = Counter(
             "almanac_registry_refresh_errors", "Failed background registry refreshes.", registry=r
         )
+        self.expectation_checks = Counter(
+            "almanac_expectation_checks", "Expectations checked on a batch (push, write, materialize, validate), by result.",
+            ["view", "expectation", "result"], registry=r,
+        )  # fmt: skip
+        self.expectation_failed_rows = Counter(
+            "almanac_expectation_failed_rows", "Rows that broke an expectation (for row_count: the batch's).",
+            ["view", "expectation"], registry=r,
+        )  # fmt: skip
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._store_children: dict[str, Histogram] = {}
         self._entity_children: dict[str, Histogram] = {}
+
+    def observe_expectation(self, result: dict[str, Any]) -> None:
+        """Count one recorded expectation result (`almanac.quality.results`)."""
+        view, label = result["view"], result["expectation"]
+        self.expectation_checks.labels(view, label, "passed" if result["passed"] else "failed").inc()  # fmt: skip
+        if not result["passed"]:
+            self.expectation_failed_rows.labels(view, label).inc(result["observed"])
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         key = (endpoint, method, status)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from almanac.quality import checks
+from almanac.config import RepoConfig
+from almanac.quality import checks, results
 from almanac.quality.drift import FeatureDrift
 from almanac.quality.freshness import ViewFreshness, freshness
 from almanac.quality.skew import skew
 from almanac.quality.statistics import FeatureStatistics
+from almanac.semantics.times import to_utc
 from almanac.serving.encode import dumps
 from almanac.serving.handlers import ServingState
 
@@ -36,6 +39,19 @@ def _errors() -> dict[int | str, dict[str, Any]]:
 _NOT_FOUND = _errors()
 _START = Query(None, description="Earliest event time (ISO 8601); default: the first.")
 _END = Query(None, description="Latest event time (ISO 8601); default: the last.")
+
+
+@dataclass
+class ExpectationResult:
+    at: datetime
+    view: str
+    batch: str
+    entry: str
+    expectation: str
+    observed: int
+    rows: int
+    passed: bool
+    policy: str
 
 
 @dataclass
@@ -73,12 +89,40 @@ def quality_router(state: ServingState) -> APIRouter:
     @router.get("/drift/{view}", response_model=list[FeatureDrift], responses=_NOT_FOUND)
     async def drift(
         view: str,
-        reference: str = Query(description="The reference window START..END (ISO 8601)."),
-        current: str = Query(description="The current window START..END (ISO 8601)."),
+        reference: str | None = Query(
+            None, description="The reference window START..END (ISO 8601)."
+        ),
+        current: str | None = Query(None, description="The current window START..END (ISO 8601)."),
+        reference_dataset: str | None = Query(
+            None, description="A saved dataset as the reference."
+        ),
+        current_dataset: str | None = Query(None, description="A saved dataset as the current."),
     ) -> Response:
-        """PSI, Jensen–Shannon and KS of each feature between two windows."""
-        windows = checks.parse_window(reference, "reference"), checks.parse_window(current, "current")  # fmt: skip
-        return await run(checks.feature_drift, view, *windows)
+        """PSI, Jensen–Shannon and KS of each feature between two samples: windows of the
+        view's offline rows or saved datasets (one of each pair)."""
+        samples = (
+            checks.sample(reference, reference_dataset, "reference"),
+            checks.sample(current, current_dataset, "current"),
+        )
+        return await run(checks.feature_drift, view, *samples)
+
+    @router.get("/results", response_model=list[ExpectationResult], responses=_NOT_FOUND)
+    async def expectation_results(
+        view: str | None = Query(None, description="Only this view's results."),
+        since: str | None = Query(None, description="Only results from this time (ISO 8601)."),
+        failed: bool = Query(False, description="Only the failed ones."),
+        limit: int = Query(100, ge=1, le=10_000, description="At most this many, newest first."),
+    ) -> Response:
+        """The recorded results of expectations, newest first: one per expectation per
+        batch checked (push, write, materialization, validate)."""
+
+        def newest(config: RepoConfig) -> list[dict[str, Any]]:
+            start = None if since is None else to_utc(since, "since")
+            rows: list[dict[str, Any]] = results.read(config, view, start, failed).rows.slice(0, limit).to_pylist()  # fmt: skip
+            return rows
+
+        body = await asyncio.to_thread(newest, state.store.config)
+        return Response(dumps(body), media_type="application/json")
 
     @router.get("/validate/{view}", response_model=checks.ValidationReport, responses=_NOT_FOUND)
     async def validate(view: str, start: str | None = _START, end: str | None = _END) -> Response:

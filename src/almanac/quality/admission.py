@@ -1,6 +1,8 @@
 """Admission: what a batch must satisfy to enter the stores, checked once for every entry
 path (`push`, `POST /push`, `write_to_offline_store`) before anything is written.
 
+Every check is recorded, passed or not (`almanac.quality.results`).
+
 1. **Strict columns.** A column that no view of the source reads, and that is not a join
    key or a time column, is refused by name (a typo'd feature would otherwise vanish);
    a push source with `extra_columns="ignore"` drops such columns instead.
@@ -26,6 +28,7 @@ from almanac.definitions.feature_view import FeatureView
 from almanac.errors import InputError
 from almanac.offline.files import quarantine_folder
 from almanac.offline.writer import stage_parquet
+from almanac.quality.results import record
 from almanac.semantics.expectations import (
     QUARANTINED_AT,
     REASON,
@@ -74,20 +77,33 @@ class Admission:
                 log.error("view '%s': %d quarantined rows not kept: %s", view.name, rows.num_rows, error)  # fmt: skip
 
 
-def check_empty(views: Sequence[FeatureView], what: str) -> None:
+def check_empty(views: Sequence[FeatureView], what: str, config: RepoConfig, entry: str) -> None:
     """An empty batch breaks only a `row_count` with a minimum: refused or logged by the
     view's policy (there are no rows to quarantine)."""
     for view in views:
-        for expectation in view.expectations:
-            if expectation.check == "row_count" and (expectation.min or 0) > 0:
-                message = f"view '{view.name}' expects {expectation.label}: the batch has 0 rows"
-                if view.on_violation == "reject":
-                    raise InputError(f"{what}: refused, nothing was written: {message}")
-                log.warning("%s: %s", what, message)
+        found = [
+            Breach(expectation, 0, 0, [], None)
+            for expectation in view.expectations
+            if expectation.check == "row_count" and (expectation.min or 0) > 0
+        ]
+        record(config, view, 0, found, entry)
+        for breach in found:
+            message = f"view '{view.name}' expects {breach.expectation.label}: the batch has 0 rows"
+            if view.on_violation == "reject":
+                raise InputError(f"{what}: refused, nothing was written: {message}")
+            log.warning("%s: %s", what, message)
 
 
-def admit(batch: pa.Table, views: Sequence[FeatureView], what: str) -> Admission:
-    """Apply each view's expectations to `batch` (its columns in their declared types)."""
+def admit(
+    batch: pa.Table,
+    views: Sequence[FeatureView],
+    what: str,
+    config: RepoConfig | None = None,
+    entry: str = "",
+) -> Admission:
+    """Apply each view's expectations to `batch` (its columns in their declared types).
+    With `config`, each result is recorded (`almanac.quality.results`; `entry` names the
+    path: push, write, materialize)."""
     rejected: list[tuple[FeatureView, list[Breach]]] = []
     dropped = pa.chunked_array([pa.repeat(pa.scalar(False), batch.num_rows)])
     quarantined: list[tuple[FeatureView, pa.Table]] = []
@@ -95,6 +111,8 @@ def admit(batch: pa.Table, views: Sequence[FeatureView], what: str) -> Admission
         if not view.expectations:
             continue
         found = breaches(batch, view.expectations, f"{what} (view '{view.name}')")
+        if config is not None:
+            record(config, view, batch.num_rows, found, entry)
         if not found:
             continue
         if view.on_violation == "reject":
