@@ -82,10 +82,13 @@ def test_a_clean_run_reports_no_skew(repo: Path) -> None:
 
 def test_an_entity_is_sampled_alike_in_any_batch() -> None:
     """The vectorized path (large batches) and the per-row path agree, for both key kinds."""
-    for keys in (list(range(500)), [f"user-{i}" for i in range(500)]):
+    for keys in (list(range(500)), [f"user-{i}" for i in range(500)], list(range(-2**63, -2**63 + 500))):  # fmt: skip
         alone = [i for i, key in enumerate(keys) if sampled({"user_id": [key]}, 0.25)]
         assert alone == sampled({"user_id": keys}, 0.25)
         assert 80 < len(alone) < 170
+    composite = {"shop": [f"s{i % 7}" for i in range(500)], "item": list(range(500))}
+    alone = [i for i in range(500) if sampled({k: [v[i]] for k, v in composite.items()}, 0.25)]
+    assert alone == sampled(composite, 0.25)
 
 
 def test_sampling_keeps_whole_entities(repo: Path) -> None:
@@ -117,3 +120,23 @@ def test_the_sdk_logs_its_own_reads_when_asked(repo: Path) -> None:
         sdk.get_online_features(feature_service="ranker", entity_rows={"user_id": USERS[50:]})
         report = {f.feature: f for f in sdk.skew("ranker").features}  # flushed in process
     assert report["score"].compared == 200 and report["score"].mismatches == 4
+
+
+def test_a_process_that_exits_without_closing_the_store_still_writes_its_log(repo: Path) -> None:
+    import subprocess
+    import sys
+
+    from almanac.quality.serving_log import log_folder
+
+    store = serve(repo, 0.0, [])
+    config = (repo / "almanac.yaml").read_text()
+    (repo / "almanac.yaml").write_text(config.replace("online:\n", "online:\n  log_sample_rate: 1.0\n"))  # fmt: skip
+    script = (
+        "from almanac import FeatureStore\n"
+        f"store = FeatureStore({str(repo)!r})\n"
+        "store.get_online_features(feature_service='ranker', entity_rows={'user_id': [1, 2, 3]})\n"
+    )  # no close: the records wait in memory until the interpreter exits
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "not written" not in done.stderr, done.stderr
+    assert len(list(log_folder(store.config).glob("*.parquet"))) == 1
+    assert store.skew("ranker").rows == 3

@@ -12,6 +12,7 @@ process exits.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - see _flush_at_exit
 import logging
 import threading
 import weakref
@@ -19,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+# Imported now, not at the first write: that may be at exit, when no module that starts
+# threads can be imported any more.
+from almanac.offline.writer import stage_parquet
 
 log = logging.getLogger("almanac.quality")
 _OPEN: weakref.WeakSet[ParquetLog] = weakref.WeakSet()
@@ -84,8 +89,6 @@ class ParquetLog:
             self.flush()
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        from almanac.offline.writer import stage_parquet
-
         try:
             stage_parquet(pa.Table.from_pylist(records, self.schema), self.folder).commit()
         except Exception as error:  # a log never fails its caller; it says so
@@ -95,6 +98,9 @@ class ParquetLog:
 
 @atexit.register
 def _flush_at_exit() -> None:
+    # At exit no module that registers an exit hook of its own can be imported any
+    # more; writing Parquet may import pandas (pyarrow checks for it), which imports
+    # concurrent.futures.thread: imported above, before that point.
     for open_log in list(_OPEN):
         open_log.flush()
 

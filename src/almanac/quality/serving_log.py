@@ -19,6 +19,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +66,17 @@ def sampled(join_keys: dict[str, list[Any]], rate: float) -> list[int]:
             if (mixed * _MIX & _MASK) >> 44 < limit:
                 out.append(i)
         return out
-    with np.errstate(over="ignore"):
-        total = _key_hashes(columns[0])
-        for column in columns[1:]:
-            total = total * np.uint64(_MIX) + _key_hashes(column)
-        buckets = (total * np.uint64(_MIX)) >> np.uint64(44)
-    return np.flatnonzero(buckets < np.uint64(limit)).tolist()
+    # uint64 arrays wrap on overflow (as `& _MASK` does), silently.
+    total = _key_hashes(columns[0])
+    for column in columns[1:]:
+        total = total * _U_MIX + _key_hashes(column)
+    return np.flatnonzero((total * _U_MIX) >> _U_SHIFT < limit).tolist()
 
 
 _SMALL = 32
 _MIX = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
+_U_MIX, _U_SHIFT = np.uint64(_MIX), np.uint64(44)
 
 
 def _key_hash(value: Any) -> int:
@@ -85,14 +86,15 @@ def _key_hash(value: Any) -> int:
 
 
 def _key_hashes(values: list[Any]) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        array = np.asarray(values)
-        if array.dtype == np.int64 and not any(type(v) is bool for v in values[:1]):
-            return array.view(np.uint64) * np.uint64(_MIX)  # integers, as `_key_hash`
-        if all(type(v) is int for v in values):
-            return np.asarray(values, dtype=np.int64).view(np.uint64) * np.uint64(_MIX)
-        crcs = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
-        return crcs * np.uint64(_MIX)
+    """`_key_hash` of each value (bools are not keys: join keys are int64 or text)."""
+    array = np.asarray(values)
+    if array.dtype == np.int64:  # every value an integer
+        hashed: np.ndarray = array.view(np.uint64) * _U_MIX
+        return hashed
+    if all(type(v) is int for v in values):  # integers beyond int64 (a uint64 array)
+        return np.asarray(values, dtype=object).astype(np.uint64) * _U_MIX
+    crcs = np.fromiter((zlib.crc32(str(v).encode()) for v in values), np.uint64, len(values))
+    return crcs * _U_MIX
 
 
 class ServingLog:
@@ -132,7 +134,12 @@ class ServingLog:
             response.join_keys, response.values, response.statuses,
         )  # fmt: skip
         if len(rows) < total:
-            parts = tuple({name: [column[i] for i in rows] for name, column in part.items()} for part in parts)  # fmt: skip
+            if len(rows) == 1:  # the common case at low rates (itemgetter of one is no tuple)
+                only = rows[0]
+                parts = tuple({name: [column[only]] for name, column in part.items()} for part in parts)  # fmt: skip
+            else:
+                pick = itemgetter(*rows)
+                parts = tuple({name: list(pick(column)) for name, column in part.items()} for part in parts)  # fmt: skip
         # One record per answer, its columns encoded now in one call each (C speed):
         # nothing the garbage collector scans is kept, and the writer only writes.
         keys, values, statuses = parts
