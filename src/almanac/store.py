@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from almanac.quality.freshness import ViewFreshness
     from almanac.quality.report import Report
     from almanac.quality.results import Results
+    from almanac.quality.served import Served
     from almanac.quality.serving_log import ServingLog
     from almanac.quality.skew import SkewReport
     from almanac.quality.statistics import FeatureStatistics
@@ -195,14 +196,14 @@ class FeatureStore:
     def drift(
         self,
         view: str,
-        reference: tuple[datetime | str | None, datetime | str | None] | str,
-        current: tuple[datetime | str | None, datetime | str | None] | str,
+        reference: tuple[datetime | str | None, datetime | str | None] | str | Served,
+        current: tuple[datetime | str | None, datetime | str | None] | str | Served,
     ) -> list[FeatureDrift]:
         """PSI, Jensen–Shannon and KS of each feature of `view` from the `reference`
         sample to the `current` one, with a status (see `almanac.quality.drift`). A
-        sample is a window (start, end) of the view's offline rows, or the name of a
-        saved dataset (`get_historical_features(..., save_as=...)`): its column of
-        each of the view's features."""
+        sample is a window (start, end) of the view's offline rows, the name of a saved
+        dataset (`get_historical_features(..., save_as=...)`), or
+        `almanac.quality.served.Served(start, end)`: the values the serving log holds."""
         from almanac.quality.checks import feature_drift
 
         return feature_drift(self, view, reference, current)
@@ -256,7 +257,7 @@ class FeatureStore:
         *,
         start: datetime | str | None = None,
         end: datetime | str | None = None,
-        reference: tuple[datetime | str | None, datetime | str | None] | str | None = None,
+        reference: tuple[datetime | str | None, datetime | str | None] | str | Served | None = None,
         current: tuple[datetime | str | None, datetime | str | None] | None = None,
         step: str = "1d",
         services: Sequence[str] | None = None,

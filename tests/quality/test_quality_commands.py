@@ -167,7 +167,7 @@ def test_the_cli_saves_lists_and_compares_datasets(
     assert code == 0, out
     assert {d["feature"]: d["status"] for d in json.loads(out)}["amount"] == "drift"
     code, out = run("drift", "payments", "--reference-dataset", "base", "--reference", "..", "--current", "..")  # fmt: skip
-    assert code == 2 and "give one of a window START..END or a saved dataset" in out
+    assert code == 2 and "give exactly one of them" in out
     code, out = run("drift", "payments", "--reference-dataset", "nope", "--current", "..")
     assert code == 2 and "dataset 'nope'" in out
     assert run("datasets", "delete", "base")[0] == 0

@@ -140,3 +140,40 @@ def test_a_process_that_exits_without_closing_the_store_still_writes_its_log(rep
     assert done.returncode == 0 and "not written" not in done.stderr, done.stderr
     assert len(list(log_folder(store.config).glob("*.parquet"))) == 1
     assert store.skew("ranker").rows == 3
+
+
+def test_drift_of_what_was_served(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The serving log as drift's current sample: served = stored gives ok; values
+    overwritten online for 30% of the entities show up as drift of that feature only."""
+    import json
+
+    from almanac.cli import main
+    from almanac.quality.served import Served
+
+    store = serve(repo, 1.0, USERS[::10][:6])  # 3%: within noise
+    calm = {d.feature: d for d in store.drift("profile", (None, None), Served())}
+    assert calm["score"].current_rows == 200 and calm["score"].status == "ok"
+    assert calm["tier"].psi == pytest.approx(0, abs=1e-9)
+    skewed = store.online
+    later = pa.array([T0 + timedelta(minutes=9)] * 60, pa.timestamp("us", tz="UTC"))
+    rows = pa.table({"user_id": USERS[:60], "event_timestamp": later, "score": [-1.0] * 60,
+                     "tier": ["free" if u % 3 else "pro" for u in USERS[:60]]})  # fmt: skip
+    skewed.write_batch(store.project, "profile", ["user_id"], ["score", "tier"], rows)
+    read_at = datetime.now(UTC)
+    store.get_online_features(
+        feature_service="ranker", entity_rows={"user_id": USERS}
+    )  # not logged: the SDK's rate is 0
+    with TestClient(create_app(repo)) as client:
+        client.post("/get-online-features", json={"feature_service": "ranker", "entities": {"user_id": USERS}})  # fmt: skip
+    moved = {
+        d.feature: d.status for d in store.drift("profile", (None, None), Served(start=read_at))
+    }
+    assert moved == {"score": "drift", "tier": "ok"}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--repo", str(repo), "drift", "profile", "--reference", "..",
+              "--current-served", f"{read_at.isoformat()}..", "--json"])  # fmt: skip
+    found = json.loads(capsys.readouterr().out)
+    assert {d["feature"]: d["status"] for d in found} == moved
+    with pytest.raises(InputError, match="holds no reads of feature view 'profile'"):
+        store.drift("profile", (None, None), Served(start=datetime.now(UTC) + timedelta(hours=1)))

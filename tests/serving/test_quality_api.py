@@ -83,7 +83,7 @@ def test_recorded_results_and_drift_against_a_saved_dataset(repo: Path) -> None:
         drift = client.get("/quality/drift/scores", params={"reference_dataset": "day0", "current": f"{day}.."}, headers=key)  # fmt: skip
         assert drift.status_code == 200 and drift.json()[0]["reference_rows"] == 4
         both = client.get("/quality/drift/scores", params={"reference_dataset": "day0", "reference": "..", "current": ".."}, headers=key)  # fmt: skip
-        assert both.status_code == 422 and "give one of" in both.json()["detail"]
+        assert both.status_code == 422 and "give exactly one of them" in both.json()["detail"]
         unknown = client.get("/quality/drift/scores", params={"reference_dataset": "nope", "current": ".."}, headers=key)  # fmt: skip
         assert unknown.status_code == 404 and "dataset 'nope'" in unknown.json()["detail"]
         bad = client.get("/quality/results", params={"since": "yesterday"}, headers=key)

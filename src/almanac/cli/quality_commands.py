@@ -68,16 +68,23 @@ def drift(
     current_dataset: Annotated[
         str | None, typer.Option("--current-dataset", help="A saved dataset as the current.")
     ] = None,
+    current_served: Annotated[
+        str | None,
+        typer.Option("--current-served", help="The values served in START..END (the serving log)."),
+    ] = None,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
-    """Drift of each feature of a view between two samples (windows of its offline rows
-    or saved datasets): PSI, Jensen–Shannon, KS."""
+    """Drift of each feature of a view between two samples (windows of its offline rows,
+    saved datasets, or the values served): PSI, Jensen–Shannon, KS."""
     before = sample(reference, reference_dataset, "--reference / --reference-dataset")
-    after = sample(current, current_dataset, "--current / --current-dataset")
+    after = sample(
+        current, current_dataset, "--current / --current-dataset / --current-served",
+        current_served,
+    )  # fmt: skip
     with open_store() as store:
         found = store.drift(view, before, after)
     reference = reference or f"dataset {reference_dataset}"
-    current = current or f"dataset {current_dataset}"
+    current = current or (f"dataset {current_dataset}" if current_dataset else f"served {current_served}")  # fmt: skip
     if as_json:
         typer.echo(json.dumps([d.to_dict() for d in found], indent=2))
         return

@@ -20,13 +20,15 @@ from almanac.ports.handles import StoreHandle
 from almanac.quality.datasets import load
 from almanac.quality.drift import DRIFT_PSI, WARN_PSI, FeatureDrift, drift
 from almanac.quality.results import record
+from almanac.quality.served import Served, served_rows
 from almanac.quality.statistics import FeatureStatistics, describe
 from almanac.semantics.expectations import QUARANTINED_AT, REASON, Breach, breaches
 from almanac.semantics.times import time_range
 
 Window = tuple[datetime | str | None, datetime | str | None]
-# A time window of a view's offline rows, or the name of a saved dataset.
-Sample = Window | str
+# A time window of a view's offline rows, the name of a saved dataset, or the values
+# the serving log holds (`Served`).
+Sample = Window | str | Served
 
 
 def parse_window(text: str, what: str) -> tuple[str | None, str | None]:
@@ -37,11 +39,13 @@ def parse_window(text: str, what: str) -> tuple[str | None, str | None]:
     return start.strip() or None, end.strip() or None
 
 
-def sample(window: str | None, dataset: str | None, what: str) -> Sample:
-    """A drift sample from text: a window START..END, or a saved dataset's name (one
-    of the two)."""
-    if (window is None) == (dataset is None):
-        raise InputError(f"{what}: give one of a window START..END or a saved dataset's name")
+def sample(window: str | None, dataset: str | None, what: str, served: str | None = None) -> Sample:
+    """A drift sample from text: a window START..END of the offline rows, a saved
+    dataset's name, or a window START..END of the served values (one of them)."""
+    if sum(v is not None for v in (window, dataset, served)) != 1:
+        raise InputError(f"{what}: give exactly one of them (a window START..END, a saved dataset)")  # fmt: skip
+    if served is not None:
+        return Served(*parse_window(served, what))
     return dataset if dataset is not None else parse_window(window or "", what)
 
 
@@ -93,27 +97,33 @@ def feature_drift(
     warn_psi: float = WARN_PSI,
     drift_psi: float = DRIFT_PSI,
 ) -> list[FeatureDrift]:
-    """Drift of `view`'s features between two samples: windows of its offline rows, or
-    saved datasets (their columns of its features). An aggregation view has no rows,
-    so both of its samples must be datasets."""
+    """Drift of `view`'s features between two samples: windows of its offline rows,
+    saved datasets (their columns of its features), or what was served. An aggregation
+    view has no rows, so neither of its samples may be a window."""
+    definition = store.catalog.view(view)
+    if any(isinstance(s, tuple) for s in (reference, current)):
+        definition = _feature_view(store, view)
+    names = definition.feature_names
     if isinstance(reference, str) and isinstance(current, str):
-        store.catalog.view(view)  # NotFoundError for an unknown view
         # The features both hold (a later set may add or drop some).
         first = load(store.config, reference).columns_of(view).values()
         second = set(load(store.config, current).columns_of(view).values())
         names = [name for name in first if name in second] or list(first)
-        before, after = (_dataset_rows(store, s, view, names)[0] for s in (reference, current))
-        return drift(before, after, names, warn_psi, drift_psi)
-    definition = _feature_view(store, view)
-    before, after = (sample_rows(store, definition, sample) for sample in (reference, current))
-    return drift(before, after, definition.feature_names, warn_psi, drift_psi)
+    before, after = (sample_rows(store, definition, s, names) for s in (reference, current))
+    return drift(before, after, names, warn_psi, drift_psi)
 
 
-def sample_rows(store: StoreHandle, view: FeatureView, sample: Sample) -> pa.Table:
-    """A sample of `view`'s features: its offline rows in a window, or a saved
-    dataset's columns of them (named as the features)."""
+def sample_rows(
+    store: StoreHandle, view: FeatureView, sample: Sample, names: list[str] | None = None
+) -> pa.Table:
+    """A sample of `view`'s features (`names`, default all): its offline rows in a
+    window, a saved dataset's columns of them, or the served values (each named as the
+    feature)."""
+    names = view.feature_names if names is None else names
     if isinstance(sample, str):
-        return _dataset_rows(store, sample, view.name, view.feature_names)[0]
+        return _dataset_rows(store, sample, view.name, names)[0]
+    if isinstance(sample, Served):
+        return served_rows(store, view, sample)
     return _rows(store, view, sample)
 
 

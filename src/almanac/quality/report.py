@@ -38,6 +38,7 @@ from almanac.quality.checks import Sample, Window, sample_rows, statistics
 from almanac.quality.datasets import load
 from almanac.quality.drift import DECILES, DRIFT_PSI, WARN_PSI, FeatureDrift, drift, psi
 from almanac.quality.freshness import ViewFreshness, freshness
+from almanac.quality.served import Served
 from almanac.quality.skew import SkewReport, skew
 from almanac.quality.statistics import TOP, FeatureStatistics, numeric, top_values
 from almanac.semantics.rows import EVENT_TIMESTAMP
@@ -131,6 +132,8 @@ def render(
     if reference is not None and current is not None:
         if isinstance(reference, str):
             load(store.config, reference)  # NotFoundError before any data is read
+        elif isinstance(reference, Served):
+            time_range(reference.start, reference.end)
         else:
             time_range(*reference)
         low, high = time_range(*current)
@@ -139,7 +142,12 @@ def render(
     now = now or datetime.now(UTC)
     options = {"statistics": _window(start, end)}
     if reference is not None and current is not None:
-        label = f"saved dataset {reference}" if isinstance(reference, str) else _window(*reference)
+        if isinstance(reference, str):
+            label = f"saved dataset {reference}"
+        elif isinstance(reference, Served):
+            label = f"served {_window(reference.start, reference.end)}"
+        else:
+            label = _window(*reference)
         options |= {"reference": label, "current": _window(*current), "step": format_duration(size)}  # fmt: skip
     report = Report(
         store.project, now, options,

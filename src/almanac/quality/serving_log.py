@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from almanac.config import RepoConfig
 from almanac.online.response import OnlineResponse
-from almanac.quality.parquet_log import ParquetLog
+from almanac.quality.parquet_log import ParquetLog, flush_open
 from almanac.semantics.validate import UTC_US
 
 SCHEMA = pa.schema([
@@ -166,3 +168,27 @@ def encode(value: Any) -> str:
     """JSON as the log keeps it (keys sorted; times in ISO 8601): the skew report
     encodes offline values the same way to compare them."""
     return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def read(
+    config: RepoConfig,
+    low: datetime | None = None,
+    high: datetime | None = None,
+    feature_service: str | None = None,
+) -> pa.Table:
+    """The logged answers with read times in [low, high] (of one service, if named),
+    what this process still holds included."""
+    folder = log_folder(config)
+    flush_open(folder)
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    if not files:
+        return SCHEMA.empty_table()
+    table = pa.concat_tables([pq.read_table(path, schema=SCHEMA) for path in files])
+    keep = pa.chunked_array([pa.repeat(pa.scalar(True), table.num_rows)])
+    if feature_service is not None:
+        keep = pc.equal(table["feature_service"], feature_service)
+    if low is not None:
+        keep = pc.and_(keep, pc.greater_equal(table["read_time"], pa.scalar(low, UTC_US)))
+    if high is not None:
+        keep = pc.and_(keep, pc.less_equal(table["read_time"], pa.scalar(high, UTC_US)))
+    return table.filter(keep.fill_null(False))

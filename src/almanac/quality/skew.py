@@ -26,12 +26,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from almanac.errors import InputError
 from almanac.ports.handles import StoreHandle
-from almanac.quality.parquet_log import flush_open
-from almanac.quality.serving_log import SCHEMA, encode, log_folder
+from almanac.quality.serving_log import SCHEMA, encode, read
 from almanac.semantics.times import time_range
 
 _EXAMPLES = 5
@@ -76,7 +74,7 @@ def skew(
 
         raise NotFoundError("feature service", feature_service, catalog.services)
     low, high = time_range(start, end)
-    logged = _read_log(store, feature_service, low, high)
+    logged = read(store.config, low, high, feature_service)
     if logged.num_rows == 0:
         raise InputError(
             f"no logged reads of feature service '{feature_service}' in that window: set "
@@ -89,23 +87,6 @@ def skew(
             _compare(store, feature_service, full, part, reports)
     rows = max((f.compared for f in reports.values()), default=0)
     return SkewReport(feature_service, rows, list(reports.values()))
-
-
-def _read_log(
-    store: StoreHandle, service: str, low: datetime | None, high: datetime | None
-) -> pa.Table:
-    folder = log_folder(store.config)
-    flush_open(folder)  # what this process logged (an SDK's reads) counts too
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    if not files:
-        return SCHEMA.empty_table()
-    table = pa.concat_tables([pq.read_table(path, schema=SCHEMA) for path in files])
-    keep = pc.equal(table["feature_service"], service)
-    if low is not None:
-        keep = pc.and_(keep, pc.greater_equal(table["read_time"], pa.scalar(low, SCHEMA.field("read_time").type)))  # fmt: skip
-    if high is not None:
-        keep = pc.and_(keep, pc.less_equal(table["read_time"], pa.scalar(high, SCHEMA.field("read_time").type)))  # fmt: skip
-    return table.filter(keep.fill_null(False))
 
 
 def _compare(

@@ -97,12 +97,20 @@ def quality_router(state: ServingState) -> APIRouter:
             None, description="A saved dataset as the reference."
         ),
         current_dataset: str | None = Query(None, description="A saved dataset as the current."),
+        current_served: str | None = Query(
+            None, description="The values served in START..END (the serving log) as the current."
+        ),
     ) -> Response:
         """PSI, Jensen–Shannon and KS of each feature between two samples: windows of the
-        view's offline rows or saved datasets (one of each pair)."""
+        view's offline rows, saved datasets, or the values served (one per side)."""
         samples = (
-            checks.sample(reference, reference_dataset, "reference"),
-            checks.sample(current, current_dataset, "current"),
+            checks.sample(reference, reference_dataset, "reference / reference_dataset"),
+            checks.sample(
+                current,
+                current_dataset,
+                "current / current_dataset / current_served",
+                current_served,
+            ),
         )
         return await run(checks.feature_drift, view, *samples)
 
