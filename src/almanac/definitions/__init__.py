@@ -6,7 +6,13 @@ from almanac.definitions.entity import Entity
 from almanac.definitions.expectations import Expect, Expectation
 from almanac.definitions.feature_service import FeatureService
 from almanac.definitions.feature_view import FeatureView, Field
-from almanac.definitions.sources import FileSource, PushSource, SqlSource
+from almanac.definitions.sources import (
+    FileSource,
+    KafkaSource,
+    PushSource,
+    RedisStreamSource,
+    SqlSource,
+)
 from almanac.definitions.transformations import (
     PythonTransformation,
     SqlTransformation,
@@ -42,8 +48,10 @@ __all__ = [
     "Float64",
     "Int32",
     "Int64",
+    "KafkaSource",
     "PushSource",
     "PythonTransformation",
+    "RedisStreamSource",
     "SqlSource",
     "SqlTransformation",
     "String",

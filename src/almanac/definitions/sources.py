@@ -103,14 +103,67 @@ class PushSource(_SourceBase):
         return drop_defaults(handler(self), {"extra_columns": "reject"})
 
 
-Source = Annotated[FileSource | SqlSource | PushSource, PydanticField(discriminator="type")]
-SOURCE_TYPES: dict[str, type[FileSource | SqlSource | PushSource]] = {
+class StreamSource(PushSource):
+    """Events read from a stream by `almanac stream` (see `almanac.ingest.stream`). Like a
+    push source, Almanac keeps their history as a Parquet dataset (the offline log), so
+    training sets read exactly the events that were served; rows may also be pushed.
+
+    `timestamp_format` says how the event time is written: ISO 8601 text (`iso`), epoch
+    seconds or milliseconds (`epoch_s`, `epoch_ms`), or absent and taken from the broker's
+    time of the message (`broker`). `dead_letter` names where messages that cannot be
+    read go (another topic or stream); by default a Parquet dataset under the offline
+    store's data path (`<data_path>/.dead_letter/<source>/`)."""
+
+    timestamp_format: Literal["iso", "epoch_s", "epoch_ms", "broker"] = "iso"
+    dead_letter: str | None = None
+    format: Literal["json", "fields"] = "json"
+
+    @model_serializer(mode="wrap")
+    def _spec(self, handler: Any) -> Any:
+        defaults = {"extra_columns": "reject", "timestamp_format": "iso", "dead_letter": None}
+        return drop_defaults(handler(self), defaults)
+
+
+class KafkaSource(StreamSource):
+    """A Kafka topic: one JSON object per message value (`format="json"`). `options` are
+    librdkafka settings passed through (`security.protocol`, `sasl.mechanism`,
+    `sasl.username`, `ssl.ca.location`, ...); a value `${NAME}` is read from the
+    environment when the worker connects, so secrets stay out of the registry.
+    Needs the `kafka` extra (confluent-kafka)."""
+
+    type: Literal["kafka"] = "kafka"  # type: ignore[assignment]
+    topic: str
+    bootstrap_servers: str
+    format: Literal["json"] = "json"
+    options: dict[str, str] = {}
+
+
+class RedisStreamSource(StreamSource):
+    """A Redis stream, read by a consumer group. Each entry holds either one field per
+    column (`format="fields"`: text, parsed by the declared types) or one field `json`
+    holding the object (`format="json"`). `url` may be `${NAME}` (read from the
+    environment when the worker connects)."""
+
+    type: Literal["redis_stream"] = "redis_stream"  # type: ignore[assignment]
+    stream: str
+    url: str = "redis://localhost:6379/0"
+    format: Literal["fields", "json"] = "fields"
+
+
+AnySource = FileSource | SqlSource | PushSource | KafkaSource | RedisStreamSource
+Source = Annotated[
+    FileSource | SqlSource | PushSource | KafkaSource | RedisStreamSource,
+    PydanticField(discriminator="type"),
+]
+SOURCE_TYPES: dict[str, type[AnySource]] = {
     "file": FileSource,
     "sql": SqlSource,
     "push": PushSource,
+    "kafka": KafkaSource,
+    "redis_stream": RedisStreamSource,
 }
 SourceBase = _SourceBase
 
 
-def source_from_spec(spec: dict[str, Any]) -> FileSource | SqlSource | PushSource:
+def source_from_spec(spec: dict[str, Any]) -> AnySource:
     return SOURCE_TYPES[spec.get("type", "file")].from_spec(spec)

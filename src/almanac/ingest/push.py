@@ -47,8 +47,9 @@ import pyarrow.compute as pc
 
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
-from almanac.definitions.sources import PushSource, SourceBase
+from almanac.definitions.sources import PushSource, SourceBase, StreamSource
 from almanac.errors import InputError, NotFoundError
+from almanac.ingest.exactly_once import APPLIED, ORIGIN, once_per_event
 from almanac.offline import frames
 from almanac.online.batch import prepare_batch
 from almanac.online.layouts import claim
@@ -117,7 +118,10 @@ def push(
     table = check_columns(
         table, _allowed_columns(readers, catalog, source), source.extra_columns, what
     )
-    admission = admit(normalize(table, catalog, source, views), views, what, store.config, "push")
+    # A stream's events carry where they came from, kept in the offline log beside them.
+    origin = {c: d for c, d in ORIGIN.items() if c in table.column_names and isinstance(source, StreamSource)}  # fmt: skip
+    batch = normalize(table, catalog, source, views, origin)
+    admission = admit(batch, views, what, store.config, "push")
     if admission.rows.num_rows == 0:  # every row quarantined
         admission.record(store.config)
         return 0
@@ -131,6 +135,9 @@ def push(
             # Built in process (no engine query, whichever engine is configured), the
             # same blobs as materialization's, so the merge below combines them.
             columns = [*keys, source.timestamp_field, *_columns_read(view)]
+            if origin:  # stream events: each applied once, even when a batch is replayed
+                online_writes.append((view, keys, [TILES_FEATURE, APPLIED], batch.select([*columns, *origin])))  # fmt: skip
+                continue
             tiles = build_tiles(
                 view, catalog.join_keys(view), source.timestamp_field, batch.select(columns)
             )
@@ -143,7 +150,9 @@ def push(
     # All or nothing across both stores: the offline file is staged (where a full disk
     # fails), the online store written, and only then the file committed (a rename).
     staged = (
-        store.offline.stage(catalog, _union_view(views, source), batch) if to != "online" else None
+        store.offline.stage(catalog, _union_view(views, source, origin), batch)
+        if to != "online"
+        else None
     )
     try:
         # The store holds these views' values of this definition only (another store's
@@ -153,6 +162,10 @@ def push(
         for view, keys, features, rows in online_writes:
             if isinstance(view, AggregationView):
                 now = datetime_to_micros(datetime.now(UTC))
+                if APPLIED in features:
+                    tiles, merge = once_per_event(view, catalog.join_keys(view), source.timestamp_field, rows, now)  # fmt: skip
+                    store.online.merge_batch(store.project, view.name, keys, features, tiles, merge)  # fmt: skip
+                    continue
                 merge = partial(merge_blobs, reach=reach_micros(view), now=now)
                 store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
             else:
@@ -275,11 +288,16 @@ def _from_columns(data: Mapping[Any, Any], what: str) -> pa.Table:
 
 
 def normalize(
-    table: pa.Table, catalog: Catalog, source: PushSource, views: list[FeatureView]
+    table: pa.Table,
+    catalog: Catalog,
+    source: PushSource,
+    views: list[FeatureView],
+    extra: Mapping[str, Declared] | None = None,
 ) -> pa.Table:
     """The batch with the join keys, the event (and created) time as UTC microseconds and
-    every column of `views` in its declared type; InputError naming the first problem.
-    The rules are `almanac.semantics.validate`'s, which `write_to_offline_store` follows too."""
+    every column of `views` (and `extra`) in its declared type; InputError naming the
+    first problem. The rules are `almanac.semantics.validate`'s, which
+    `write_to_offline_store` follows too."""
     what = f"push to '{source.name}'"
     return check_batch(
         table,
@@ -287,7 +305,7 @@ def normalize(
         keys=_union(views, catalog, what, keys=True),
         timestamp_field=source.timestamp_field,
         created_field=source.created_timestamp_field,
-        columns=_union(views, catalog, what, keys=False),
+        columns={**_union(views, catalog, what, keys=False), **(extra or {})},
     )
 
 
@@ -297,6 +315,8 @@ def _allowed_columns(views: list[FeatureView], catalog: Catalog, source: SourceB
     names = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
     for view in views:
         names.update(catalog.join_keys(view), _columns_read(view))
+    if isinstance(source, StreamSource):
+        names.update(ORIGIN)
     return names
 
 
@@ -361,20 +381,25 @@ def _online_rows(
     return pa.table(columns).take(order)
 
 
-def _union_view(views: list[FeatureView], source: PushSource) -> FeatureView:
-    """A view with every column that the source's views read, so that the source's one
-    dataset gets them all in one file (writing per view would keep only that view's)."""
-    if len(views) == 1 and not isinstance(views[0], AggregationView):
+def _union_view(
+    views: list[FeatureView], source: PushSource, extra: Mapping[str, Declared] | None = None
+) -> FeatureView:
+    """A view with every column that the source's views read (and `extra`), so that the
+    source's one dataset gets them all in one file (writing per view would keep only
+    that view's)."""
+    if len(views) == 1 and not isinstance(views[0], AggregationView) and not extra:
         return views[0]
     entities = list(dict.fromkeys(e for view in views for e in view.entities))
     fields: dict[str, str] = {}
     for view in views:
         fields |= _columns_read(view)
+    fields |= {name: declared.dtype for name, declared in (extra or {}).items()}
     # Built without validation: a source read only by counts has no column beyond its
     # keys and times, which a declared feature view may not have (no features).
     return FeatureView.model_construct(
         name=views[0].name,
         entities=entities,
         source=views[0].source,  # the source's name, as every view of it has
-        schema_=[Field(name, dtype) for name, dtype in fields.items()],
+        # model_construct: Almanac's own columns (`__almanac_...`) are no user's names.
+        schema_=[Field.model_construct(name=name, dtype=dtype) for name, dtype in fields.items()],
     )

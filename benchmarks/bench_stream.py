@@ -1,0 +1,133 @@
+"""Stream ingestion (`almanac.ingest.stream`): Redis Streams and Kafka (librdkafka's mock
+cluster) into a Redis online store, beside the raw consume rate of the same client.
+
+- `plain`: one FeatureView (2 features) over the stream;
+- `aggregation`: one AggregationView, 4 functions × 3 windows;
+- `consume`: the reader alone (poll + commit, no decoding or writes): the floor.
+Events per second over a backlog of N events (small 50k, medium 200k), batches of 10,000.
+
+    .venv/bin/python benchmarks/bench_stream.py small
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import start_redis  # noqa: E402
+
+from almanac import FeatureStore  # noqa: E402
+from almanac.ingest.stream import StreamWorker, open_reader  # noqa: E402
+
+EVENTS = {"small": 50_000, "medium": 200_000, "large": 1_000_000}
+VIEWS = {
+    "plain": """
+last_txn = FeatureView(name="last_txn", entities=[customer], source=txns, ttl="7d",
+                       schema=[Field("amount", Float64), Field("merchant", String)])
+""",
+    "aggregation": """
+spend = AggregationView(name="spend", entities=[customer], source=txns, columns=[Field("amount", Float64)],
+    aggregations=[Aggregation(column="amount", function=f, windows=["1h", "1d", "7d"])
+                  for f in ("sum", "count", "mean", "max")])
+""",
+}
+HEADER = """
+from almanac import Aggregation, AggregationView, Entity, FeatureView, Field, Float64, String
+from almanac import {cls}
+customer = Entity(name="customer", join_keys=["customer_id"], dtype="int64")
+txns = {cls}(name="txns", timestamp_field="ts", {args})
+"""
+
+
+def _events(n: int) -> list[dict[str, Any]]:
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    return [
+        {"customer_id": i % 20_000, "ts": (now - timedelta(seconds=i % 86_400)).isoformat(),
+         "amount": float(i % 500), "merchant": f"m{i % 40}"}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _repo(folder: Path, redis_url: str, cls: str, args: str, view: str) -> FeatureStore:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "almanac.yaml").write_text(f"project: bench\nonline:\n  url: {redis_url}\n")
+    (folder / "features.py").write_text(HEADER.format(cls=cls, args=args) + VIEWS[view])
+    store = FeatureStore(folder)
+    store.apply()
+    return store
+
+
+def _drain(worker: StreamWorker, n: int) -> float:
+    started = time.perf_counter()
+    deadline = started + 600
+    while worker.totals.messages < n and time.perf_counter() < deadline:
+        worker.step()
+    return time.perf_counter() - started
+
+
+def _redis(size: str, folder: Path) -> list[dict[str, Any]]:
+    import redis
+
+    n = EVENTS[size]
+    server = start_redis()
+    out = []
+    try:
+        client = redis.Redis.from_url(server.url)
+        events = _events(n)
+        for case in ("consume", "plain", "aggregation"):
+            client.flushall()
+            pipe = client.pipeline(transaction=False)
+            for i, e in enumerate(events):
+                pipe.xadd("txns", {"json": orjson.dumps(e)})
+                if i % 10_000 == 9_999:
+                    pipe.execute()
+            pipe.execute()
+            store = _repo(folder / case, server.url, "RedisStreamSource", f'stream="txns", url="{server.url}", format="json", extra_columns="ignore"', "plain" if case == "consume" else case)  # fmt: skip
+            reader = open_reader(store, "txns", "bench", "b1")
+            if case == "consume":
+                started, read = time.perf_counter(), 0
+                while read < n:
+                    batch = reader.poll(10_000, 0.5)
+                    reader.commit(batch)
+                    read += len(batch)
+                seconds = time.perf_counter() - started
+            else:
+                seconds = _drain(StreamWorker(store, "txns", reader, 10_000, 0.5), n)
+            reader.close()
+            store.close()
+            out.append(_record(size, "redis_stream", case, n / seconds))
+    finally:
+        server.stop()
+    return out
+
+
+def _record(size: str, backend: str, case: str, rate: float) -> dict[str, Any]:
+    return {"benchmark": "stream", "size": size, "backend": backend, "case": case,
+            "metric": "events_per_s", "value": round(rate), "unit": "events/s",
+            "note": "a backlog drained in batches of 10,000, online: Redis, 2 cores"}  # fmt: skip
+
+
+def run(sizes: list[str]) -> list[dict[str, Any]]:
+    records = []
+    folder = Path(tempfile.mkdtemp(prefix="almanac-bench-stream-"))
+    try:
+        for size in sizes:
+            records += _redis(size, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return records
+
+
+if __name__ == "__main__":
+    for record in run(sys.argv[1:] or ["small"]):
+        print(json.dumps(record))

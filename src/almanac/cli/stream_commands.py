@@ -1,0 +1,113 @@
+"""`almanac stream`: the ingestion worker for stream-fed views (see
+`almanac.ingest.stream`), one thread per stream source, with a live table of rates and
+lag. SIGTERM or Ctrl-C finishes each batch in hand, commits it, and stops."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from almanac.cli.app import app, console, open_store
+from almanac.ingest.stream import BatchResult, StreamWorker, open_reader, stream_sources
+
+
+@app.command()
+def stream(
+    views: Annotated[
+        list[str] | None,
+        typer.Option("--views", "-v", help="Views whose streams to read (default: all)."),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option("--group", help="Consumer group (default: almanac-<project>)."),
+    ] = None,
+    consumer: Annotated[
+        str | None,
+        typer.Option("--consumer", help="This worker's name in the group (default: host)."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Messages per batch at most.")
+    ] = 10_000,
+    batch_seconds: Annotated[
+        float, typer.Option("--batch-seconds", min=0.01, help="Wait at most this long for a batch.")
+    ] = 0.5,
+    max_batches: Annotated[
+        int | None, typer.Option("--max-batches", help="Stop after this many batches per source.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live table; a line per minute.")
+    ] = False,
+) -> None:
+    """Read the stream sources of stream-fed views into both stores, each event exactly
+    once; several workers of one group share the partitions."""
+    store = open_store()
+    names = stream_sources(store, views)
+    if not names:
+        console.print("no view reads a stream source")
+        raise typer.Exit(0)
+    group = group or f"almanac-{store.project}"
+    consumer = consumer or socket.gethostname()
+    workers = [
+        StreamWorker(
+            store, name, open_reader(store, name, group, consumer), batch_size, batch_seconds
+        )
+        for name in names
+    ]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    latest: dict[str, BatchResult] = {}
+    threads = [
+        threading.Thread(
+            target=worker.run, args=(stop,),
+            kwargs={"on_batch": lambda b, n=worker.name: latest.__setitem__(n, b), "max_batches": max_batches},
+            name=f"almanac-stream-{worker.name}", daemon=True,
+        )
+        for worker in workers
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    try:
+        if quiet:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=60)
+                console.print(_table(workers, latest), highlight=False)
+        else:
+            with Live(_table(workers, latest), console=console, refresh_per_second=2) as live:
+                while any(t.is_alive() for t in threads):
+                    time.sleep(0.5)
+                    live.update(_table(workers, latest))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        final = _table(workers, latest)
+        for worker in workers:
+            worker.reader.close()
+        store.close()
+    console.print(final)
+
+
+def _table(workers: list[StreamWorker], latest: dict[str, BatchResult]) -> Table:
+    table = Table(title="almanac stream")
+    for column in ("source", "events", "written", "replayed", "dead letters", "events/s", "latency", "lag"):  # fmt: skip
+        table.add_column(column, justify="right" if column != "source" else "left")
+    for worker in workers:
+        t = worker.totals
+        elapsed = max(time.monotonic() - t.started, 1e-9)
+        last = latest.get(worker.name)
+        latency = "" if last is None or last.latency_seconds is None else f"{last.latency_seconds * 1000:,.0f} ms"  # fmt: skip
+        lag = "" if last is None or last.lag is None else f"{last.lag:,}"
+        table.add_row(
+            worker.name, f"{t.messages:,}", f"{t.written:,}", f"{t.replayed:,}",
+            f"{t.dead:,}", f"{t.written / elapsed:,.0f}", latency, lag,
+        )  # fmt: skip
+    return table

@@ -1,0 +1,214 @@
+"""Redis Streams into both stores through `StreamWorker`, against a real redis-server:
+events are servable and trainable, unreadable messages become dead letters without
+stopping the worker, and a worker that dies at any point of a batch and is restarted
+leaves every event in the offline log once and counted online once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stream_repo import NOW, assert_exactly_once, event, make_repo, offline_log
+
+from almanac import FeatureStore
+from almanac.ingest.stream import StreamWorker, dead_letter_folder, open_reader
+from almanac.offline.writer import StagedFile
+
+pytestmark = pytest.mark.redis
+
+
+def stream_repo(tmp_path: Path, redis_url: str, online_url: str, fmt: str = "fields", extra: str = "") -> FeatureStore:  # fmt: skip
+    args = f'stream="txns", url="{redis_url}", format="{fmt}"{extra}'
+    return make_repo(tmp_path / "repo", online_url, "RedisStreamSource", args)
+
+
+def send(client: redis.Redis, events: list[dict[str, Any]], fmt: str = "fields") -> None:
+    pipe = client.pipeline()
+    for e in events:
+        if fmt == "json":
+            pipe.xadd("txns", {"json": orjson.dumps(e)})
+        else:
+            pipe.xadd("txns", {k: str(v) for k, v in e.items()})
+    pipe.execute()
+
+
+def drain(store: FeatureStore, consumer: str = "w1", batch_size: int = 50) -> StreamWorker:
+    worker = StreamWorker(store, "txns", open_reader(store, "txns", "g", consumer), batch_size, 0.05)  # fmt: skip
+    while worker.step().messages:
+        pass
+    return worker
+
+
+@pytest.mark.parametrize("fmt", ["fields", "json"])
+def test_events_are_served_and_trained_on(tmp_path: Path, redis_url: str, online_url: str, fmt: str) -> None:  # fmt: skip
+    store = stream_repo(tmp_path, redis_url, online_url, fmt)
+    client = redis.Redis.from_url(redis_url)
+    events = [event(i, i % 7, minutes_ago=(i * 37) % 1500, amount=float(i % 50)) for i in range(300)]  # fmt: skip
+    send(client, events, fmt)
+    worker = drain(store)
+    assert worker.totals.written == 300 and worker.totals.dead == 0
+    assert_exactly_once(store, events)
+    assert worker.reader.lag() == {"txns": 0}
+
+
+def test_unreadable_messages_are_dead_letters_and_the_rest_is_written(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    store = stream_repo(tmp_path, redis_url, "sqlite:///.almanac/online.db", "json")
+    client = redis.Redis.from_url(redis_url)
+    good = [event(i, i % 3, minutes_ago=i, amount=1.0) for i in range(10)]
+    bad = [
+        {"json": b"{not json"},
+        {"json": b"[1, 2]"},
+        {"json": orjson.dumps({**good[0], "customer_id": None})},
+        {"json": orjson.dumps({**good[0], "customer_id": "seven"})},
+        {"json": orjson.dumps({**good[0], "ts": (NOW + timedelta(days=30)).isoformat()})},
+        {"json": orjson.dumps({**good[0], "amout": 3.0})},
+        {"other": b"no json field"},
+    ]
+    send(client, good[:5], "json")
+    for fields in bad:
+        client.xadd("txns", fields)
+    send(client, good[5:], "json")
+    worker = drain(store)
+    assert worker.totals.written == 10 and worker.totals.dead == len(bad)
+    assert_exactly_once(store, good)
+    letters = [row for path in dead_letter_folder(store, "txns").glob("*.parquet") for row in pq.read_table(path).to_pylist()]  # fmt: skip
+    reasons = " | ".join(sorted(r["reason"] for r in letters))
+    for text in ("not JSON", "not a JSON object", "no join key 'customer_id'", "join key 'customer_id' has type string", "is in the future", "unknown column(s) 'amout'", "no value"):  # fmt: skip
+        assert text in reasons, (text, reasons)
+    assert len(letters) == len(bad)
+
+
+def test_dead_letters_go_to_the_named_stream(tmp_path: Path, redis_url: str) -> None:
+    store = stream_repo(tmp_path, redis_url, "sqlite:///.almanac/online.db", "json", ', dead_letter="txns-dead"')  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    client.xadd("txns", {"json": b"nope"})
+    send(client, [event(1, 1, 1, 2.0)], "json")
+    drain(store)
+    (entry,) = client.xrange("txns-dead")
+    assert entry[1][b"value"] == b"nope" and b"not JSON" in entry[1][b"reason"]
+    assert not dead_letter_folder(store, "txns").exists()
+
+
+class Crash(BaseException):
+    """The worker's process dying at that point (nothing after it runs)."""
+
+
+CRASH_POINTS = ["online write", "offline commit", "before ack", "after ack"]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    amounts=st.lists(st.integers(0, 100), min_size=20, max_size=120),
+    minutes=st.lists(st.floats(0.01, 60 * 30), min_size=120, max_size=120),  # late ones: beyond 1d
+    customers=st.lists(st.integers(0, 4), min_size=120, max_size=120),
+    crashes=st.lists(st.tuples(st.sampled_from(CRASH_POINTS), st.integers(1, 4)), max_size=5),
+    batch=st.integers(5, 40),
+)
+def test_a_worker_killed_anywhere_and_restarted_writes_each_event_once(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, amounts: list[int],
+    minutes: list[float], customers: list[int], crashes: list[tuple[str, int]], batch: int,
+) -> None:  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    online = redis_url if len(amounts) % 2 else "sqlite:///.almanac/online.db"
+    store = stream_repo(tmp_path_factory.mktemp("crash"), redis_url, online)
+    events = [
+        event(i, customers[i], minutes[i], float(a)) for i, a in enumerate(amounts)
+    ]  # out of order
+    send(client, events)
+    for point, after in [*crashes, (None, 0)]:
+        run_until_crash(store, point, after, batch)
+    drain(store)  # whatever the last crash left
+    assert_exactly_once(store, events)
+    assert offline_log(store).num_rows == len(events)
+    store.close()
+
+
+def run_until_crash(store: FeatureStore, point: str | None, after: int, batch: int) -> None:
+    """A worker (restarted: the same consumer name) that dies at the `after`-th time it
+    reaches `point`, or drains the stream when `point` is None."""
+    seen = {"n": 0}
+
+    def hit(where: str) -> None:
+        if where == point:
+            seen["n"] += 1
+            if seen["n"] == after:
+                raise Crash(where)
+
+    reader = open_reader(store, "txns", "g", "w1")
+    reader.claim_idle_seconds = 0
+    real_commit, real_merge, real_ack = StagedFile.commit, type(store.online).merge_batch, reader.commit  # fmt: skip
+
+    def commit(self: StagedFile) -> None:
+        real_commit(self)
+        hit("offline commit")
+
+    def merge(self: Any, *args: Any, **kw: Any) -> int:
+        written: int = real_merge(self, *args, **kw)
+        hit("online write")
+        return written
+
+    def ack(messages: Any) -> None:
+        hit("before ack")
+        real_ack(messages)
+        hit("after ack")
+
+    reader.commit = ack  # type: ignore[method-assign]
+    StagedFile.commit = commit  # type: ignore[method-assign]
+    type(store.online).merge_batch = merge  # type: ignore[method-assign]
+    worker = StreamWorker(store, "txns", reader, batch, 0.02)
+    try:
+        while worker.step().messages:
+            pass
+    except Crash:
+        pass
+    finally:
+        StagedFile.commit, type(store.online).merge_batch = real_commit, real_merge  # type: ignore[method-assign]
+        reader.close()
+
+
+def test_almanac_stream_killed_with_sigkill_and_restarted(tmp_path: Path, redis_url: str) -> None:
+    """The real thing: `almanac stream` in its own process, killed with SIGKILL at
+    arbitrary moments three times while it works through 40,000 events, then restarted
+    to the end."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = stream_repo(tmp_path, redis_url, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    events = [event(i, i % 50, minutes_ago=(i * 7) % 1400 + 1, amount=float(i % 97)) for i in range(40_000)]  # fmt: skip
+    send(client, events)
+    command = [sys.executable, "-c", "from almanac.cli import main; main()", "--repo", str(store.repo_path),
+               "stream", "--quiet", "--batch-size", "150", "--batch-seconds", "0.05"]  # fmt: skip
+    rng = random.Random(7)
+    logged = []
+    for _ in range(3):
+        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 2.5))  # start-up is about 0.6 s
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        logged.append(offline_log(store).num_rows)
+    assert 0 < logged[0] < len(events), logged  # the first kill landed while it worked
+    final = [
+        *command[:-4],
+        "--batch-size",
+        "2000",
+        "--batch-seconds",
+        "0.05",
+        "--max-batches",
+        "40",
+    ]
+    done = subprocess.run(final, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert client.xpending("txns", "almanac-streams")["pending"] == 0
+    assert_exactly_once(store, events)
