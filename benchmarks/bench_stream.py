@@ -23,10 +23,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from servers import start_redis  # noqa: E402
-
-from almanac import FeatureStore  # noqa: E402
-from almanac.ingest.stream import StreamWorker, open_reader  # noqa: E402
+from almanac import FeatureStore
+from almanac.ingest.stream import StreamWorker, open_reader
+from servers import start_redis
 
 EVENTS = {"small": 50_000, "medium": 200_000, "large": 1_000_000}
 VIEWS = {
@@ -68,11 +67,30 @@ def _repo(folder: Path, redis_url: str, cls: str, args: str, view: str) -> Featu
 
 
 def _drain(worker: StreamWorker, n: int) -> float:
+    """Seconds from the first message read to the n-th one written (a Kafka group's
+    join, a few seconds, is not ingestion)."""
+    deadline = time.perf_counter() + 600
+    while worker.totals.messages == 0 and time.perf_counter() < deadline:
+        worker.step()
     started = time.perf_counter()
-    deadline = started + 600
+    first = worker.totals.messages
     while worker.totals.messages < n and time.perf_counter() < deadline:
         worker.step()
-    return time.perf_counter() - started
+    return (time.perf_counter() - started) * n / max(n - first, 1)
+
+
+def _consume(reader: Any, n: int) -> float:
+    """The reader alone: poll and commit, nothing decoded or written (the floor); timed
+    like `_drain`, from the first batch."""
+    read, first, started = 0, 0, 0.0
+    deadline = time.perf_counter() + 600
+    while read < n and time.perf_counter() < deadline:
+        batch = reader.poll(10_000, 0.5)
+        if batch and not read:
+            started, first = time.perf_counter(), len(batch)
+        reader.commit(batch)
+        read += len(batch)
+    return (time.perf_counter() - started) * n / max(n - first, 1)
 
 
 def _redis(size: str, folder: Path) -> list[dict[str, Any]]:
@@ -95,12 +113,7 @@ def _redis(size: str, folder: Path) -> list[dict[str, Any]]:
             store = _repo(folder / case, server.url, "RedisStreamSource", f'stream="txns", url="{server.url}", format="json", extra_columns="ignore"', "plain" if case == "consume" else case)  # fmt: skip
             reader = open_reader(store, "txns", "bench", "b1")
             if case == "consume":
-                started, read = time.perf_counter(), 0
-                while read < n:
-                    batch = reader.poll(10_000, 0.5)
-                    reader.commit(batch)
-                    read += len(batch)
-                seconds = time.perf_counter() - started
+                seconds = _consume(reader, n)
             else:
                 seconds = _drain(StreamWorker(store, "txns", reader, 10_000, 0.5), n)
             reader.close()
@@ -108,6 +121,38 @@ def _redis(size: str, folder: Path) -> list[dict[str, Any]]:
             out.append(_record(size, "redis_stream", case, n / seconds))
     finally:
         server.stop()
+    return out
+
+
+def _kafka(size: str, folder: Path) -> list[dict[str, Any]]:
+    from confluent_kafka import Producer
+
+    n = EVENTS[size]
+    owner = Producer({"test.mock.num.brokers": 3, "log_level": 3})
+    brokers = ",".join(f"{b.host}:{b.port}" for b in owner.list_topics(timeout=10).brokers.values())  # fmt: skip
+    server = start_redis()
+    out = []
+    try:
+        for case in ("consume", "plain", "aggregation"):
+            topic = f"txns-{case}"
+            producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "log_level": 3})
+            for e in _events(n):
+                producer.produce(topic, value=orjson.dumps(e))
+                producer.poll(0)
+            producer.flush(60)
+            args = f'topic="{topic}", bootstrap_servers="{brokers}", extra_columns="ignore"'
+            store = _repo(folder / f"k-{case}", server.url, "KafkaSource", args, "plain" if case == "consume" else case)  # fmt: skip
+            reader = open_reader(store, "txns", f"bench-{case}", "b1")
+            if case == "consume":
+                seconds = _consume(reader, n)
+            else:
+                seconds = _drain(StreamWorker(store, "txns", reader, 10_000, 0.5), n)
+            reader.close()
+            store.close()
+            out.append(_record(size, "kafka (mock cluster, 3 brokers)", case, n / seconds))
+    finally:
+        server.stop()
+        owner.flush(5)
     return out
 
 
@@ -123,6 +168,7 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
     try:
         for size in sizes:
             records += _redis(size, folder)
+            records += _kafka(size, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return records
