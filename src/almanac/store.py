@@ -350,17 +350,24 @@ class FeatureStore:
 
     # ---- ingestion -----------------------------------------------------------------------
 
-    def push(self, push_source: str, df: Any, to: str = "online_and_offline") -> int:
+    def push(
+        self,
+        push_source: str,
+        df: Any,
+        to: str = "online_and_offline",
+        *,
+        idempotency_key: str | None = None,
+    ) -> int:
         """Validate rows sent to a push source and write them (all or nothing) to the
         online store, the offline store, or both (`to`: online | offline |
         online_and_offline). The default writes both, so training sets see what was
         served; an online-only push is outside the no-skew guarantee. Returns the number
-        of rows accepted."""
+        of rows accepted. A push retried with the same `idempotency_key` counts once."""
         from almanac.ingest.push import push
         from almanac.repo import guard_writes
 
         guard_writes("push")
-        return push(self, push_source, df, to)
+        return push(self, push_source, df, to, idempotency_key=idempotency_key)
 
     # ---- materialization -----------------------------------------------------------------
 

@@ -16,18 +16,32 @@ the field `APPLIED`, the last offset merged into its tiles per partition, and th
 
 Offsets grow within a partition and the worker applies a partition's batches in order,
 so "past the stored offset" is exactly "not merged yet".
+
+A push with an idempotency key is its own partition (`key:<hash of the key>`, offsets
+the row numbers): its offline file carries the key's hash in its name, so a retry finds
+it, and its merges are recorded like a stream's. An entity's row keeps the last
+`KEYS_KEPT` keys merged into it: a retry after that many other keyed pushes to the same
+entity would count again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView
+from almanac.definitions.sources import PushSource
+from almanac.errors import InputError
+from almanac.offline.files import push_folder
+from almanac.offline.writer import StagedFile
+from almanac.ports.offline import Staged
 from almanac.ports.online import Merge
 from almanac.semantics.rows import EVENT_TIMESTAMP, ViewRows
 from almanac.semantics.tile_build import build_tiles
@@ -38,6 +52,7 @@ PARTITION, OFFSET = "__almanac_partition", "__almanac_offset"
 ORIGIN = {PARTITION: Declared("string", "the stream"), OFFSET: Declared("int64", "the stream")}
 APPLIED = "__almanac_applied"  # an online-only field of a stream-fed aggregation view
 
+KEYS_KEPT = 64
 Ranges = dict[str, tuple[int, int]]  # partition → (first, last) offset of an entity's events
 
 
@@ -96,14 +111,11 @@ def once_per_event(
                 times[i] = _time(stored_time, merged)
                 blobs[i] = stored.columns[0][i]
         marks = [
-            orjson.dumps(
-                {
-                    **done[i],
-                    **{p: max(done[i].get(p, -1), last) for p, (_, last) in ranges[key].items()},
-                }
-            ).decode()
+            orjson.dumps(_bounded({
+                **done[i], **{p: max(done[i].get(p, -1), last) for p, (_, last) in ranges[key].items()},
+            })).decode()
             for i, key in enumerate(entity_keys)
-        ]
+        ]  # fmt: skip
         return pa.table({
             **{k: merged.column(k) for k in keys},
             EVENT_TIMESTAMP: pa.array(times, merged.schema.field(EVENT_TIMESTAMP).type),
@@ -146,3 +158,37 @@ def _time(micros: int, like: pa.Table) -> Any:
     """A stored event time (µs) as the merged table's time type holds it."""
     kind = like.schema.field(EVENT_TIMESTAMP).type
     return pc.cast(pa.array([micros], pa.int64()), kind)[0].as_py()
+
+
+def _bounded(marks: dict[str, int]) -> dict[str, int]:
+    """Stream partitions all kept; of pushes' keys, the newest `KEYS_KEPT`."""
+    keys = [name for name in marks if name.startswith("key:")]
+    for name in keys[: max(0, len(keys) - KEYS_KEPT)]:
+        del marks[name]
+    return marks
+
+
+def key_tag(idempotency_key: str) -> str:
+    """A push's idempotency key as it is kept (a hash: the key may be any text)."""
+    if not isinstance(idempotency_key, str) or not idempotency_key or len(idempotency_key) > 256:
+        raise InputError("idempotency_key: give a non-empty text of at most 256 characters")
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+def pushed_with_key(config: RepoConfig, source: PushSource, tag: str) -> int | None:
+    """The rows of the push with this key if its offline file is in place, else None."""
+    folder = push_folder(config, source)
+    if not folder.is_dir():
+        return None
+    for path in folder.glob(f"part-*-k{tag}.parquet"):
+        rows: int = pq.ParquetFile(path).metadata.num_rows
+        return rows
+    return None
+
+
+def keyed(staged: Staged, tag: str) -> Staged:
+    """`staged` committed under a name that carries the key (so a retry finds it)."""
+    if not isinstance(staged, StagedFile):
+        raise InputError("idempotency keys need an offline engine that writes files")
+    staged.final = staged.final.with_name(f"{staged.final.stem}-k{tag}.parquet")
+    return staged

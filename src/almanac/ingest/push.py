@@ -49,7 +49,16 @@ from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import PushSource, SourceBase, StreamSource
 from almanac.errors import InputError, NotFoundError
-from almanac.ingest.exactly_once import APPLIED, ORIGIN, once_per_event
+from almanac.ingest.exactly_once import (
+    APPLIED,
+    OFFSET,
+    ORIGIN,
+    PARTITION,
+    key_tag,
+    keyed,
+    once_per_event,
+    pushed_with_key,
+)
 from almanac.offline import frames
 from almanac.online.batch import prepare_batch
 from almanac.online.layouts import claim
@@ -77,16 +86,24 @@ def push(
     *,
     catalog: Catalog | None = None,
     only_view: str | None = None,
+    idempotency_key: str | None = None,
 ) -> int:
     """Validate `df` (pandas, Polars, Arrow, a dict of columns or a list of dicts) against
     every view reading `push_source`, then write it to the online store, the offline
     store or both. Returns the number of rows accepted. `catalog` defaults to the
     store's (the HTTP server passes its cached one). `only_view` writes (and checks) the
-    rows for that one view of the source (Feast's per-view online writes)."""
+    rows for that one view of the source (Feast's per-view online writes).
+
+    A push retried with the same `idempotency_key` (after a timeout, say) counts once:
+    a push whose offline file is in place is not written again, and its rows are merged
+    into aggregation tiles at most once (`almanac.ingest.exactly_once`)."""
     if to not in PUSH_TARGETS:
         raise InputError(f"to must be one of {', '.join(PUSH_TARGETS)}, got {to!r}")
     catalog = catalog if catalog is not None else store.catalog
     source = push_source_of(catalog, push_source)
+    key = None if idempotency_key is None else key_tag(idempotency_key)
+    if key is not None and to != "online" and (done := pushed_with_key(store.config, source, key)) is not None:  # fmt: skip
+        return done
     views = [view for view in catalog.all_views().values() if view.source == source.name]
     if only_view is not None:
         views = [view for view in views if view.name == only_view]
@@ -118,8 +135,14 @@ def push(
     table = check_columns(
         table, _allowed_columns(readers, catalog, source), source.extra_columns, what
     )
-    # A stream's events carry where they came from, kept in the offline log beside them.
+    # A stream's events carry where they came from, kept in the offline log beside them;
+    # a keyed push's rows come from the key.
     origin = {c: d for c, d in ORIGIN.items() if c in table.column_names and isinstance(source, StreamSource)}  # fmt: skip
+    if key is not None:
+        table = table.drop_columns([c for c in ORIGIN if c in table.column_names])
+        table = table.append_column(PARTITION, pa.repeat(pa.scalar(f"key:{key}"), table.num_rows))
+        table = table.append_column(OFFSET, pa.array(range(table.num_rows), pa.int64()))
+        origin = dict(ORIGIN)
     batch = normalize(table, catalog, source, views, origin)
     admission = admit(batch, views, what, store.config, "push")
     if admission.rows.num_rows == 0:  # every row quarantined
@@ -154,6 +177,8 @@ def push(
         if to != "online"
         else None
     )
+    if key is not None and staged is not None:
+        staged = keyed(staged, key)
     try:
         # The store holds these views' values of this definition only (another store's
         # apply could not clear it): see `almanac.online.layouts`.

@@ -389,8 +389,9 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
     async def push(request: Request) -> Response:
         """Rows for a push source, validated against every view reading it and written
         all or nothing to the online store, the offline store or both. Takes Feast's
-        push body too."""
-        return _reply(200, await writes.push_rows(state, await _request_body(request)))
+        push body too. With an `Idempotency-Key` header, a retried push counts once."""
+        key = request.headers.get("idempotency-key")
+        return _reply(200, await writes.push_rows(state, await _request_body(request), key))
 
     @api.post("/write-to-online-store", response_model=WriteToOnlineStoreResponse,
               responses=_WRITE_ERRORS, openapi_extra=body_of(WriteToOnlineStoreRequest),

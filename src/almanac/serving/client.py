@@ -105,14 +105,22 @@ class Client:
 
     # ---- ingestion ----------------------------------------------------------------------
 
-    def push(self, push_source: str, df: Any, to: str = "online_and_offline") -> int:
-        """Send rows to a push source (as `FeatureStore.push`); returns the rows accepted."""
+    def push(
+        self,
+        push_source: str,
+        df: Any,
+        to: str = "online_and_offline",
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Send rows to a push source (as `FeatureStore.push`); returns the rows accepted.
+        Retrying with the same `idempotency_key` counts the rows once."""
         from almanac.ingest.push import to_arrow
 
         table = to_arrow(df, f"push to '{push_source}'")
         columns = {name: table.column(name).to_pylist() for name in table.column_names}
         body = {"push_source_name": push_source, "df": columns, "to": to}
-        return int(self._post("/push", body)["rows"])
+        headers = {} if idempotency_key is None else {"idempotency-key": idempotency_key}
+        return int(self._post("/push", body, headers)["rows"])
 
     # ---- catalog and operations ---------------------------------------------------------
 
@@ -140,11 +148,12 @@ class Client:
 
     # ---- plumbing -----------------------------------------------------------------------
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def _post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         content = orjson.dumps(body, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
         return self._request(
-            "POST", path, content=content, headers={"content-type": "application/json"}
-        )
+            "POST", path, content=content,
+            headers={"content-type": "application/json", **(headers or {})},
+        )  # fmt: skip
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

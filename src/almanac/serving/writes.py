@@ -50,7 +50,7 @@ FEAST_EVENT_TIMESTAMP = "event_timestamp"
 FEAST_CREATED = "created"
 
 
-async def push_rows(state: ServingState, body: bytes) -> bytes:
+async def push_rows(state: ServingState, body: bytes, idempotency_key: str | None = None) -> bytes:
     request = parse_body(PushRequest, body)
     catalog = state.catalog
     source = push_source_of(catalog, request.push_source_name)
@@ -58,7 +58,7 @@ async def push_rows(state: ServingState, body: bytes) -> bytes:
     views = [v.name for v in catalog.all_views().values() if v.source == source.name]
     what = f"push to '{source.name}'"
     df = _decode_bytes(_columns(request.df, what), catalog, source.name, what)
-    rows = await _write(state, catalog, source.name, df, request.to)
+    rows = await _write(state, catalog, source.name, df, request.to, key=idempotency_key)
     return encode.dumps(
         {"push_source_name": source.name, "to": request.to, "rows": rows, "views": views}
     )
@@ -96,9 +96,10 @@ async def _write(
     df: Any,
     to: str,
     only_view: str | None = None,
+    key: str | None = None,
 ) -> int:
     try:
-        rows = await asyncio.to_thread(_push, state, catalog, source, df, to, only_view)
+        rows = await asyncio.to_thread(_push, state, catalog, source, df, to, only_view, key)
     except Exception as error:
         full = storage_full(error)
         if full is not None:
@@ -109,12 +110,20 @@ async def _write(
 
 
 def _push(
-    state: ServingState, catalog: Catalog, source: str, df: Any, to: str, only_view: str | None
+    state: ServingState,
+    catalog: Catalog,
+    source: str,
+    df: Any,
+    to: str,
+    only_view: str | None,
+    key: str | None = None,
 ) -> int:
     if to != "online":
         with state.offline_lock:  # the engine is created on first use; once
             state.store.offline  # noqa: B018
-    return push(state.store, source, df, to, catalog=catalog, only_view=only_view)
+    return push(
+        state.store, source, df, to, catalog=catalog, only_view=only_view, idempotency_key=key
+    )
 
 
 # ---- bodies -----------------------------------------------------------------------------
