@@ -319,16 +319,22 @@ def _paired(port: int, seconds: int, folder: Path, size: str, note: str) -> list
             )
     out = []
     for label, figures in runs.items():
-        merged = {
-            "req_per_s": sum(f["req_per_s"] for f in figures) / rounds,
-            "p50_ms": sorted(f["p50_ms"] for f in figures)[rounds // 2],
-            "p99_ms": sorted(f["p99_ms"] for f in figures)[rounds // 2],
-            "non_200": sum(f["non_200"] for f in figures),
-            "socket_errors": max(f["socket_errors"] for f in figures),
-        }
+        merged = _merge_rounds(figures)
         case = f"{label}, 1 entity x 10 features, c=8, 1 worker"
         out += _records(size, "redis", case, merged, f"{note}; {rounds} alternating rounds")
     return out
+
+
+def _merge_rounds(figures: list[dict[str, float]]) -> dict[str, float]:
+    """Alternating rounds of one case: req/s the mean, p50 and p99 the median."""
+    rounds = len(figures)
+    return {
+        "req_per_s": sum(f["req_per_s"] for f in figures) / rounds,
+        "p50_ms": sorted(f["p50_ms"] for f in figures)[rounds // 2],
+        "p99_ms": sorted(f["p99_ms"] for f in figures)[rounds // 2],
+        "non_200": sum(f["non_200"] for f in figures),
+        "socket_errors": max(f["socket_errors"] for f in figures),
+    }
 
 
 def _records(
@@ -375,13 +381,7 @@ def _with_serving_log(
             _stop(server)
     records = []
     for (entities, rate), figures in runs.items():
-        merged = {
-            "req_per_s": sum(f["req_per_s"] for f in figures) / rounds,
-            "p50_ms": sorted(f["p50_ms"] for f in figures)[rounds // 2],
-            "p99_ms": sorted(f["p99_ms"] for f in figures)[rounds // 2],
-            "non_200": sum(f["non_200"] for f in figures),
-            "socket_errors": max(f["socket_errors"] for f in figures),
-        }
+        merged = _merge_rounds(figures)
         off = sum(f["req_per_s"] for f in runs[(entities, 0.0)]) / rounds
         label = "off" if rate == 0 else f"{rate:.0%}"
         case = f"{entities} entit{'y' if entities == 1 else 'ies'} x 10 features, c=8, 1 worker, serving log {label}"
@@ -392,6 +392,51 @@ def _with_serving_log(
                 "metric": "vs_log_off", "value": round(100 * (merged["req_per_s"] / off - 1), 1),
                 "unit": "% req/s", "note": "change from the log-off server of the same rounds",
             })  # fmt: skip
+    return records
+
+
+def _push_bodies() -> list[str]:
+    """One row per push, every feature of `stats`, random users."""
+    rng = random.Random(5)
+    when = (datetime.now(UTC) - timedelta(minutes=30)).isoformat()
+    out = []
+    for _ in range(BODIES):
+        row: dict[str, Any] = {"user_id": [rng.randrange(USERS)], "event_timestamp": [when]}
+        for name, dtype in FEATURES.items():
+            row[name] = [
+                rng.random() if dtype.startswith("float") else rng.randrange(1000) if dtype == "int64"
+                else rng.random() < 0.5 if dtype == "bool" else f"v{rng.randrange(50)}"
+            ]  # fmt: skip
+        out.append(json.dumps({"push_source_name": "events", "df": row}, separators=(",", ":")))
+    return out
+
+
+def _with_pushes(repo: Path, seconds: int, folder: Path, size: str, note: str) -> list[dict[str, Any]]:  # fmt: skip
+    """64 concurrent pushers (1 row each; group commit writes concurrent pushes
+    together), and 1-entity reads (c=8) alone and while the pushes run."""
+    import threading
+
+    port = free_port()
+    server = _serve(repo, port, 1)
+    records = []
+    try:
+        pushes = _load(port, "/push", _push_bodies(), 64, seconds, folder)
+        records += _records(size, "redis", "POST /push, 1 row, c=64, 1 worker", pushes, note)
+        reads_bodies = _bodies("/get-online-features", 1)
+        alone = _load(port, "/get-online-features", reads_bodies, 8, seconds, folder)
+        records += _records(size, "redis", "1 entity x 10 features, c=8, 1 worker, no pushes", alone, note)  # fmt: skip
+        push_folder = folder / "pushes"
+        push_folder.mkdir(exist_ok=True)
+        background: dict[str, Any] = {}
+        pusher = threading.Thread(target=lambda: background.update(_load(port, "/push", _push_bodies(), 64, seconds + 2, push_folder)))  # fmt: skip
+        pusher.start()
+        time.sleep(2)  # the pushes' warm-up second, then both run
+        loaded = _load(port, "/get-online-features", reads_bodies, 8, seconds, folder)
+        pusher.join()
+        records += _records(size, "redis", "1 entity x 10 features, c=8, 1 worker, under 64 pushers", loaded, note)  # fmt: skip
+        records += _records(size, "redis", "POST /push, 1 row, c=64, 1 worker, beside reads", background, note)  # fmt: skip
+    finally:
+        _stop(server)
     return records
 
 
@@ -420,6 +465,7 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
                 finally:
                     _stop(server)
             records += _with_serving_log(repo, seconds, folder, size, note)
+            records += _with_pushes(repo, seconds, folder, size, note)
             port = free_port()
             floor = _serve_floor(folder, redis.url, port)
             try:

@@ -156,6 +156,63 @@ def _kafka(size: str, folder: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _freshness(size: str, folder: Path, rate: int = 5_000, seconds: float = 8.0) -> list[dict[str, Any]]:  # fmt: skip
+    """Events appended to a Redis stream at `rate`/s while the worker runs (batches of
+    at most 50 ms): per event, from its append (the entry id's time) to the end of the
+    batch that made it servable online (the online write precedes the commit)."""
+    import threading
+
+    import redis
+
+    server = start_redis()
+    try:
+        client = redis.Redis.from_url(server.url)
+        store = _repo(folder / "fresh", server.url, "RedisStreamSource", f'stream="txns", url="{server.url}", format="json", extra_columns="ignore"', "plain")  # fmt: skip
+        reader = open_reader(store, "txns", "fresh", "f1")
+        stop, latencies = threading.Event(), []
+
+        def produce() -> None:
+            sent, started = 0, time.perf_counter()
+            while not stop.is_set() and time.perf_counter() - started < seconds:
+                due = int((time.perf_counter() - started) * rate)
+                pipe = client.pipeline(transaction=False)
+                for i in range(sent, due):
+                    now = datetime.now(UTC) - timedelta(seconds=1)
+                    pipe.xadd("txns", {"json": orjson.dumps({"customer_id": i, "ts": now.isoformat(), "amount": 1.0, "merchant": "m"})})  # fmt: skip
+                pipe.execute()
+                sent = due
+                time.sleep(0.002)
+
+        real_poll = reader.poll
+        polled: list[Any] = []
+
+        def poll(max_messages: int, timeout: float) -> Any:
+            polled[:] = real_poll(max_messages, timeout)
+            return polled
+
+        reader.poll = poll  # type: ignore[method-assign]
+        worker = StreamWorker(store, "txns", reader, 10_000, 0.05)
+        producer = threading.Thread(target=produce)
+        producer.start()
+        while producer.is_alive() or polled:
+            worker.step()
+            done = time.time()
+            latencies += [done - m.timestamp_ms / 1000 for m in polled if m.timestamp_ms]
+        producer.join()
+        reader.close()
+        store.close()
+    finally:
+        server.stop()
+    latencies.sort()
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    note = f"{len(latencies):,} events at {rate:,}/s into a plain view on Redis; batches of at most 50 ms"  # fmt: skip
+    return [
+        {"benchmark": "stream", "size": size, "backend": "redis_stream", "case": "freshness",
+         "metric": metric, "value": round(value * 1000, 1), "unit": "ms", "note": note}
+        for metric, value in (("append_to_servable_p50", p50), ("append_to_servable_p99", p99))
+    ]  # fmt: skip
+
+
 def _record(size: str, backend: str, case: str, rate: float) -> dict[str, Any]:
     return {"benchmark": "stream", "size": size, "backend": backend, "case": case,
             "metric": "events_per_s", "value": round(rate), "unit": "events/s",
@@ -169,6 +226,7 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
         for size in sizes:
             records += _redis(size, folder)
             records += _kafka(size, folder)
+            records += _freshness(size, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return records

@@ -50,14 +50,6 @@ def make_store(tmp_path: Path, url: str, policy: str) -> FeatureStore:
     return store
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def online_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return "sqlite:///.almanac/online.db"
-    url: str = request.getfixturevalue("redis_url")
-    return url
-
-
 def served(store: FeatureStore) -> list[float | None]:
     now = T0 + timedelta(days=1)
     return store.get_online_features(["scores:score"], {"user_id": [1, 2, 3]}, now=now).to_dict()["score"]  # fmt: skip

@@ -212,3 +212,43 @@ def test_almanac_stream_killed_with_sigkill_and_restarted(tmp_path: Path, redis_
     assert done.returncode == 0, done.stderr
     assert client.xpending("txns", "almanac-streams")["pending"] == 0
     assert_exactly_once(store, events)
+
+
+def test_the_worker_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from servers import free_port
+
+    store = stream_repo(tmp_path, redis_url, redis_url, "json")
+    client = redis.Redis.from_url(redis_url)
+    port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from almanac.cli import main; main()", "--repo", str(store.repo_path),
+         "stream", "--quiet", "--batch-seconds", "0.1", "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        send(client, [event(i, i % 4, minutes_ago=i + 1, amount=1.0) for i in range(200)], "json")
+        client.xadd("txns", {"json": b"not json"})
+        text, deadline = "", time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            if 'almanac_stream_events_total{outcome="written",source="txns"} 200.0' in text and "dead" in text:  # fmt: skip
+                break
+            time.sleep(0.2)
+        assert 'almanac_stream_events_total{outcome="written",source="txns"} 200.0' in text, text[-2000:]  # fmt: skip
+        assert 'almanac_stream_events_total{outcome="dead",source="txns"} 1.0' in text
+        assert 'almanac_stream_lag_events{source="txns"} 0.0' in text
+        assert "almanac_stream_latency_seconds_count" in text
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert "200" in out  # the final table

@@ -44,6 +44,10 @@ def stream(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live table; a line per minute.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (/metrics)."),
+    ] = None,
 ) -> None:
     """Read the stream sources of stream-fed views into both stores, each event exactly
     once; several workers of one group share the partitions."""
@@ -64,10 +68,17 @@ def stream(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     latest: dict[str, BatchResult] = {}
+    metrics = StreamMetrics(metrics_port) if metrics_port is not None else None
+
+    def seen(source: str, batch: BatchResult) -> None:
+        latest[source] = batch
+        if metrics is not None:
+            metrics.observe(source, batch)
+
     threads = [
         threading.Thread(
             target=worker.run, args=(stop,),
-            kwargs={"on_batch": lambda b, n=worker.name: latest.__setitem__(n, b), "max_batches": max_batches},
+            kwargs={"on_batch": lambda b, n=worker.name: seen(n, b), "max_batches": max_batches},
             name=f"almanac-stream-{worker.name}", daemon=True,
         )
         for worker in workers
@@ -111,3 +122,45 @@ def _table(workers: list[StreamWorker], latest: dict[str, BatchResult]) -> Table
             f"{t.dead:,}", f"{t.written / elapsed:,.0f}", latency, lag,
         )  # fmt: skip
     return table
+
+
+class StreamMetrics:
+    """The worker's Prometheus metrics, served on their own port."""
+
+    def __init__(self, port: int) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            start_http_server,
+        )
+
+        self.registry = r = CollectorRegistry()
+        self.events = Counter(
+            "almanac_stream_events", "Events read, by outcome: written, replayed (already in the log) or dead (dead letters).",
+            ["source", "outcome"], registry=r,
+        )  # fmt: skip
+        self.batches = Counter("almanac_stream_batches", "Batches committed.", ["source"], registry=r)  # fmt: skip
+        self.lag = Gauge("almanac_stream_lag_events", "Messages not yet read by the group.", ["source"], registry=r)  # fmt: skip
+        self.latency = Histogram(
+            "almanac_stream_latency_seconds", "From the broker's time of a batch's newest message to the moment it is servable.",
+            ["source"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+        )  # fmt: skip
+        self.seconds = Histogram(
+            "almanac_stream_batch_duration_seconds", "Time to read, write and commit a batch.",
+            ["source"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )  # fmt: skip
+        start_http_server(port, registry=r)
+
+    def observe(self, source: str, batch: BatchResult) -> None:
+        if batch.messages:
+            self.batches.labels(source).inc()
+            self.seconds.labels(source).observe(batch.seconds)
+        for outcome, count in (("written", batch.written), ("replayed", batch.replayed), ("dead", batch.dead)):  # fmt: skip
+            if count:
+                self.events.labels(source, outcome).inc(count)
+        if batch.lag is not None:
+            self.lag.labels(source).set(batch.lag)
+        if batch.latency_seconds is not None:
+            self.latency.labels(source).observe(batch.latency_seconds)

@@ -36,6 +36,7 @@ from almanac.serving.errors import (
     RequestValidationError,
     parse_body,
 )
+from almanac.serving.group_commit import GroupCommit
 from almanac.serving.metrics import Metrics
 from almanac.serving.monitoring import FreshnessMonitor
 from almanac.serving.schemas import INT64_MAX, INT64_MIN, ContextRequest, OnlineFeaturesRequest
@@ -70,6 +71,7 @@ class ServingState:
         self.storage_error: str | None = None
         self.offline_lock = threading.Lock()
         self.freshness = FreshnessMonitor(store, metrics)
+        self._push_groups: GroupCommit | None = None
         rate = store.config.server.log_sample_rate
         self.serving_log = ServingLog(log_folder(store.config), rate) if rate > 0 else None
         config = store.config
@@ -83,6 +85,23 @@ class ServingState:
     def catalog(self) -> Catalog:
         # Never a database round trip on a request: the background task refreshes it.
         return self.registry.catalog(check=False)
+
+    def push_groups(self, catalog: Catalog) -> GroupCommit:
+        """The group commit of concurrent pushes (`almanac.serving.group_commit`)."""
+        if self._push_groups is None:
+            from almanac.ingest.push import push
+
+            def write(source: str, df: Any, to: str) -> int:
+                with self.offline_lock:  # the engine is created on first use; once
+                    self.store.offline  # noqa: B018
+                return push(self.store, source, df, to, catalog=self.catalog)
+
+            def groupable(source: str) -> bool:
+                views = self.catalog.all_views().values()
+                return not any(v.source == source and v.expectations and v.on_violation == "quarantine" for v in views)  # fmt: skip
+
+            self._push_groups = GroupCommit(write, groupable)
+        return self._push_groups
 
 
 # ---- online features --------------------------------------------------------------------

@@ -99,7 +99,10 @@ async def _write(
     key: str | None = None,
 ) -> int:
     try:
-        rows = await asyncio.to_thread(_push, state, catalog, source, df, to, only_view, key)
+        if key is None and only_view is None:  # concurrent pushes are written together
+            rows = await state.push_groups(catalog).push(source, df, to)
+        else:
+            rows = await asyncio.to_thread(_push, state, catalog, source, df, to, only_view, key)
     except Exception as error:
         full = storage_full(error)
         if full is not None:
