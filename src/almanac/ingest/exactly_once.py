@@ -45,7 +45,7 @@ from almanac.ports.offline import Staged
 from almanac.ports.online import Merge
 from almanac.semantics.rows import EVENT_TIMESTAMP, ViewRows
 from almanac.semantics.tile_build import build_tiles
-from almanac.semantics.tiles import TILES_FEATURE, merge_blobs, reach_micros
+from almanac.semantics.tiles import MERGED_AT, TILES_FEATURE, merge_blobs, reach_micros
 from almanac.semantics.validate import Declared
 
 PARTITION, OFFSET = "__almanac_partition", "__almanac_offset"
@@ -76,6 +76,7 @@ def once_per_event(
         for k in _key_tuples(tiles, keys)
     ]
     tiles = tiles.append_column(APPLIED, pa.array(applied, pa.string()))
+    tiles = tiles.append_column(MERGED_AT, pa.repeat(pa.scalar(now, pa.int64()), tiles.num_rows))
     reach = reach_micros(view)
 
     def merge(stored: ViewRows, pending: pa.Table) -> pa.Table:
@@ -102,7 +103,7 @@ def once_per_event(
                 blobs[i] = rebuilt.column(TILES_FEATURE)[j].as_py()
             rows = rows.set_column(rows.schema.get_field_index(EVENT_TIMESTAMP), EVENT_TIMESTAMP, pa.array(times, rows.schema.field(EVENT_TIMESTAMP).type))  # fmt: skip
             rows = rows.set_column(rows.schema.get_field_index(TILES_FEATURE), TILES_FEATURE, pa.array(blobs, pa.binary()))  # fmt: skip
-        merged = merge_blobs(ViewRows(stored.event_times, [stored.columns[0]]), rows.drop_columns([APPLIED]), reach, now)  # fmt: skip
+        merged = merge_blobs(ViewRows(stored.event_times, [stored.columns[0]]), rows.drop_columns([APPLIED, MERGED_AT]), reach, now)  # fmt: skip
         times = merged.column(EVENT_TIMESTAMP).to_pylist()
         blobs = merged.column(TILES_FEATURE).to_pylist()
         for i in replayed:  # already in the store: written back as stored
@@ -121,6 +122,7 @@ def once_per_event(
             EVENT_TIMESTAMP: pa.array(times, merged.schema.field(EVENT_TIMESTAMP).type),
             TILES_FEATURE: pa.array(blobs, pa.binary()),
             APPLIED: pa.array(marks, pa.string()),
+            MERGED_AT: pa.repeat(pa.scalar(now, pa.int64()), len(marks)),
         })  # fmt: skip
 
     return tiles, merge

@@ -65,8 +65,9 @@ from almanac.online.layouts import claim
 from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.quality.admission import admit, check_columns, check_empty
 from almanac.registry.diff import values_fingerprint
+from almanac.semantics.rows import ViewRows
 from almanac.semantics.tile_build import build_tiles
-from almanac.semantics.tiles import TILES_FEATURE, merge_blobs, reach_micros
+from almanac.semantics.tiles import MERGED_AT, TILES_FEATURE, merge_blobs, reach_micros
 from almanac.semantics.times import datetime_to_micros
 from almanac.semantics.validate import Declared, check_batch
 
@@ -159,12 +160,12 @@ def push(
             # same blobs as materialization's, so the merge below combines them.
             columns = [*keys, source.timestamp_field, *_columns_read(view)]
             if origin:  # stream events: each applied once, even when a batch is replayed
-                online_writes.append((view, keys, [TILES_FEATURE, APPLIED], batch.select([*columns, *origin])))  # fmt: skip
+                online_writes.append((view, keys, [TILES_FEATURE, APPLIED, MERGED_AT], batch.select([*columns, *origin])))  # fmt: skip
                 continue
             tiles = build_tiles(
                 view, catalog.join_keys(view), source.timestamp_field, batch.select(columns)
             )
-            online_writes.append((view, keys, [TILES_FEATURE], tiles))
+            online_writes.append((view, keys, [TILES_FEATURE, MERGED_AT], tiles))
             continue
         features = view.feature_names
         rows = _online_rows(batch, source, keys, features)
@@ -191,8 +192,9 @@ def push(
                     tiles, merge = once_per_event(view, catalog.join_keys(view), source.timestamp_field, rows, now)  # fmt: skip
                     store.online.merge_batch(store.project, view.name, keys, features, tiles, merge)  # fmt: skip
                     continue
-                merge = partial(merge_blobs, reach=reach_micros(view), now=now)
-                store.online.merge_batch(store.project, view.name, keys, features, rows, merge)
+                merge = partial(_merge_pushed, reach=reach_micros(view), now=now)
+                stamped = rows.append_column(MERGED_AT, pa.repeat(pa.scalar(now, pa.int64()), rows.num_rows))  # fmt: skip
+                store.online.merge_batch(store.project, view.name, keys, features, stamped, merge)
             else:
                 store.online.write_batch(store.project, view.name, keys, features, rows)
     except BaseException:
@@ -232,6 +234,12 @@ def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
         rows = staged.rows
     admission.record(store.config)
     return rows
+
+
+def _merge_pushed(stored: ViewRows, new: pa.Table, reach: int, now: int) -> pa.Table:
+    """A push's tiles merged into the stored ones, stamped with the merge's time."""
+    merged = merge_blobs(ViewRows(stored.event_times, [stored.columns[0]]), new.drop_columns([MERGED_AT]), reach, now)  # fmt: skip
+    return merged.append_column(MERGED_AT, pa.repeat(pa.scalar(now, pa.int64()), merged.num_rows))
 
 
 def push_source_of(catalog: Catalog, name: str) -> PushSource:

@@ -27,8 +27,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
+
+import pyarrow as pa
 
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.sources import PushSource
@@ -37,8 +40,13 @@ from almanac.online.layouts import claim
 from almanac.ports.offline import OnlineTarget, write_online
 from almanac.quality.admission import admit, check_empty
 from almanac.registry.diff import values_fingerprint
-from almanac.semantics.tiles import TILES_FEATURE
-from almanac.semantics.times import FUTURE_TOLERANCE, to_utc
+from almanac.semantics.rows import EVENT_TIMESTAMP, ViewRows
+from almanac.semantics.tiles import MERGED_AT, TILES_FEATURE
+from almanac.semantics.times import FUTURE_TOLERANCE, datetime_to_micros, to_utc
+
+# How long before a materialization began a push's merge still counts as possibly after
+# its snapshot (the push's offline file is committed just after its online write).
+PUSH_GRACE = timedelta(seconds=30)
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
@@ -142,6 +150,8 @@ def _run_view(
             # reads the same rows again (and refuses them until they are fixed).
             run.refused, run.seconds = str(error), time.perf_counter() - started
             return run
+    elif isinstance(view, AggregationView) and isinstance(catalog.source_of(view), PushSource):
+        run.rows = _tiles_beside_pushes(store, view, start, end, target, count)
     else:
         run.rows = store.offline.materialize(catalog, view, start, end, target, store.online, count)  # fmt: skip
     # Only now, with every batch written, does the watermark move — and only when the
@@ -180,6 +190,50 @@ def _admitted(
     written = write_online(admission.rows.to_batches(), target, store.online, progress)
     admission.record(store.config)
     return written
+
+
+def _tiles_beside_pushes(
+    store: StoreHandle,
+    view: AggregationView,
+    start: datetime | None,
+    end: datetime,
+    target: OnlineTarget,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """An aggregation view fed by pushes (or a stream) gets its tiles from the offline
+    snapshot, except the entities a push merged into after this run began, or within
+    `PUSH_GRACE` before (its offline file may not have been in the snapshot): their
+    stored tiles hold events the snapshot lacks, so they are kept. The rows come to
+    this process, whichever engine computed them."""
+    since = datetime_to_micros(datetime.now(UTC) - PUSH_GRACE)
+    written = 0
+    for batch in store.offline.aggregation_tiles(store.catalog, view, start, end):
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        table = table.append_column(MERGED_AT, pa.nulls(table.num_rows, pa.int64()))
+        merge = partial(_keep_pushed, since=since)
+        written += store.online.merge_batch(store.project, view.name, target.join_keys, [TILES_FEATURE, MERGED_AT], table, merge)  # fmt: skip
+        if progress is not None:
+            progress(batch.num_rows)
+    return written
+
+
+def _keep_pushed(stored: ViewRows, pending: pa.Table, since: int) -> pa.Table:
+    """Per entity: the stored tiles if a push merged into them at or after `since` (or
+    they are newer), else the snapshot's."""
+    times = pending.column(EVENT_TIMESTAMP).cast(pa.int64()).to_pylist()
+    blobs = pending.column(TILES_FEATURE).to_pylist()
+    merged_at: list[int | None] = []
+    for i, (stored_time, stored_blob, stamp) in enumerate(zip(stored.event_times, *stored.columns, strict=True)):  # fmt: skip
+        if stored_time is not None and ((stamp is not None and stamp >= since) or stored_time > times[i]):  # fmt: skip
+            times[i], blobs[i] = stored_time, stored_blob
+        merged_at.append(stamp)
+    columns = {name: pending.column(name) for name in pending.column_names}
+    columns[EVENT_TIMESTAMP] = pa.array(times, pa.int64()).cast(pending.schema.field(EVENT_TIMESTAMP).type)  # fmt: skip
+    columns[TILES_FEATURE] = pa.array(blobs, pa.binary())
+    columns[MERGED_AT] = pa.array(merged_at, pa.int64())
+    return pa.table(columns)
 
 
 def materialize(

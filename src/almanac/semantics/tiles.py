@@ -255,6 +255,13 @@ _FUNCTIONS: dict[str, Callable[[dict[str, list[Any]], int, int, str], Any]] = {
 # ---- merging pushed tiles into stored ones --------------------------------------------------
 
 
+# An online-only field of an aggregation view fed by pushes or a stream: when (µs since
+# the epoch, the writer's clock) a push last merged into the entity's tiles. A
+# materialization leaves tiles alone that a push merged after it began (or shortly
+# before: the push's offline file may not have been in its snapshot yet).
+MERGED_AT = "__almanac_merged_at"
+
+
 def reach_micros(view: AggregationView) -> int:
     """How far back from a read time the longest window can look, tile included."""
     return view.reach // _US

@@ -5,9 +5,9 @@ Two layers:
 * a FastAPI app declares every endpoint, so `/docs` and `/openapi.json` describe the
   whole API with its Pydantic models, and serves the cold endpoints (catalog, health,
   metrics, and the writes: push and Feast's write-to-online-store, in `writes`);
-* `FeatureServer`, a thin ASGI layer in front of it, answers the three hot endpoints
-  (`POST /get-online-features`, `POST /context`, `GET /entities/{entity}/{key}`)
-  itself: measured on 2 cores, FastAPI's per-request machinery (routing, dependency
+* `FeatureServer`, a thin ASGI layer in front of it, answers the hot endpoints
+  (`POST /get-online-features`, `POST /context`, `GET /entities/{entity}/{key}`, and
+  `POST /push`, which many pushers make hot too) itself: measured on 2 cores, FastAPI's per-request machinery (routing, dependency
   solving, its middleware stack) costs about as much as the whole online read. Both
   paths call the same handler functions (`handlers`), errors map in one place
   (`errors`), and `create_app(fast_path=False)` serves everything through FastAPI (the
@@ -192,6 +192,11 @@ class FeatureServer:
                 if method == "POST" and path in self._post:
                     served = path
                     status = await self._serve_body(self._post[path], receive, send, scope)
+                elif method == "POST" and path == "/push":  # hot under many pushers too
+                    served = path
+                    key = _header(scope, b"idempotency-key")
+                    push = lambda st, body: writes.push_rows(st, body, key)  # noqa: E731
+                    status = await self._serve_body(push, receive, send, scope)
                 elif method == "GET" and _is_entity_path(raw):
                     served = ENTITY_ROUTE
                     entity, key = (unquote_to_bytes(p).decode() for p in raw.split(b"/")[2:])
@@ -255,6 +260,13 @@ class FeatureServer:
         self.state.metrics.observe_error(endpoint, _error_name(error))
         await _send(send, status, body, headers)
         return status
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _is_entity_path(raw: bytes) -> bool:
