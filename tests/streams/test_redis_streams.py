@@ -143,7 +143,6 @@ def run_until_crash(store: FeatureStore, point: str | None, after: int, batch: i
                 raise Crash(where)
 
     reader = open_reader(store, "txns", "g", "w1")
-    reader.claim_idle_seconds = 0
     real_commit, real_merge, real_ack = StagedFile.commit, type(store.online).merge_batch, reader.commit  # fmt: skip
 
     def commit(self: StagedFile) -> None:
@@ -252,3 +251,75 @@ def test_the_worker_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, 
         out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     assert "200" in out  # the final table
+
+
+def test_an_online_store_that_stops_answering_pauses_the_worker_and_loses_nothing(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    """The online Redis frozen (SIGSTOP) mid-stream: batches fail, nothing is committed,
+    the worker retries; once Redis answers again every event is there, once."""
+    import signal
+    import threading
+    import time
+
+    from servers import start_redis
+
+    online = start_redis()
+    try:
+        first = stream_repo(tmp_path, redis_url, online.url, "json")
+        config = first.repo_path / "almanac.yaml"
+        config.write_text(config.read_text() + "  timeout_seconds: 0.5\n")
+        store = FeatureStore(first.repo_path)
+        client = redis.Redis.from_url(redis_url)
+        events = [event(i, i % 6, minutes_ago=i % 300 + 1, amount=float(i % 11)) for i in range(600)]  # fmt: skip
+        send(client, events[:200], "json")
+        worker = StreamWorker(store, "txns", open_reader(store, "txns", "g", "w1"), 50, 0.05)
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"retry_seconds": 0.2})
+        thread.start()
+        deadline = time.monotonic() + 30
+        while worker.totals.written < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert online.process is not None
+        online.process.send_signal(signal.SIGSTOP)  # the online store stops answering
+        send(client, events[200:], "json")
+        time.sleep(2)
+        stalled = worker.totals.written
+        online.process.send_signal(signal.SIGCONT)
+        while worker.totals.written + worker.totals.replayed < 600 and time.monotonic() < deadline + 30:  # fmt: skip
+            time.sleep(0.05)
+        stop.set()
+        thread.join(30)
+        assert stalled < 600  # it did wait for the store
+        assert_exactly_once(store, events)
+        store.close()
+    finally:
+        if online.process is not None:
+            online.process.send_signal(signal.SIGCONT)
+        online.stop()
+
+
+def test_one_consumer_reads_a_stream_at_a_time_and_the_next_takes_over_its_batch(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    """A stream is one partition, applied in order: a second worker waits while the
+    first holds the lease, and when the first dies mid-batch it takes over that batch
+    before any newer entry."""
+    import time
+
+    from almanac.streams.redis import RedisStreamReader
+
+    store = stream_repo(tmp_path, redis_url, "sqlite:///.almanac/online.db", "json")
+    client = redis.Redis.from_url(redis_url)
+    events = [event(i, i % 3, minutes_ago=i + 1, amount=1.0) for i in range(30)]
+    send(client, events[:10], "json")
+    first = open_reader(store, "txns", "g", "w1")
+    second = open_reader(store, "txns", "g", "w2")
+    assert isinstance(first, RedisStreamReader) and isinstance(second, RedisStreamReader)
+    first.lease_seconds = second.lease_seconds = 0.5
+    taken = first.poll(5, 0.05)  # w1 reads 5 entries, then dies without acknowledging
+    assert len(taken) == 5 and second.poll(5, 0.05) == []  # w2 waits
+    send(client, events[10:], "json")
+    time.sleep(0.6)  # w1's lease lapses
+    again = second.poll(100, 0.05)
+    assert [m.offset for m in again[:5]] == [m.offset for m in taken]  # its batch first
+    worker = StreamWorker(store, "txns", second, 100, 0.05)
+    while worker.step().messages:
+        pass
+    assert_exactly_once(store, events)

@@ -23,6 +23,7 @@ One batch (at most `batch_size` messages, or what arrived within `batch_seconds`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -106,6 +107,7 @@ class StreamWorker:
         self.batch_size, self.batch_seconds = batch_size, batch_seconds
         self.totals = Totals()
         self._logged: dict[str, int] | None = None  # partition → largest offset in the log
+        self._in_flight: list[Message] = []  # the batch being written
 
     # ---- one batch ------------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class StreamWorker:
         started = time.perf_counter()
         messages = self.reader.poll(self.batch_size, self.batch_seconds)
         result = BatchResult(len(messages))
+        self._in_flight = messages
         if messages:
             rows, dead = self._decode(messages)
             fresh = self._unlogged(rows)
@@ -120,9 +123,8 @@ class StreamWorker:
             written, refused = self._write(fresh)
             dead += refused
             self._dead_letters(dead)
-            self.reader.commit(
-                messages
-            )  # only now: both stores hold the batch (and the dead letters)
+            self.reader.commit(messages)  # only now: both stores hold the batch
+            self._in_flight = []
             self._remember(written)
             result.written = sum(len(r) for r in written)
             result.dead = len(dead)
@@ -153,6 +155,10 @@ class StreamWorker:
             except StoreUnavailableError as error:
                 log.warning("stream '%s': %s; retrying in %.0fs", self.source.name, error, retry_seconds)  # fmt: skip
                 self._logged = None  # what was written before the failure is read again
+                if self._in_flight:  # the failed batch comes again, before anything newer
+                    with contextlib.suppress(StoreUnavailableError):
+                        self.reader.rewind(self._in_flight)
+                    self._in_flight = []
                 stop.wait(retry_seconds)
                 continue
             done += 1

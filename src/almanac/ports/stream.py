@@ -45,8 +45,15 @@ class StreamReader(ABC):
     @abstractmethod
     def poll(self, max_messages: int, timeout_seconds: float) -> list[Message]:
         """Up to `max_messages` messages, waiting at most `timeout_seconds` for the first;
-        in offset order within each partition. Messages delivered but never committed
-        (a crashed consumer's) come again, here or to another consumer of the group."""
+        in offset order within each partition, each partition read by one consumer of
+        the group at a time. Messages delivered but never committed (a crashed
+        consumer's) come again, before newer ones, here or to the consumer that takes
+        the partition over."""
+
+    @abstractmethod
+    def rewind(self, messages: list[Message]) -> None:
+        """Deliver `messages` (polled, not committed: their batch failed) again, before
+        anything newer: the worker applies each partition in offset order."""
 
     @abstractmethod
     def commit(self, messages: list[Message]) -> None:

@@ -64,6 +64,20 @@ class KafkaReader(StreamReader):
             ))  # fmt: skip
         return out
 
+    def rewind(self, messages: list[Message]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            topic, partition = message.token
+            first[(topic, partition)] = min(first.get((topic, partition), message.offset), message.offset)  # fmt: skip
+        for (topic, partition), offset in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except (
+                KafkaException
+            ) as error:  # the partition moved: its new owner reads from the commit
+                if "not assigned" not in str(error).lower() and "erroneous state" not in str(error).lower():  # fmt: skip
+                    raise
+
     def commit(self, messages: list[Message]) -> None:
         last: dict[tuple[str, int], int] = {}
         for message in messages:

@@ -1,9 +1,14 @@
-"""Redis Streams: a consumer group reads the stream (`XREADGROUP`), acknowledges what was
-applied (`XACK`), and takes over entries that another consumer read and never
-acknowledged once they have been idle for `claim_idle_seconds` (`XAUTOCLAIM`).
+"""Redis Streams: a consumer group reads the stream (`XREADGROUP`) and acknowledges what
+was applied (`XACK`).
+
+A stream is one partition, and the worker applies a partition in order, so one consumer
+of the group reads it at a time: it holds a lease (a key beside the stream, renewed by
+every poll, `lease_seconds` long). The others wait; one takes over when the lease
+lapses, and first reads every entry the group has pending (the previous holder's
+unacknowledged batch, `XAUTOCLAIM`), then new ones.
 
 An entry id `<ms>-<seq>` is the offset `ms * 1_000_000 + seq` (entry ids grow, so
-offsets do). The stream's key is its one partition.
+offsets do).
 """
 
 from __future__ import annotations
@@ -31,15 +36,15 @@ def offset_of(entry_id: bytes | str) -> int:
 
 
 class RedisStreamReader(StreamReader):
-    claim_idle_seconds: float = 30.0
-    claim_every_seconds: float = 5.0
+    lease_seconds: float = 10.0
 
     def __init__(self, source: RedisStreamSource, client: redis.Redis, group: str, consumer: str) -> None:  # fmt: skip
         self.source, self.client = source, client
         self.group, self.consumer = group, consumer
         self.key = source.stream
-        self._own_pending = True  # first read back what this consumer had and never acked
-        self._claimed_at = 0.0
+        self.lease = f"{source.stream}:almanac-lease:{group}"
+        self._holding = False
+        self._pending = True  # read the group's unacknowledged entries before new ones
 
     @classmethod
     def open(
@@ -60,20 +65,33 @@ class RedisStreamReader(StreamReader):
 
     def poll(self, max_messages: int, timeout_seconds: float) -> list[Message]:
         try:
-            if self._own_pending:
-                entries = self._read("0", max_messages, None)
+            if not self._hold():
+                time.sleep(timeout_seconds)  # another consumer holds the stream
+                return []
+            if self._pending:
+                entries = self._claim(max_messages)
                 if entries:
                     return entries
-                self._own_pending = False
-            now = time.monotonic()
-            if now - self._claimed_at >= self.claim_every_seconds:
-                self._claimed_at = now
-                claimed = self._claim(max_messages)
-                if claimed:
-                    return claimed
+                self._pending = False
             return self._read(">", max_messages, max(1, int(timeout_seconds * 1000)))
         except _ERRORS as error:
             raise StoreUnavailableError(f"Redis stream '{self.key}': {error}") from None
+
+    def _hold(self) -> bool:
+        """Take or renew the lease; True while this consumer holds it."""
+        ms = int(self.lease_seconds * 1000)
+        holder: Any = self.client.get(self.lease)
+        if holder is not None and holder.decode() == self.consumer:
+            self.client.pexpire(self.lease, ms)
+        elif not self.client.set(self.lease, self.consumer, nx=True, px=ms):
+            self._holding = False
+            return False
+        if not self._holding:  # just taken over: what the group left pending comes first
+            self._holding, self._pending = True, True
+        return True
+
+    def rewind(self, messages: list[Message]) -> None:
+        self._pending = True  # they are still pending: read back before new entries
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Message]:
         reply: Any = self.client.xreadgroup(
@@ -83,10 +101,10 @@ class RedisStreamReader(StreamReader):
         return [self._message(entry_id, fields) for entry_id, fields in entries if fields]
 
     def _claim(self, count: int) -> list[Message]:
+        """Pending entries of the group, oldest first, taken over by this consumer."""
         reply: Any = self.client.xautoclaim(
-            self.key, self.group, self.consumer, int(self.claim_idle_seconds * 1000),
-            start_id="0-0", count=count,
-        )  # fmt: skip
+            self.key, self.group, self.consumer, 0, start_id="0-0", count=count
+        )
         return [self._message(entry_id, fields) for entry_id, fields in reply[1] if fields]
 
     def _message(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Message:
@@ -129,4 +147,10 @@ class RedisStreamReader(StreamReader):
         return {}
 
     def close(self) -> None:
+        try:
+            holder: Any = self.client.get(self.lease) if self._holding else None
+            if holder is not None and holder.decode() == self.consumer:
+                self.client.delete(self.lease)  # let another consumer take over at once
+        except _ERRORS:
+            pass
         self.client.close()
