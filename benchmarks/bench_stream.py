@@ -93,6 +93,18 @@ def _consume(reader: Any, n: int) -> float:
     return (time.perf_counter() - started) * n / max(n - first, 1)
 
 
+def _measure(store: FeatureStore, case: str, group: str, n: int) -> float:
+    """Seconds to take `n` events: by the reader alone (`consume`) or the worker."""
+    reader = open_reader(store, "txns", group, "b1")
+    try:
+        if case == "consume":
+            return _consume(reader, n)
+        return _drain(StreamWorker(store, "txns", reader, 10_000, 0.5), n)
+    finally:
+        reader.close()
+        store.close()
+
+
 def _redis(size: str, folder: Path) -> list[dict[str, Any]]:
     import redis
 
@@ -111,14 +123,7 @@ def _redis(size: str, folder: Path) -> list[dict[str, Any]]:
                     pipe.execute()
             pipe.execute()
             store = _repo(folder / case, server.url, "RedisStreamSource", f'stream="txns", url="{server.url}", format="json", extra_columns="ignore"', "plain" if case == "consume" else case)  # fmt: skip
-            reader = open_reader(store, "txns", "bench", "b1")
-            if case == "consume":
-                seconds = _consume(reader, n)
-            else:
-                seconds = _drain(StreamWorker(store, "txns", reader, 10_000, 0.5), n)
-            reader.close()
-            store.close()
-            out.append(_record(size, "redis_stream", case, n / seconds))
+            out.append(_record(size, "redis_stream", case, n / _measure(store, case, "bench", n)))
     finally:
         server.stop()
     return out
@@ -142,13 +147,7 @@ def _kafka(size: str, folder: Path) -> list[dict[str, Any]]:
             producer.flush(60)
             args = f'topic="{topic}", bootstrap_servers="{brokers}", extra_columns="ignore"'
             store = _repo(folder / f"k-{case}", server.url, "KafkaSource", args, "plain" if case == "consume" else case)  # fmt: skip
-            reader = open_reader(store, "txns", f"bench-{case}", "b1")
-            if case == "consume":
-                seconds = _consume(reader, n)
-            else:
-                seconds = _drain(StreamWorker(store, "txns", reader, 10_000, 0.5), n)
-            reader.close()
-            store.close()
+            seconds = _measure(store, case, f"bench-{case}", n)
             out.append(_record(size, "kafka (mock cluster, 3 brokers)", case, n / seconds))
     finally:
         server.stop()
