@@ -62,6 +62,9 @@ class OfflineConfig(_BackendSections):
     engine: str = "duckdb"  # a registered offline backend: duckdb, spark, or a plug-in's
     # Where Almanac writes datasets it owns (pushed rows, write_to_offline_store).
     data_path: str = "data/offline"
+    # How long the logs Almanac keeps under data_path for quality (the serving log, the
+    # recorded expectation results) are kept; 0 keeps them forever.
+    log_retention_days: int = Field(30, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -325,9 +325,11 @@ class FeatureStore:
         rate = self.config.online.log_sample_rate
         if rate <= 0:
             return None
+        from almanac.quality.parquet_log import retention_of
         from almanac.quality.serving_log import ServingLog, log_folder
 
-        return ServingLog(log_folder(self.config), rate)
+        keep = retention_of(self.config.offline.log_retention_days)
+        return ServingLog(log_folder(self.config), rate, retention=keep)
 
     def get_context(
         self,

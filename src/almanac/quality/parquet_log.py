@@ -15,7 +15,9 @@ import atexit
 import concurrent.futures.thread  # noqa: F401 - see _flush_at_exit
 import logging
 import threading
+import time
 import weakref
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,11 @@ class ParquetLog:
         flush_seconds: float = 1.0,
         capacity: int = 100_000,
         what: str = "log",
+        retention: timedelta | None = None,
     ) -> None:
         self.folder = folder
+        self.retention = retention
+        self._pruned = 0.0
         self.schema = schema
         self.flush_seconds = flush_seconds
         self.capacity = capacity
@@ -87,6 +92,9 @@ class ParquetLog:
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):
             self.flush()
+            if self.retention is not None and time.monotonic() - self._pruned > _PRUNE_EVERY:
+                self._pruned = time.monotonic()
+                prune(self.folder, self.retention)
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         try:
@@ -103,6 +111,26 @@ def _flush_at_exit() -> None:
     # concurrent.futures.thread: imported above, before that point.
     for open_log in list(_OPEN):
         open_log.flush()
+
+
+_PRUNE_EVERY = 60.0  # seconds between two looks for expired files
+
+
+def prune(folder: Path, retention: timedelta) -> int:
+    """Remove the log's files written more than `retention` ago (their names carry the
+    time they were written); returns how many."""
+    cutoff = time.time_ns() - int(retention.total_seconds() * 1e9)
+    removed = 0
+    for path in folder.glob("part-*.parquet") if folder.is_dir() else []:
+        stamp = path.name.split("-")[1]
+        if stamp.isdigit() and int(stamp) < cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def retention_of(days: int) -> timedelta | None:
+    return timedelta(days=days) if days > 0 else None
 
 
 def flush_open(folder: Path) -> None:

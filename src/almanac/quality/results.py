@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 
 from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
-from almanac.quality.parquet_log import ParquetLog, flush_open
+from almanac.quality.parquet_log import ParquetLog, flush_open, retention_of
 from almanac.semantics.expectations import Breach
 from almanac.semantics.validate import UTC_US
 
@@ -70,7 +70,8 @@ def record(
     folder = results_folder(config)
     log = _LOGS.get(folder)
     if log is None:
-        log = _LOGS.setdefault(folder, ParquetLog(folder, SCHEMA, what="quality-results"))
+        keep = retention_of(config.offline.log_retention_days)
+        log = _LOGS.setdefault(folder, ParquetLog(folder, SCHEMA, what="quality-results", retention=keep))  # fmt: skip
     for expectation in view.expectations:
         label = expectation.label
         result = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -106,10 +106,11 @@ class ServingLog:
         sample_rate: float,
         flush_seconds: float = 1.0,
         capacity: int = 100_000,
+        retention: timedelta | None = None,
     ) -> None:
         self.folder = folder
         self.sample_rate = sample_rate
-        self._log = ParquetLog(folder, SCHEMA, flush_seconds, capacity, "serving-log")
+        self._log = ParquetLog(folder, SCHEMA, flush_seconds, capacity, "serving-log", retention)
 
     @property
     def dropped(self) -> int:

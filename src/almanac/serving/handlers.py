@@ -28,6 +28,7 @@ from almanac.materialize.jobs import views_to_materialize
 from almanac.online.context import check_entity, render_context
 from almanac.online.response import OnlineResponse
 from almanac.online.retrieval import finish_read, prepare_read
+from almanac.quality.parquet_log import retention_of
 from almanac.quality.serving_log import ServingLog, log_folder
 from almanac.serving import encode
 from almanac.serving.errors import (
@@ -73,7 +74,10 @@ class ServingState:
         self.freshness = FreshnessMonitor(store, metrics)
         self._push_groups: GroupCommit | None = None
         rate = store.config.server.log_sample_rate
-        self.serving_log = ServingLog(log_folder(store.config), rate) if rate > 0 else None
+        keep = retention_of(store.config.offline.log_retention_days)
+        self.serving_log = (
+            ServingLog(log_folder(store.config), rate, retention=keep) if rate > 0 else None
+        )
         config = store.config
         # Where writes land on local disks: the offline data path, a SQLite online file.
         self.storage_paths = [config.resolve_path(config.offline.data_path)]
