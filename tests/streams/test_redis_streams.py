@@ -323,3 +323,34 @@ def test_one_consumer_reads_a_stream_at_a_time_and_the_next_takes_over_its_batch
     while worker.step().messages:
         pass
     assert_exactly_once(store, events)
+
+
+def test_a_worker_that_takes_a_stream_back_reads_the_log_again(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    """w2 works, loses the lease; w1 takes over, writes a batch and dies before
+    acknowledging it; w2 takes the stream back and must see that batch in the log (it was
+    written while w2 was not looking), so it logs it once."""
+    import time
+
+    store = stream_repo(tmp_path, redis_url, "sqlite:///.almanac/online.db", "json")
+    client = redis.Redis.from_url(redis_url)
+    events = [event(i, i % 3, minutes_ago=i + 1, amount=1.0) for i in range(30)]
+    send(client, events[:10], "json")
+    two, one = open_reader(store, "txns", "g", "w2"), open_reader(store, "txns", "g", "w1")
+    two.lease_seconds = one.lease_seconds = 0.3  # type: ignore[attr-defined]
+    w2 = StreamWorker(store, "txns", two, 10, 0.05)
+    assert w2.step().written == 10
+    time.sleep(0.4)  # w2's lease lapses
+    send(client, events[10:20], "json")
+
+    def die(messages: Any) -> None:
+        raise Crash
+
+    one.commit = die  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        StreamWorker(store, "txns", one, 10, 0.05).step()  # written to both stores, not acked
+    time.sleep(0.4)  # w1's lease lapses: w2 takes the stream back
+    send(client, events[20:], "json")
+    while w2.step().messages:
+        pass
+    assert w2.totals.replayed == 10
+    assert_exactly_once(store, events)

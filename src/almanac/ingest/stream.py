@@ -108,6 +108,7 @@ class StreamWorker:
         self.totals = Totals()
         self._logged: dict[str, int] | None = None  # partition → largest offset in the log
         self._in_flight: list[Message] = []  # the batch being written
+        self._assignments = -1  # the reader's count when the log's offsets were read
 
     # ---- one batch ------------------------------------------------------------------------
 
@@ -272,8 +273,11 @@ class StreamWorker:
         return {name: d.dtype for name, d in declared.items()}
 
     def _logged_offsets(self) -> dict[str, int]:
-        """Per partition, the largest offset in the offline log (read once, then kept)."""
-        if self._logged is None:
+        """Per partition, the largest offset in the offline log: read when the reader
+        was given partitions (another consumer may have written them), then kept up to
+        date by this worker's own writes."""
+        if self._logged is None or self._assignments != self.reader.assignments:
+            self._assignments = self.reader.assignments
             self._logged = logged_offsets(push_folder(self.store.config, self.source))
         return self._logged
 

@@ -32,7 +32,13 @@ class Message:
 
 
 class StreamReader(ABC):
-    """A consumer of one stream source within a consumer group."""
+    """A consumer of one stream source within a consumer group.
+
+    `assignments` counts the times this consumer was given partitions (a Kafka
+    rebalance, taking over a Redis stream's lease): another consumer may have written
+    to the offline log meanwhile, so the worker reads the log's offsets again."""
+
+    assignments: int = 0
 
     @classmethod
     @abstractmethod

@@ -43,8 +43,12 @@ class KafkaReader(StreamReader):
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
         })  # fmt: skip
-        client.subscribe([source.topic])
-        return cls(source, settings, client)
+        reader = cls(source, settings, client)
+        client.subscribe([source.topic], on_assign=reader._assigned)
+        return reader
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignments += 1
 
     def poll(self, max_messages: int, timeout_seconds: float) -> list[Message]:
         out = []

@@ -78,16 +78,22 @@ class RedisStreamReader(StreamReader):
             raise StoreUnavailableError(f"Redis stream '{self.key}': {error}") from None
 
     def _hold(self) -> bool:
-        """Take or renew the lease; True while this consumer holds it."""
+        """Take or renew the lease; True while this consumer holds it. Taking it (also
+        back, after it lapsed) means another consumer may have read meanwhile: what the
+        group left pending comes first."""
         ms = int(self.lease_seconds * 1000)
         holder: Any = self.client.get(self.lease)
         if holder is not None and holder.decode() == self.consumer:
             self.client.pexpire(self.lease, ms)
-        elif not self.client.set(self.lease, self.consumer, nx=True, px=ms):
+            taken = not self._holding
+        elif self.client.set(self.lease, self.consumer, nx=True, px=ms):
+            taken = True
+        else:
             self._holding = False
             return False
-        if not self._holding:  # just taken over: what the group left pending comes first
+        if taken:
             self._holding, self._pending = True, True
+            self.assignments += 1
         return True
 
     def rewind(self, messages: list[Message]) -> None:
