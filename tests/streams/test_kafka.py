@@ -108,3 +108,41 @@ def test_the_cli_worker(tmp_path: Path, brokers: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "txns" in done.stdout and "50" in done.stdout
     assert_exactly_once(store, events)
+
+
+def test_a_batch_that_failed_is_read_again_before_anything_newer(tmp_path: Path, brokers: str) -> None:  # fmt: skip
+    """The online store refuses a batch once (StoreUnavailableError): the worker rewinds
+    the partition to that batch and goes on; every event is written once."""
+    import threading
+
+    from almanac.errors import StoreUnavailableError
+
+    store, topic = kafka_repo(tmp_path, brokers)
+    events = [event(i, i % 4, minutes_ago=i + 1, amount=1.0) for i in range(200)]
+    produce(brokers, topic, events)
+    online = type(store.online)
+    real, failures = online.write_batch, {"left": 1}
+
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> int:
+        if failures["left"] and self is store.online:
+            failures["left"] -= 1
+            raise StoreUnavailableError("the online store went away")
+        written: int = real(self, *args, **kwargs)
+        return written
+
+    online.write_batch = flaky  # type: ignore[method-assign]
+    worker = StreamWorker(store, "txns", open_reader(store, "txns", "g", "w1"), 40, 1.0)
+    stop = threading.Event()
+    try:
+        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"retry_seconds": 0.1})
+        thread.start()
+        deadline = time.monotonic() + 60
+        while worker.totals.written < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        thread.join(30)
+    finally:
+        online.write_batch = real  # type: ignore[method-assign]
+    worker.reader.close()
+    assert failures["left"] == 0 and worker.totals.written == 200
+    assert_exactly_once(store, events)
