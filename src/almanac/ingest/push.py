@@ -134,7 +134,7 @@ def push(
         return 0
     readers = [view for view in catalog.all_views().values() if view.source == source.name]
     table = check_columns(
-        table, _allowed_columns(readers, catalog, source), source.extra_columns, what
+        table, allowed_columns(readers, catalog, source), source.extra_columns, what
     )
     # A stream's events carry where they came from, kept in the offline log beside them;
     # a keyed push's rows come from the key.
@@ -223,7 +223,7 @@ def write_to_offline_store(store: StoreHandle, view_name: str, df: Any) -> int:
         return 0
     # The file gets this view's columns only: another view's column would be dropped
     # (and its expectations never checked), so it is refused like any unknown one.
-    allowed = _allowed_columns([view], catalog, source)
+    allowed = allowed_columns([view], catalog, source)
     table = check_columns(table, allowed, getattr(source, "extra_columns", "reject"), what)
     batch = offline_batch(table, view, catalog.join_keys(view), source)
     admission = admit(batch, [view], what, store.config, "write")
@@ -335,14 +335,14 @@ def normalize(
     return check_batch(
         table,
         what,
-        keys=_union(views, catalog, what, keys=True),
+        keys=declared_columns(views, catalog, what, keys=True),
         timestamp_field=source.timestamp_field,
         created_field=source.created_timestamp_field,
-        columns={**_union(views, catalog, what, keys=False), **(extra or {})},
+        columns={**declared_columns(views, catalog, what, keys=False), **(extra or {})},
     )
 
 
-def _allowed_columns(views: list[FeatureView], catalog: Catalog, source: SourceBase) -> set[str]:
+def allowed_columns(views: list[FeatureView], catalog: Catalog, source: SourceBase) -> set[str]:
     """The columns a batch for `views` of `source` may carry: their join keys and the
     columns they read, and the source's time columns."""
     names = {source.timestamp_field, source.created_timestamp_field or source.timestamp_field}
@@ -353,7 +353,7 @@ def _allowed_columns(views: list[FeatureView], catalog: Catalog, source: SourceB
     return names
 
 
-def _union(
+def declared_columns(
     views: list[FeatureView], catalog: Catalog, what: str, keys: bool
 ) -> dict[str, Declared]:
     """Join keys (or the columns views read) of all views with their dtypes and the first

@@ -41,7 +41,7 @@ import pyarrow.dataset as ds
 from almanac.definitions.sources import StreamSource
 from almanac.errors import InputError, StoreUnavailableError
 from almanac.ingest.exactly_once import OFFSET, ORIGIN, PARTITION
-from almanac.ingest.push import _allowed_columns, push, push_source_of
+from almanac.ingest.push import allowed_columns, declared_columns, push, push_source_of
 from almanac.offline.files import push_folder
 from almanac.offline.writer import stage_parquet
 from almanac.ports.handles import StoreHandle
@@ -171,7 +171,7 @@ class StreamWorker:
 
     def _decode(self, messages: list[Message]) -> tuple[list[dict[str, Any]], list[tuple[Message, str]]]:  # fmt: skip
         source = self.source
-        allowed = _allowed_columns(
+        allowed = allowed_columns(
             [v for v in self.store.catalog.all_views().values() if v.source == source.name],
             self.store.catalog, source,
         ) - set(ORIGIN)  # fmt: skip
@@ -253,23 +253,19 @@ class StreamWorker:
         for row in rows:
             names.update(dict.fromkeys(row))
         names.pop("__message", None)
-        for name in self._declared():
+        declared = self._declared_types()
+        for name in declared:
             names.setdefault(name, None)
         columns = {name: [row.get(name) for row in rows] for name in names}
         if self.source.format == "fields":
-            return _typed_text(columns, self._declared_types())
+            return _typed_text(columns, declared)
         return pa.table({name: _array(values, name) for name, values in columns.items()})
 
-    def _declared(self) -> list[str]:
-        return list(self._declared_types())
-
     def _declared_types(self) -> dict[str, str]:
-        from almanac.ingest.push import _union
-
         catalog = self.store.catalog
         views = [v for v in catalog.all_views().values() if v.source == self.source.name]
         what = f"stream '{self.source.name}'"
-        declared = {**_union(views, catalog, what, keys=True), **_union(views, catalog, what, keys=False)}  # fmt: skip
+        declared = {**declared_columns(views, catalog, what, keys=True), **declared_columns(views, catalog, what, keys=False)}  # fmt: skip
         return {name: d.dtype for name, d in declared.items()}
 
     def _logged_offsets(self) -> dict[str, int]:
