@@ -121,27 +121,23 @@ def sample_rows(
     feature)."""
     names = view.feature_names if names is None else names
     if isinstance(sample, str):
-        return _dataset_rows(store, sample, view.name, names)[0]
+        return _dataset_rows(store, sample, view.name, names)
     if isinstance(sample, Served):
         return served_rows(store, view, sample)
     return _rows(store, view, sample)
 
 
-def _dataset_rows(
-    store: StoreHandle, name: str, view: str, names: list[str] | None
-) -> tuple[pa.Table, list[str]]:
-    """The saved dataset's columns of `view`'s features, named as the features (only
-    `names`, which it must all hold, when given)."""
+def _dataset_rows(store: StoreHandle, name: str, view: str, names: list[str]) -> pa.Table:
+    """The saved dataset's columns of `view`'s features `names` (which it must all
+    hold), named as the features."""
     dataset = load(store.config, name)
-    columns = dataset.columns_of(view)
-    wanted = list(columns.values()) if names is None else names
-    missing = [n for n in wanted if n not in columns.values()]
-    if not columns or missing:
+    by_feature = {feature: column for column, feature in dataset.columns_of(view).items()}
+    missing = [n for n in names if n not in by_feature]
+    if not by_feature or missing:
         held = ", ".join(f.ref for f in dataset.features) or "none"
-        lacking = f"features of '{view}'" if not columns else ", ".join(f"{view}:{n}" for n in missing)  # fmt: skip
+        lacking = f"features of '{view}'" if not by_feature else ", ".join(f"{view}:{n}" for n in missing)  # fmt: skip
         raise InputError(f"saved dataset '{name}' has no {lacking} (it holds: {held})")
-    table = dataset.read(list(columns)).rename_columns([columns[c] for c in columns])
-    return table, wanted
+    return dataset.read([by_feature[n] for n in names]).rename_columns(names)
 
 
 def validate(

@@ -16,6 +16,7 @@ plain functions of picklable data (`ViewSpec`), so an executor can run them.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -128,13 +129,7 @@ def latest(
     spec: ViewSpec, start: datetime | None, end: datetime, schema: pa.Schema, rows: pa.Table
 ) -> pa.Table:
     """One bucket of `latest_rows`: per entity, the row that wins rule 2 at `end`."""
-    con = connect()
-    try:
-        scan = _scan(con, spec, rows)
-        found = view_rows(scan, spec.source, spec.view, spec.keys, None, start, end)
-        return _run(con, latest_query(found, start, end), schema, f"feature view '{spec.view.name}'")  # fmt: skip
-    finally:
-        con.close()
+    return _over_rows(spec, start, end, schema, rows, latest_query)
 
 
 def rows(
@@ -145,11 +140,23 @@ def rows(
     table: pa.Table,
 ) -> pa.Table:
     """One partition of `rows`: its rows typed as the view declares, within the bounds."""
+    return _over_rows(spec, start, end, schema, table, rows_query)
+
+
+def _over_rows(
+    spec: ViewSpec,
+    start: datetime | None,
+    end: datetime | None,
+    schema: pa.Schema,
+    table: pa.Table,
+    query: Callable[..., str],  # latest_query or rows_query
+) -> pa.Table:
+    """`query` over one partition's rows of the view, within the bounds."""
     con = connect()
     try:
         scan = _scan(con, spec, table)
         found = view_rows(scan, spec.source, spec.view, spec.keys, None, start, end)
-        return _run(con, rows_query(found, start, end), schema, f"feature view '{spec.view.name}'")  # fmt: skip
+        return _run(con, query(found, start, end), schema, f"feature view '{spec.view.name}'")
     finally:
         con.close()
 
