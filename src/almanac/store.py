@@ -10,17 +10,19 @@ so a command only connects to what it uses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from almanac.config import RepoConfig, load_config
-from almanac.errors import ConcurrentApplyError, redact
+from almanac.definitions.sources import PushSource
+from almanac.errors import ConcurrentApplyError, InputError, NotFoundError, redact
 from almanac.registry.catalog import KINDS, Catalog
 
 if TYPE_CHECKING:
     from almanac.materialize.jobs import MaterializeResult
+    from almanac.offline.compaction import Compaction
     from almanac.online.context import Context
     from almanac.online.response import OnlineResponse
     from almanac.ports.offline import OfflineEngine, RetrievalJob
@@ -151,9 +153,9 @@ class FeatureStore:
     ) -> RetrievalJob:
         """Point-in-time correct feature values for each row of `entity_df`.
 
-        `entity_df` is pandas, Polars, Arrow, a Parquet path or SQL text, with the
-        entities' join keys and an `event_timestamp` column (or the one named
-        `timestamp_field`). Its other columns (labels) pass through untouched.
+        `entity_df` is pandas, Polars, Arrow, a dict of columns, a Parquet path or SQL
+        text, with the entities' join keys and an `event_timestamp` column (or the one
+        named `timestamp_field`). Its other columns (labels) pass through untouched.
 
         `save_as` computes the set now and keeps it, with the registry version and
         each feature's statistics, as a saved dataset: the reference that later data
@@ -370,6 +372,37 @@ class FeatureStore:
 
         guard_writes("push")
         return push(self, push_source, df, to, idempotency_key=idempotency_key)
+
+    def compact(
+        self,
+        sources: Sequence[str] | None = None,
+        *,
+        min_age: timedelta | str = "1m",
+        grace: timedelta | str = "10m",
+    ) -> list[Compaction]:
+        """Merge the small files of push and stream sources' offline logs (default: every
+        push source) into one per run, in order: training sets are unchanged, and read
+        fewer files. Files younger than `min_age` wait; replaced files are deleted by a
+        compaction `grace` later (a query may still be reading them)."""
+        from almanac.definitions import parse_duration
+        from almanac.offline.compaction import compact
+
+        catalog = self.catalog
+        names = list(sources) if sources else [
+            name for name, source in catalog.sources.items() if isinstance(source, PushSource)
+        ]  # fmt: skip
+        results = []
+        for name in names:
+            source = catalog.sources.get(name)
+            if source is None:
+                raise NotFoundError("source", name, catalog.sources)
+            if not isinstance(source, PushSource):
+                raise InputError(
+                    f"source '{name}' is a {type(source).__name__}; only push and stream "
+                    "sources' offline logs are Almanac's to compact"
+                )
+            results.append(compact(self.config, source, min_age=parse_duration(min_age), grace=parse_duration(grace)))  # fmt: skip
+        return results
 
     # ---- materialization -----------------------------------------------------------------
 

@@ -75,6 +75,13 @@ def test_bad_entity_df_kinds(repo: Repo, tmp_path: Path) -> None:
         hist(repo, "SELECT * FROM no_such_table")
     with pytest.raises(InputError, match="must be a pandas"):
         hist(repo, 42)
+    with pytest.raises(InputError, match="cannot be read as columns"):
+        hist(repo, {"user_id": [1, 2], "event_timestamp": [ts(1)]})  # unequal lengths
+
+
+def test_a_dict_of_columns_is_an_entity_df(repo: Repo) -> None:
+    as_dict = hist(repo, {"user_id": [1], "event_timestamp": [ts(1)]})
+    assert as_dict.equals(hist(repo, entity()))
 
 
 def test_missing_source_path_is_named(repo: Repo, tmp_path: Path) -> None:

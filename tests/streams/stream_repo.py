@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 
 from almanac import FeatureStore
 from almanac.ingest.exactly_once import OFFSET, PARTITION
-from almanac.offline.files import push_folder
+from almanac.offline.files import list_files
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -90,8 +90,7 @@ def served(store: FeatureStore, customers: list[int]) -> dict[int, dict[str, Any
 
 def offline_log(store: FeatureStore) -> pa.Table:
     """Every event in the stream source's offline log, with its origin."""
-    folder = push_folder(store.config, store.catalog.sources["txns"])  # type: ignore[arg-type]
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    files = [str(p) for p in list_files(store.config, store.catalog.sources["txns"])[0]]  # type: ignore[arg-type]
     return ds.dataset(files, format="parquet").to_table() if files else pa.table({PARTITION: [], OFFSET: []})  # fmt: skip
 
 

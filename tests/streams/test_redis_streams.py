@@ -19,6 +19,7 @@ from stream_repo import NOW, assert_exactly_once, event, make_repo, offline_log
 
 from almanac import FeatureStore
 from almanac.ingest.stream import StreamWorker, dead_letter_folder, open_reader
+from almanac.offline.compaction import compact
 from almanac.offline.writer import StagedFile
 
 pytestmark = pytest.mark.redis
@@ -110,10 +111,12 @@ CRASH_POINTS = ["online write", "offline commit", "before ack", "after ack"]
     customers=st.lists(st.integers(0, 4), min_size=120, max_size=120),
     crashes=st.lists(st.tuples(st.sampled_from(CRASH_POINTS), st.integers(1, 4)), max_size=5),
     batch=st.integers(5, 40),
+    compactions=st.lists(st.booleans(), min_size=6, max_size=6),
 )
 def test_a_worker_killed_anywhere_and_restarted_writes_each_event_once(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str, amounts: list[int],
     minutes: list[float], customers: list[int], crashes: list[tuple[str, int]], batch: int,
+    compactions: list[bool],
 ) -> None:  # fmt: skip
     client = redis.Redis.from_url(redis_url)
     client.flushall()
@@ -123,8 +126,10 @@ def test_a_worker_killed_anywhere_and_restarted_writes_each_event_once(
         event(i, customers[i], minutes[i], float(a)) for i, a in enumerate(amounts)
     ]  # out of order
     send(client, events)
-    for point, after in [*crashes, (None, 0)]:
+    for (point, after), compacted in zip([*crashes, (None, 0)], compactions, strict=False):
         run_until_crash(store, point, after, batch)
+        if compacted:  # the log compacted between a crash and the restart
+            compact(store.config, store.catalog.sources["txns"], min_age=timedelta(0))  # type: ignore[arg-type]
     drain(store)  # whatever the last crash left
     assert_exactly_once(store, events)
     assert offline_log(store).num_rows == len(events)

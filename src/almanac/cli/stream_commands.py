@@ -1,9 +1,11 @@
 """`almanac stream`: the ingestion worker for stream-fed views (see
 `almanac.ingest.stream`), one thread per stream source, with a live table of rates and
-lag. SIGTERM or Ctrl-C finishes each batch in hand, commits it, and stops."""
+lag, and a thread that compacts the offline logs the workers append to (one small file
+per batch). SIGTERM or Ctrl-C finishes each batch in hand, commits it, and stops."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -15,7 +17,11 @@ from rich.live import Live
 from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
+from almanac.definitions import parse_duration
 from almanac.ingest.stream import BatchResult, StreamWorker, open_reader, stream_sources
+from almanac.store import FeatureStore
+
+log = logging.getLogger("almanac.stream")
 
 
 @app.command()
@@ -48,6 +54,12 @@ def stream(
         int | None,
         typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (/metrics)."),
     ] = None,
+    compact_every: Annotated[
+        str,
+        typer.Option(
+            "--compact-every", help="Compact the streams' offline logs this often (0s: never)."
+        ),
+    ] = "10m",
 ) -> None:
     """Read the stream sources of stream-fed views into both stores, each event exactly
     once; several workers of one group share the partitions."""
@@ -83,6 +95,12 @@ def stream(
         )
         for worker in workers
     ]  # fmt: skip
+    every = parse_duration(compact_every).total_seconds()
+    if every > 0:  # stops with the workers (`stop`); not waited for
+        threading.Thread(
+            target=_compact_periodically, args=(store, names, every, stop),
+            name="almanac-stream-compaction", daemon=True,
+        ).start()  # fmt: skip
     for thread in threads:
         thread.start()
     try:
@@ -105,6 +123,17 @@ def stream(
             worker.reader.close()
         store.close()
     console.print(final)
+
+
+def _compact_periodically(store: FeatureStore, sources: list[str], every: float, stop: threading.Event) -> None:  # fmt: skip
+    """Merge the small files the workers append (one per batch), every `every` seconds."""
+    while not stop.wait(every):
+        try:
+            for done in store.compact(sources):
+                if done.merged_files:
+                    log.info("compacted %s: %d files, %d rows", done.source, done.merged_files, done.rows)  # fmt: skip
+        except Exception:  # a failed compaction changes nothing; the next one tries again
+            log.exception("compaction of %s failed", ", ".join(sources))
 
 
 def _table(workers: list[StreamWorker], latest: dict[str, BatchResult]) -> Table:

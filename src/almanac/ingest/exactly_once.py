@@ -19,9 +19,10 @@ so "past the stored offset" is exactly "not merged yet".
 
 A push with an idempotency key is its own partition (`key:<hash of the key>`, offsets
 the row numbers): its offline file carries the key's hash in its name, so a retry finds
-it, and its merges are recorded like a stream's. An entity's row keeps the last
-`KEYS_KEPT` keys merged into it: a retry after that many other keyed pushes to the same
-entity would count again.
+it (a compaction keeps the key in the merged file's metadata for
+`almanac.offline.compaction.KEY_RETENTION`), and its merges are recorded like a stream's.
+An entity's row keeps the last `KEYS_KEPT` keys merged into it: a retry after that many
+other keyed pushes to the same entity would count again.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError
-from almanac.offline.files import push_folder
+from almanac.offline.files import COMPACTED_MARK, compaction_of, push_folder
 from almanac.offline.writer import StagedFile
 from almanac.ports.offline import Staged
 from almanac.ports.online import Merge
@@ -185,6 +186,11 @@ def pushed_with_key(config: RepoConfig, source: PushSource, tag: str) -> int | N
     for path in folder.glob(f"part-*-k{tag}.parquet"):
         rows: int = pq.ParquetFile(path).metadata.num_rows
         return rows
+    # Compacted away: the merged file remembers the keys of the pushes it holds.
+    for path in folder.glob(f"part-*-{COMPACTED_MARK}*.parquet"):
+        compacted = compaction_of(path)
+        if compacted is not None and tag in compacted.keys:
+            return compacted.keys[tag][0]
     return None
 
 

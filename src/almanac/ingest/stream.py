@@ -42,7 +42,7 @@ from almanac.definitions.sources import StreamSource
 from almanac.errors import InputError, StoreUnavailableError
 from almanac.ingest.exactly_once import OFFSET, ORIGIN, PARTITION
 from almanac.ingest.push import allowed_columns, declared_columns, push, push_source_of
-from almanac.offline.files import push_folder
+from almanac.offline.files import live_files, push_folder
 from almanac.offline.writer import stage_parquet
 from almanac.ports.handles import StoreHandle
 from almanac.ports.stream import Message, StreamReader
@@ -317,7 +317,8 @@ def message_record(message: Message, reason: str) -> dict[str, Any]:
 
 def logged_offsets(folder: Path) -> dict[str, int]:
     """Per partition, the largest offset among the events of a stream's offline log."""
-    files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+    found = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    files = [str(p) for p in live_files(found)]
     if not files:
         return {}
     schema = pa.schema([(PARTITION, pa.string()), (OFFSET, pa.int64())])

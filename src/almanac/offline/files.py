@@ -9,8 +9,14 @@ cannot be listed are InputErrors naming the path.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from almanac.config import RepoConfig
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
@@ -21,6 +27,58 @@ Source = FileSource | SqlSource | PushSource
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 _GLOB_CHARS = ("*", "?", "[")
+
+# Almanac's own files: `part-<ns>-<random>[-k<key tag>].parquet`, and compacted ones
+# `part-<ns>-zc<random>.parquet` (see `almanac.offline.compaction`).
+COMPACTED_MARK = "zc"
+REPLACES_META, KEYS_META = b"almanac.replaces", b"almanac.keys"
+_NAME = re.compile(r"part-(\d{20})-(zc)?[0-9a-f]{8}(?:-k([0-9a-f]{32}))?\.parquet")
+
+
+def file_time_ns(name: str) -> int | None:
+    """When an Almanac file was staged (its name's nanoseconds); None for other names."""
+    match = _NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def key_of_name(name: str) -> str | None:
+    """The idempotency key tag a pushed file's name carries, if any."""
+    match = _NAME.fullmatch(name)
+    return match.group(3) if match else None
+
+
+@dataclass(frozen=True)
+class Compacted:
+    replaces: tuple[str, ...]  # the file names it holds the rows of
+    keys: dict[str, list[int]]  # idempotency key tag -> [rows, pushed at ns]
+
+
+def compaction_of(path: Path) -> Compacted | None:
+    """What a compacted file replaces (None for other files)."""
+    match = _NAME.fullmatch(path.name)
+    if not match or not match.group(2):
+        return None
+    stat = path.stat()
+    return _compacted(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1024)
+def _compacted(path: str, mtime_ns: int, size: int) -> Compacted:
+    # Keyed by mtime and size too: a compacted file is never rewritten, but a path may be
+    # reused after a delete.
+    metadata = pq.read_schema(path).metadata or {}
+    replaces = tuple(json.loads(metadata.get(REPLACES_META, b"[]")))
+    return Compacted(replaces, json.loads(metadata.get(KEYS_META, b"{}")))
+
+
+def live_files(files: list[Path]) -> list[Path]:
+    """`files` (of one push source's folder) without those a compacted file replaces."""
+    replaced: set[str] = set()
+    for path in files:
+        compacted = compaction_of(path)
+        if compacted is not None:
+            replaced.update(compacted.replaces)
+    return [path for path in files if path.name not in replaced] if replaced else files
 
 
 def push_folder(config: RepoConfig, source: PushSource) -> Path:
@@ -50,7 +108,7 @@ def list_files(config: RepoConfig, source: FileSource | PushSource) -> tuple[lis
         label = f"push source '{source.name}' ({folder})"
         if not folder.is_dir():
             return [], label
-        return _files_in(folder, PARQUET_SUFFIXES), label
+        return live_files(_files_in(folder, PARQUET_SUFFIXES)), label
     path = config.resolve_path(source.path)
     label = f"source '{source.name}' ({path})"
     suffixes = CSV_SUFFIXES if source.format == "csv" else PARQUET_SUFFIXES

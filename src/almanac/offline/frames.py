@@ -10,7 +10,7 @@ was expected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,9 +65,14 @@ def to_arrow(
         return data.to_arrow()
     if hasattr(data, "__arrow_c_stream__"):
         return pa.table(data)
+    if isinstance(data, Mapping):  # {"column": [values]}, as pushes take
+        try:
+            return pa.table({str(name): values for name, values in data.items()})
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as error:
+            raise InputError(f"{what}: cannot be read as columns ({error})") from None
     raise InputError(
-        f"{what} must be a pandas or Polars DataFrame, an Arrow table, a Parquet or CSV path "
-        f"or SQL text, not {type(data).__name__}"
+        f"{what} must be a pandas or Polars DataFrame, an Arrow table, a dict of columns, a "
+        f"Parquet or CSV path or SQL text, not {type(data).__name__}"
     )
 
 
