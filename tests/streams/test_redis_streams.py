@@ -47,6 +47,23 @@ def drain(store: FeatureStore, consumer: str = "w1", batch_size: int = 50) -> St
     return worker
 
 
+def test_a_worker_behind_reports_its_lag_in_messages_and_seconds(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    import time
+
+    store = stream_repo(tmp_path, redis_url, "sqlite:///.almanac/online.db")
+    client = redis.Redis.from_url(redis_url)
+    send(client, [event(i, i % 3, minutes_ago=1, amount=1.0) for i in range(100)])
+    time.sleep(0.3)
+    worker = StreamWorker(store, "txns", open_reader(store, "txns", "g", "w1"), 10, 0.05)
+    worker.step()
+    status = worker.status()
+    assert (status["lag"], status["written"]) == (90, 10)
+    assert 0.3 <= status["lag_seconds"] < 30  # the newest message read is that old
+    while worker.step().messages:
+        pass
+    assert (worker.status()["lag"], worker.status()["lag_seconds"]) == (0, 0.0)
+
+
 @pytest.mark.parametrize("fmt", ["fields", "json"])
 def test_events_are_served_and_trained_on(tmp_path: Path, redis_url: str, online_url: str, fmt: str) -> None:  # fmt: skip
     store = stream_repo(tmp_path, redis_url, online_url, fmt)
@@ -234,7 +251,7 @@ def test_the_worker_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, 
     port = free_port()
     worker = subprocess.Popen(
         [sys.executable, "-c", "from almanac.cli import main; main()", "--repo", str(store.repo_path),
-         "stream", "--quiet", "--batch-seconds", "0.1", "--metrics-port", str(port)],
+         "stream", "--quiet", "--batch-seconds", "0.1", "--metrics-port", str(port), "--consumer", "w1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -256,6 +273,20 @@ def test_the_worker_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, 
         out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     assert "200" in out  # the final table
+    # The feature server shows every worker's figures, as they last published them.
+    from fastapi.testclient import TestClient
+
+    from almanac.serving.app import create_app
+
+    with TestClient(create_app(FeatureStore(store.repo_path))) as server:
+        text = server.get("/metrics").text
+    labels = 'consumer="w1",source="txns"'
+    assert f'almanac_stream_events_total{{{labels[:-13]}outcome="written",source="txns"}} 200.0' in text, text[-3000:]  # fmt: skip
+    assert f'almanac_stream_events_total{{{labels[:-13]}outcome="dead",source="txns"}} 1.0' in text
+    assert f"almanac_stream_lag_events{{{labels}}} 0.0" in text
+    assert f"almanac_stream_lag_seconds{{{labels}}} 0.0" in text
+    assert f"almanac_stream_status_age_seconds{{{labels}}}" in text
+    assert f"almanac_stream_last_latency_seconds{{{labels}}}" in text, text[text.index("almanac_stream"):]
 
 
 def test_an_online_store_that_stops_answering_pauses_the_worker_and_loses_nothing(tmp_path: Path, redis_url: str) -> None:  # fmt: skip

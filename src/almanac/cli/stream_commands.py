@@ -101,6 +101,10 @@ def stream(
             target=_compact_periodically, args=(store, names, every, stop),
             name="almanac-stream-compaction", daemon=True,
         ).start()  # fmt: skip
+    threading.Thread(
+        target=_publish_periodically, args=(store, workers, consumer, stop),
+        name="almanac-stream-status", daemon=True,
+    ).start()  # fmt: skip
     for thread in threads:
         thread.start()
     try:
@@ -119,10 +123,28 @@ def stream(
         for thread in threads:
             thread.join()
         final = _table(workers, latest)
+        _publish(store, workers, consumer)
         for worker in workers:
             worker.reader.close()
         store.close()
     console.print(final)
+
+
+STATUS_EVERY = 5.0  # seconds between two status publications
+
+
+def _publish(store: FeatureStore, workers: list[StreamWorker], consumer: str) -> None:
+    """Each worker's status, for the feature server's `/metrics` (`almanac.registry.state`)."""
+    try:
+        for worker in workers:
+            store.registry.state.put_status("stream", f"{worker.name}/{consumer}", worker.status())
+    except Exception:  # the registry unreachable a moment: the next publication catches up
+        log.warning("could not publish the stream workers' status", exc_info=True)
+
+
+def _publish_periodically(store: FeatureStore, workers: list[StreamWorker], consumer: str, stop: threading.Event) -> None:  # fmt: skip
+    while not stop.wait(STATUS_EVERY):
+        _publish(store, workers, consumer)
 
 
 def _compact_periodically(store: FeatureStore, sources: list[str], every: float, stop: threading.Event) -> None:  # fmt: skip

@@ -109,6 +109,9 @@ class StreamWorker:
         self._logged: dict[str, int] | None = None  # partition → largest offset in the log
         self._in_flight: list[Message] = []  # the batch being written
         self._assignments = -1  # the reader's count when the log's offsets were read
+        self.newest_ms: int | None = None  # the broker's time of the newest message read
+        self.latency_seconds: float | None = None  # of the last batch that wrote events
+        self.lag: int | None = None
 
     # ---- one batch ------------------------------------------------------------------------
 
@@ -118,6 +121,9 @@ class StreamWorker:
         result = BatchResult(len(messages))
         self._in_flight = messages
         if messages:
+            times = [m.timestamp_ms for m in messages if m.timestamp_ms is not None]
+            if times:
+                self.newest_ms = max(times)
             rows, dead = self._decode(messages)
             fresh = self._unlogged(rows)
             result.replayed = len(rows) - len(fresh)
@@ -133,11 +139,29 @@ class StreamWorker:
             known = [t for t in stamps if t is not None]
             if known:
                 result.latency_seconds = max(0.0, time.time() - max(known) / 1000)
+                self.latency_seconds = result.latency_seconds
         behind = self.reader.lag()
-        result.lag = sum(behind.values()) if behind else None
+        result.lag = self.lag = sum(behind.values()) if behind else None
         result.seconds = time.perf_counter() - started
         self.totals.add(result)
         return result
+
+    def status(self) -> dict[str, Any]:
+        """What the worker publishes for the feature server's `/metrics`: its totals,
+        the lag in messages and in seconds (from the newest message read to now, when
+        anything is left to read) and the last event-to-online latency."""
+        t = self.totals
+        lag_seconds = None
+        if self.lag == 0:
+            lag_seconds = 0.0
+        elif self.lag is not None and self.newest_ms is not None:
+            lag_seconds = max(0.0, time.time() - self.newest_ms / 1000)
+        return {
+            "source": self.name, "messages": t.messages, "written": t.written,
+            "replayed": t.replayed, "dead": t.dead, "batches": t.batches,
+            "uptime_seconds": time.monotonic() - t.started, "lag": self.lag,
+            "lag_seconds": lag_seconds, "latency_seconds": self.latency_seconds,
+        }  # fmt: skip
 
     def run(
         self,

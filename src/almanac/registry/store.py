@@ -25,6 +25,7 @@ from typing import Any
 from almanac.errors import ConcurrentApplyError, ConfigError, StoreUnavailableError
 from almanac.registry.catalog import Catalog
 from almanac.registry.diff import Plan
+from almanac.registry.state import OperationalState
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS almanac_registry (
@@ -63,8 +64,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-class SqlRegistry(ABC):
-    """The registry of one project in a SQL database."""
+class SqlRegistry(OperationalState, ABC):
+    """The registry of one project in a SQL database (and its operational state:
+    `almanac.registry.state`)."""
 
     placeholder = "?"
 
@@ -303,6 +305,12 @@ class SqliteRegistry(SqlRegistry):
         ).fetchone()
         return found is not None
 
+    def _table_exists(self, table: str) -> bool:
+        found = self._execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return found is not None
+
     def _begin_write(self) -> None:
         # IMMEDIATE takes the write lock now, so the version check and the writes that
         # follow cannot interleave with another process's apply.
@@ -334,6 +342,9 @@ class PostgresRegistry(SqlRegistry):
         self._conn = self._conn or self._connect()
         row = self._execute("SELECT to_regclass('almanac_registry') IS NOT NULL").fetchone()
         return bool(row[0])
+
+    def _table_exists(self, table: str) -> bool:
+        return bool(self._execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()[0])
 
     def _lock_registry_row(self) -> None:
         self._execute(
@@ -401,6 +412,11 @@ class CachedRegistry:
 
     def history(self, name: str, kind: str | None = None) -> list[VersionRecord]:
         return self.backend.history(name, kind)
+
+    @property
+    def state(self) -> OperationalState:
+        """Leases, run history and published status (`almanac.registry.state`)."""
+        return self.backend
 
     def close(self) -> None:
         self.backend.close()

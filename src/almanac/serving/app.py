@@ -121,6 +121,7 @@ def create_app(
         keys = store.config.server.api_keys
         auth = ApiKeyAuth(keys) if keys else None
     state = ServingState(store, auth, Metrics())  # type: ignore[arg-type]
+    state.metrics.watch_streams(lambda: store.registry.state.status("stream"))
     api = _fastapi(state, owned)
     return FeatureServer(api, state, fast_path)
 

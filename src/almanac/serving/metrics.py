@@ -10,6 +10,8 @@ per call, a measurable share of a 200 µs request.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import (
@@ -72,6 +74,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._store_children: dict[str, Histogram] = {}
         self._entity_children: dict[str, Histogram] = {}
+        self._streams: StreamStatusCollector | None = None
 
     def observe_expectation(self, result: dict[str, Any]) -> None:
         """Count one recorded expectation result (`almanac.quality.results`)."""
@@ -107,11 +110,86 @@ class Metrics:
             child = self._entity_children[endpoint] = self.entities.labels(endpoint)
         child.observe(count)
 
+    def watch_streams(self, read: Callable[[], dict[str, tuple[datetime, dict[str, Any]]]]) -> None:  # fmt: skip
+        """Show the stream workers' figures as they last published them."""
+        self._streams = StreamStatusCollector(read)
+        self.registry.register(self._streams)
+
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            if self._streams is not None:  # read at scrape time: no worker files to merge
+                registry.register(self._streams)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class StreamStatusCollector:
+    """The `almanac stream` workers' figures, read from the registry at scrape time: each
+    worker publishes its status every few seconds (`almanac.registry.state`), wherever it
+    runs, so the server shows every worker of the project. A worker that stopped
+    publishing shows its status's age growing (alert on it)."""
+
+    KEEP = 24 * 3600.0  # statuses older than this (a worker long gone) are not shown
+
+    def __init__(self, read: Callable[[], dict[str, tuple[datetime, dict[str, Any]]]]) -> None:
+        self.read = read
+
+    def describe(self) -> list[Any]:
+        return []  # collected at scrape time only (never at registration)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["source", "consumer"]
+        families = {
+            "lag": GaugeMetricFamily(
+                "almanac_stream_lag_events", "Messages the worker has not read yet.", labels=labels
+            ),  # fmt: skip
+            "lag_seconds": GaugeMetricFamily(
+                "almanac_stream_lag_seconds",
+                "From the newest message read to now, while messages are left to read (0 when caught up).",
+                labels=labels,
+            ),  # fmt: skip
+            "latency_seconds": GaugeMetricFamily(
+                "almanac_stream_last_latency_seconds",
+                "The last batch's time from the broker's append to servable online.",
+                labels=labels,
+            ),  # fmt: skip
+            "rate": GaugeMetricFamily(
+                "almanac_stream_events_per_second",
+                "Events written per second since the worker started.",
+                labels=labels,
+            ),  # fmt: skip
+            "age": GaugeMetricFamily(
+                "almanac_stream_status_age_seconds",
+                "Seconds since the worker last published its status.",
+                labels=labels,
+            ),  # fmt: skip
+        }
+        events = CounterMetricFamily("almanac_stream_events", "Events read by the worker, by outcome (written, replayed, dead: dead letters).", labels=[*labels, "outcome"])  # fmt: skip
+        try:
+            found = self.read()
+        except Exception:  # the registry unreachable: no stream figures in this scrape
+            found = {}
+        now = datetime.now(UTC)
+        for key, (at, status) in sorted(found.items()):
+            age = (now - at).total_seconds()
+            if age > self.KEEP:
+                continue
+            source, _, consumer = key.partition("/")
+            values = [source, consumer]
+            families["age"].add_metric(values, age)
+            for name in ("lag", "lag_seconds", "latency_seconds"):
+                if status.get(name) is not None:
+                    families[name].add_metric(values, float(status[name]))
+            uptime = status.get("uptime_seconds") or 0
+            if uptime > 0:
+                families["rate"].add_metric(values, status.get("written", 0) / uptime)
+            for outcome in ("written", "replayed", "dead"):
+                events.add_metric([*values, outcome], float(status.get(outcome, 0)))
+        yield from families.values()
+        yield events
