@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from almanac.registry.store import SqlRegistry, SqliteRegistry
+from almanac.registry.store import SqliteRegistry, SqlRegistry
 
 
 def test_a_lease_has_one_holder_until_it_expires_or_is_released(open_backend: Callable[..., SqlRegistry]) -> None:  # fmt: skip

@@ -286,7 +286,9 @@ def test_the_worker_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, 
     assert f"almanac_stream_lag_events{{{labels}}} 0.0" in text
     assert f"almanac_stream_lag_seconds{{{labels}}} 0.0" in text
     assert f"almanac_stream_status_age_seconds{{{labels}}}" in text
-    assert f"almanac_stream_last_latency_seconds{{{labels}}}" in text, text[text.index("almanac_stream"):]
+    assert f"almanac_stream_last_latency_seconds{{{labels}}}" in text, text[
+        text.index("almanac_stream") :
+    ]
 
 
 def test_an_online_store_that_stops_answering_pauses_the_worker_and_loses_nothing(tmp_path: Path, redis_url: str) -> None:  # fmt: skip

@@ -118,10 +118,10 @@ class SqlRegistry(OperationalState, ABC):
     def _begin_write(self) -> None:
         self._execute("BEGIN")
 
-    def _lock_registry_row(self) -> None:  # noqa: B027 - a no-op unless overridden
+    def _lock_registry_row(self) -> None:
         """Serialize applies of this project (the SQLite backend locks at BEGIN)."""
 
-    def _lock_schema(self) -> None:  # noqa: B027 - a no-op unless overridden
+    def _lock_schema(self) -> None:
         """Serialize creating the tables (the SQLite backend locks at BEGIN)."""
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -206,7 +206,7 @@ class SqlRegistry(OperationalState, ABC):
         self._end_read()
         return rows
 
-    def _end_read(self) -> None:  # noqa: B027 - a no-op unless overridden
+    def _end_read(self) -> None:
         """PostgreSQL opens a transaction for every read; close it."""
 
     # ---- apply ----------------------------------------------------------------------------

@@ -41,36 +41,53 @@ class Metrics:
             registry=r,
         )
         self.latency = Histogram(
-            "almanac_http_request_duration_seconds", "Time to answer a request, by endpoint.",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "almanac_http_request_duration_seconds",
+            "Time to answer a request, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter(
-            "almanac_http_errors", "Requests answered with an error, by error type.",
-            ["endpoint", "error"], registry=r,
-        )  # fmt: skip
+            "almanac_http_errors",
+            "Requests answered with an error, by error type.",
+            ["endpoint", "error"],
+            registry=r,
+        )
         self.store_latency = Histogram(
-            "almanac_online_store_read_duration_seconds", "Online store reads (one round trip each).",
-            ["backend"], buckets=STORE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "almanac_online_store_read_duration_seconds",
+            "Online store reads (one round trip each).",
+            ["backend"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
         self.entities = Histogram(
-            "almanac_entities_per_request", "Entity rows per request.",
-            ["endpoint"], buckets=ENTITY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "almanac_entities_per_request",
+            "Entity rows per request.",
+            ["endpoint"],
+            buckets=ENTITY_BUCKETS,
+            registry=r,
+        )
         self.registry_version = Gauge(
-            "almanac_registry_version", "Version of the catalog being served.",
-            registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+            "almanac_registry_version",
+            "Version of the catalog being served.",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.registry_refresh_errors = Counter(
             "almanac_registry_refresh_errors", "Failed background registry refreshes.", registry=r
         )
         self.expectation_checks = Counter(
-            "almanac_expectation_checks", "Expectations checked on a batch (push, write, materialize, validate), by result.",
-            ["view", "expectation", "result"], registry=r,
-        )  # fmt: skip
+            "almanac_expectation_checks",
+            "Expectations checked on a batch (push, write, materialize, validate), by result.",
+            ["view", "expectation", "result"],
+            registry=r,
+        )
         self.expectation_failed_rows = Counter(
-            "almanac_expectation_failed_rows", "Rows that broke an expectation (for row_count: the batch's).",
-            ["view", "expectation"], registry=r,
-        )  # fmt: skip
+            "almanac_expectation_failed_rows",
+            "Rows that broke an expectation (for row_count: the batch's).",
+            ["view", "expectation"],
+            registry=r,
+        )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._store_children: dict[str, Histogram] = {}
         self._entity_children: dict[str, Histogram] = {}
@@ -79,7 +96,9 @@ class Metrics:
     def observe_expectation(self, result: dict[str, Any]) -> None:
         """Count one recorded expectation result (`almanac.quality.results`)."""
         view, label = result["view"], result["expectation"]
-        self.expectation_checks.labels(view, label, "passed" if result["passed"] else "failed").inc()  # fmt: skip
+        self.expectation_checks.labels(
+            view, label, "passed" if result["passed"] else "failed"
+        ).inc()
         if not result["passed"]:
             self.expectation_failed_rows.labels(view, label).inc(result["observed"])
 
@@ -110,7 +129,7 @@ class Metrics:
             child = self._entity_children[endpoint] = self.entities.labels(endpoint)
         child.observe(count)
 
-    def watch_streams(self, read: Callable[[], dict[str, tuple[datetime, dict[str, Any]]]]) -> None:  # fmt: skip
+    def watch_streams(self, read: Callable[[], dict[str, tuple[datetime, dict[str, Any]]]]) -> None:
         """Show the stream workers' figures as they last published them."""
         self._streams = StreamStatusCollector(read)
         self.registry.register(self._streams)
@@ -148,29 +167,33 @@ class StreamStatusCollector:
         families = {
             "lag": GaugeMetricFamily(
                 "almanac_stream_lag_events", "Messages the worker has not read yet.", labels=labels
-            ),  # fmt: skip
+            ),
             "lag_seconds": GaugeMetricFamily(
                 "almanac_stream_lag_seconds",
                 "From the newest message read to now, while messages are left to read (0 when caught up).",
                 labels=labels,
-            ),  # fmt: skip
+            ),
             "latency_seconds": GaugeMetricFamily(
                 "almanac_stream_last_latency_seconds",
                 "The last batch's time from the broker's append to servable online.",
                 labels=labels,
-            ),  # fmt: skip
+            ),
             "rate": GaugeMetricFamily(
                 "almanac_stream_events_per_second",
                 "Events written per second since the worker started.",
                 labels=labels,
-            ),  # fmt: skip
+            ),
             "age": GaugeMetricFamily(
                 "almanac_stream_status_age_seconds",
                 "Seconds since the worker last published its status.",
                 labels=labels,
-            ),  # fmt: skip
+            ),
         }
-        events = CounterMetricFamily("almanac_stream_events", "Events read by the worker, by outcome (written, replayed, dead: dead letters).", labels=[*labels, "outcome"])  # fmt: skip
+        events = CounterMetricFamily(
+            "almanac_stream_events",
+            "Events read by the worker, by outcome (written, replayed, dead: dead letters).",
+            labels=[*labels, "outcome"],
+        )
         try:
             found = self.read()
         except Exception:  # the registry unreachable: no stream figures in this scrape
