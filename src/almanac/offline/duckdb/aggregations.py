@@ -290,8 +290,11 @@ def _tile_states(item: Input) -> list[str]:
         distinct = a
         if item.dtype == "bytes" or (item.dtype is None and item.raw_type.startswith("BLOB")):
             distinct = f"to_base64({a})"  # JSON has no bytes
-        # list_distinct after list: cheaper than a DISTINCT aggregate (no hash set per tile)
-        out.append(f"list_distinct(list({distinct})) AS {a}_d")
+        # list_distinct after list: cheaper than a DISTINCT aggregate (no hash set per
+        # tile); as JSON text already, which the blob embeds as it is: a list of texts is
+        # cheaper to aggregate per entity than a list of lists (measured 3.6 s -> 3.0 s
+        # for 100k entities, 3.3M tiles).
+        out.append(f"CAST(to_json(list_distinct(list({distinct}))) AS JSON) AS {a}_d")
     return out
 
 
