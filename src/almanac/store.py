@@ -21,6 +21,7 @@ from almanac.errors import ConcurrentApplyError, InputError, NotFoundError, reda
 from almanac.registry.catalog import KINDS, Catalog
 
 if TYPE_CHECKING:
+    from almanac.materialize.history import RunRecord
     from almanac.materialize.jobs import MaterializeResult
     from almanac.offline.compaction import Compaction
     from almanac.online.context import Context
@@ -384,7 +385,6 @@ class FeatureStore:
         push source) into one per run, in order: training sets are unchanged, and read
         fewer files. Files younger than `min_age` wait; replaced files are deleted by a
         compaction `grace` later (a query may still be reading them)."""
-        from almanac.definitions import parse_duration
         from almanac.offline.compaction import compact
 
         catalog = self.catalog
@@ -401,7 +401,7 @@ class FeatureStore:
                     f"source '{name}' is a {type(source).__name__}; only push and stream "
                     "sources' offline logs are Almanac's to compact"
                 )
-            results.append(compact(self.config, source, min_age=parse_duration(min_age), grace=parse_duration(grace)))  # fmt: skip
+            results.append(compact(self.config, source, min_age=_duration(min_age, "min_age"), grace=_duration(grace, "grace")))  # fmt: skip
         return results
 
     # ---- materialization -----------------------------------------------------------------
@@ -414,19 +414,46 @@ class FeatureStore:
         **options: Any,
     ) -> MaterializeResult:
         from almanac.materialize.jobs import materialize
+        from almanac.materialize.scheduler import recorder
         from almanac.repo import guard_writes
 
         guard_writes("materialize")
+        options.setdefault("on_run", recorder(self.registry.state, "manual"))
         return materialize(self, start, end, views, **options)
 
     def materialize_incremental(
         self, end: datetime | str, views: Sequence[str] | None = None, **options: Any
     ) -> MaterializeResult:
         from almanac.materialize.jobs import materialize_incremental
+        from almanac.materialize.late import LateRows
+        from almanac.materialize.scheduler import recorder
         from almanac.repo import guard_writes
 
         guard_writes("materialize_incremental")
+        options.setdefault("on_run", recorder(self.registry.state, "manual"))
+        options.setdefault("late", LateRows(self.config, self.catalog, self.registry.state))
         return materialize_incremental(self, end, views, **options)
+
+    def runs(
+        self, view: str | None = None, *, since: datetime | str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """The materialization history, newest first: every run, manual or scheduled."""
+        from almanac.materialize.history import runs
+        from almanac.semantics.times import to_utc
+
+        if view is not None:
+            self.catalog.view(view)  # unknown names are an error, with suggestions
+        moment = None if since is None else to_utc(since, "since")
+        return runs(self.registry.state, view, moment, limit)
+
+    def run_due(self, views: Sequence[str] | None = None) -> list[RunRecord]:
+        """Materialize, once, every view whose `materialize_every` says it is due (for
+        cron and Airflow; `almanac schedule` runs this in a loop)."""
+        from almanac.materialize.scheduler import run_due
+        from almanac.repo import guard_writes
+
+        guard_writes("run_due")
+        return run_due(self, self.registry.state, views)
 
     def close(self) -> None:
         for name in ("_serving_log", "online", "offline", "registry"):
@@ -439,3 +466,12 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _duration(value: timedelta | str, name: str) -> timedelta:
+    from almanac.definitions import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise InputError(f"{name}: {error}") from None

@@ -90,3 +90,15 @@ def test_a_source_change_clears_the_views_that_read_it(feature_repo) -> None:
     store.apply(plan)
     assert _status(store) == FeatureStatus.NOT_FOUND
     assert store.online.watermarks(store.project).get("user_stats") is None
+
+
+def test_a_field_a_later_version_adds_unset_keeps_every_fingerprint() -> None:
+    """Upgrading Almanac must not clear online stores: a spec gaining a field that is
+    unset by default (None, [], {}) has the same values fingerprint; a set one differs."""
+    from almanac.registry.diff import _view_layout
+
+    spec = {"name": "v", "source": "s", "schema": [{"name": "f", "dtype": "int64"}], "ttl": "1d"}
+    grown = {**spec, "new_option": None, "new_list": [], "new_map": {}, "schema": [{**spec["schema"][0], "new": None}]}  # type: ignore[dict-item]  # fmt: skip
+    assert _view_layout(grown) == _view_layout(spec)
+    assert _view_layout({**spec, "new_option": "set"}) != _view_layout(spec)
+    assert _view_layout({**spec, "online": False}) != _view_layout(spec)

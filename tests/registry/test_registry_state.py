@@ -33,12 +33,25 @@ def test_runs_newest_first_filtered_and_limited(open_backend: Callable[..., SqlR
     registry = open_backend()
     base = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(5):
-        registry.record_run("materialize", f"v{i % 2}", base + timedelta(minutes=i), {"i": i})
+        registry.record_run(
+            "materialize",
+            f"v{i % 2}",
+            base + timedelta(minutes=i),
+            "success" if i else "failed",
+            {"i": i},
+        )
     assert [r["i"] for r in registry.runs("materialize")] == [4, 3, 2, 1, 0]
     assert [r["i"] for r in registry.runs("materialize", subject="v1")] == [3, 1]
     assert [r["i"] for r in registry.runs("materialize", since=base + timedelta(minutes=3))] == [4, 3]  # fmt: skip
     assert [r["i"] for r in registry.runs("materialize", limit=2)] == [4, 3]
     assert open_backend("other").runs("materialize") == []
+    summary = {(s, o): (n, at) for s, o, n, at in registry.run_summary("materialize")}
+    assert summary == {
+        ("v0", "failed"): (1, base), ("v0", "success"): (2, base + timedelta(minutes=4)),
+        ("v1", "success"): (2, base + timedelta(minutes=3)),
+    }  # fmt: skip
+    registry.prune_runs("materialize", base + timedelta(minutes=2))
+    assert [r["i"] for r in registry.runs("materialize")] == [4, 3, 2]
 
 
 def test_status_is_the_latest_value_per_key(open_backend: Callable[..., SqlRegistry]) -> None:
@@ -66,5 +79,5 @@ def test_a_registry_made_before_the_state_tables_gets_them(tmp_path) -> None:  #
     old.close()
     registry = SqliteRegistry(path, "shop")
     assert registry.runs("materialize") == []
-    registry.record_run("materialize", "v", datetime.now(UTC), {"ok": True})
+    registry.record_run("materialize", "v", datetime.now(UTC), "success", {"ok": True})
     assert registry.runs("materialize") == [{"ok": True}]

@@ -7,11 +7,13 @@ print one line and exit 2; `--debug` shows the full traceback.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from almanac.errors import InputError
 from almanac.store import FeatureStore
 
 app = typer.Typer(
@@ -35,3 +37,13 @@ state = _State()
 
 def open_store() -> FeatureStore:
     return FeatureStore(state.repo)
+
+
+def duration(text: str, option: str) -> timedelta:
+    """A duration option's value ('90s', '10m', '1h30m'), or a clean error naming it."""
+    from almanac.definitions import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise InputError(f"{option}: {error}") from None

@@ -16,8 +16,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from almanac.cli.app import app, console, open_store
-from almanac.definitions import parse_duration
+from almanac.cli.app import app, console, duration, open_store
 from almanac.ingest.stream import BatchResult, StreamWorker, open_reader, stream_sources
 from almanac.store import FeatureStore
 
@@ -95,7 +94,7 @@ def stream(
         )
         for worker in workers
     ]  # fmt: skip
-    every = parse_duration(compact_every).total_seconds()
+    every = duration(compact_every, "--compact-every").total_seconds()
     if every > 0:  # stops with the workers (`stop`); not waited for
         threading.Thread(
             target=_compact_periodically, args=(store, names, every, stop),

@@ -50,12 +50,14 @@ PUSH_GRACE = timedelta(seconds=30)
 
 if TYPE_CHECKING:
     from almanac.definitions import FeatureView
+    from almanac.materialize.late import LateRows
     from almanac.ports.handles import StoreHandle
     from almanac.ports.online import OnlineStore
     from almanac.registry.catalog import Catalog
 
 
 ProgressCallback = Callable[[str, int], None]
+RunCallback = Callable[["ViewRun"], None]  # called once per view run, failed ones too
 
 
 @dataclass
@@ -67,6 +69,17 @@ class ViewRun:
     seconds: float = 0.0
     skipped: str = ""
     refused: str = ""  # the view's expectations refused the rows (on_violation="reject")
+    error: str = ""  # the run failed (the exception is raised after it is reported)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def outcome(self) -> str:
+        """success | skipped | refused | failed (`almanac.materialize.history`)."""
+        if self.error:
+            return "failed"
+        if self.refused:
+            return "refused"
+        return "skipped" if self.skipped and not self.rows else "success"
 
     @property
     def rows_per_second(self) -> float:
@@ -242,6 +255,7 @@ def materialize(
     end: datetime | str,
     views: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    on_run: RunCallback | None = None,
 ) -> MaterializeResult:
     """Write the latest value per entity with event time in `[start, end]` to the online
     store, for the named views (default: every view with `online=True`)."""
@@ -252,8 +266,27 @@ def materialize(
     _check_end(end)
     result = MaterializeResult()
     for view in _views(store, views):
-        result.runs.append(_run_view(store, view, start, end, progress))
+        result.runs.append(_reported(store, view, start, end, progress, on_run))
     return result
+
+
+def _reported(
+    store: StoreHandle, view: FeatureView, start: datetime | None, end: datetime,
+    progress: ProgressCallback | None, on_run: RunCallback | None,
+) -> ViewRun:  # fmt: skip
+    """`_run_view`, with its run (or its failure) handed to `on_run`."""
+    started = time.perf_counter()
+    try:
+        run = _run_view(store, view, start, end, progress)
+    except Exception as error:
+        if on_run is not None:
+            failed = ViewRun(view.name, start, end, seconds=time.perf_counter() - started)
+            failed.error = str(error) or type(error).__name__
+            on_run(failed)
+        raise
+    if on_run is not None:
+        on_run(run)
+    return run
 
 
 def materialize_incremental(
@@ -261,8 +294,12 @@ def materialize_incremental(
     end: datetime | str,
     views: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    on_run: RunCallback | None = None,
+    late: LateRows | None = None,
 ) -> MaterializeResult:
-    """Materialize each view from its watermark (from its first row, the first time) to `end`."""
+    """Materialize each view from its watermark (from its first row, the first time) to
+    `end` — from earlier when `late` finds rows that arrived since the last run with
+    event times before the watermark."""
     end = to_utc(end, "end")
     _check_end(end)
     result = MaterializeResult()
@@ -272,10 +309,19 @@ def materialize_incremental(
         # A watermark of another definition does not count: start from the first row.
         current = mark is not None and mark.layout == values_fingerprint(store.catalog, view.name)
         start = mark.time if current and mark is not None else None
+        arrived = late.since_last_run(view) if late is not None else None
+        if start is not None and arrived is not None:
+            if arrived.unknown:  # a new file whose times its footer does not give
+                start = None
+            elif arrived.earliest is not None and arrived.earliest < start:
+                start = arrived.earliest
         if start is not None and start >= end:
-            result.runs.append(
-                ViewRun(view.name, start, end, skipped="already materialized to end")
-            )
-            continue
-        result.runs.append(_run_view(store, view, start, end, progress))
+            run = ViewRun(view.name, start, end, skipped="already materialized to end")
+            if on_run is not None:
+                on_run(run)
+            result.runs.append(run)
+        else:
+            result.runs.append(_reported(store, view, start, end, progress, on_run))
+        if late is not None and arrived is not None:
+            late.seen(view, arrived)  # only now: a failed run raised before this
     return result

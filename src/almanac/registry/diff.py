@@ -96,12 +96,14 @@ _ADMISSION = ("expectations", "on_violation", "extra_columns")
 
 
 def _values_layout(spec: Any) -> Any:
-    """A spec without its documentation, at any depth."""
+    """A spec without its documentation, at any depth, and without settings left unset
+    (None, [], {}): a field a later version of Almanac adds, unset by default, leaves
+    every view's fingerprint as it was, so an upgrade never clears an online store."""
     if isinstance(spec, dict):
         return {
             k: _values_layout(v)
             for k, v in spec.items()
-            if k not in _DOCUMENTATION and k not in _ADMISSION
+            if k not in _DOCUMENTATION and k not in _ADMISSION and v not in (None, [], {})
         }
     if isinstance(spec, list):
         return [_values_layout(item) for item in spec]

@@ -28,7 +28,7 @@ STATE_SCHEMA = [
         expires_at TEXT NOT NULL, PRIMARY KEY (project, name))""",
     """CREATE TABLE IF NOT EXISTS almanac_runs (
         project TEXT NOT NULL, kind TEXT NOT NULL, started_at TEXT NOT NULL,
-        subject TEXT NOT NULL, record TEXT NOT NULL)""",
+        subject TEXT NOT NULL, outcome TEXT NOT NULL, record TEXT NOT NULL)""",
     """CREATE INDEX IF NOT EXISTS almanac_runs_by_time
         ON almanac_runs (project, kind, started_at)""",
     """CREATE TABLE IF NOT EXISTS almanac_status (
@@ -119,10 +119,29 @@ class OperationalState(ABC):
 
     # ---- runs -------------------------------------------------------------------------------
 
-    def record_run(self, kind: str, subject: str, started_at: datetime, record: dict[str, Any]) -> None:  # fmt: skip
+    def record_run(self, kind: str, subject: str, started_at: datetime, outcome: str, record: dict[str, Any]) -> None:  # fmt: skip
         self._write([
-            ("INSERT INTO almanac_runs (project, kind, started_at, subject, record) VALUES (?, ?, ?, ?, ?)",
-             (self.project, kind, _iso(started_at), subject, json.dumps(record, default=str))),
+            ("INSERT INTO almanac_runs (project, kind, started_at, subject, outcome, record) "
+             "VALUES (?, ?, ?, ?, ?, ?)",
+             (self.project, kind, _iso(started_at), subject, outcome, json.dumps(record, default=str))),
+        ])  # fmt: skip
+
+    def run_summary(self, kind: str) -> list[tuple[str, str, int, datetime]]:
+        """Per subject and outcome: how many runs, and when the latest started."""
+        with self._lock:
+            if not self._open(create=False) or not self._has("almanac_runs"):
+                return []
+            rows = self._read_all(
+                "SELECT subject, outcome, COUNT(*), MAX(started_at) FROM almanac_runs "
+                "WHERE project = ? AND kind = ? GROUP BY subject, outcome",
+                (self.project, kind),
+            )
+        return [(s, o, int(n), datetime.fromisoformat(at)) for s, o, n, at in rows]
+
+    def prune_runs(self, kind: str, before: datetime) -> None:
+        self._write([
+            ("DELETE FROM almanac_runs WHERE project = ? AND kind = ? AND started_at < ?",
+             (self.project, kind, _iso(before))),
         ])  # fmt: skip
 
     def runs(

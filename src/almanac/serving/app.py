@@ -58,6 +58,7 @@ from almanac.serving.errors import (
 )
 from almanac.serving.handlers import ServingState
 from almanac.serving.metrics import Metrics
+from almanac.serving.operations import operations_router
 from almanac.serving.quality import quality_router
 from almanac.serving.schemas import (
     ContextRequest,
@@ -122,6 +123,7 @@ def create_app(
         auth = ApiKeyAuth(keys) if keys else None
     state = ServingState(store, auth, Metrics())  # type: ignore[arg-type]
     state.metrics.watch_streams(lambda: store.registry.state.status("stream"))
+    state.metrics.watch_runs(lambda: store.registry.state.run_summary("materialize"))
     api = _fastapi(state, owned)
     return FeatureServer(api, state, fast_path)
 
@@ -464,6 +466,7 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         return Response(text, media_type=state.metrics.content_type)
 
     api.include_router(quality_router(state))
+    api.include_router(operations_router(state))
     _document(api, state)
     return api
 

@@ -92,6 +92,7 @@ class Metrics:
         self._store_children: dict[str, Histogram] = {}
         self._entity_children: dict[str, Histogram] = {}
         self._streams: StreamStatusCollector | None = None
+        self._runs: RunSummaryCollector | None = None
 
     def observe_expectation(self, result: dict[str, Any]) -> None:
         """Count one recorded expectation result (`almanac.quality.results`)."""
@@ -134,14 +135,20 @@ class Metrics:
         self._streams = StreamStatusCollector(read)
         self.registry.register(self._streams)
 
+    def watch_runs(self, read: Callable[[], list[tuple[str, str, int, datetime]]]) -> None:
+        """Show the materialization history's counts and last success per view."""
+        self._runs = RunSummaryCollector(read)
+        self.registry.register(self._runs)
+
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            if self._streams is not None:  # read at scrape time: no worker files to merge
-                registry.register(self._streams)
+            for collector in (self._streams, self._runs):  # read at scrape time
+                if collector is not None:
+                    registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -216,3 +223,38 @@ class StreamStatusCollector:
                 events.add_metric([*values, outcome], float(status.get(outcome, 0)))
         yield from families.values()
         yield events
+
+
+class RunSummaryCollector:
+    """Materialization runs per view and outcome, and each view's last success, from the
+    run history (`almanac.materialize.history`) at scrape time: manual and scheduled
+    runs, from every process of the project."""
+
+    def __init__(self, read: Callable[[], list[tuple[str, str, int, datetime]]]) -> None:
+        self.read = read
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        runs = CounterMetricFamily(
+            "almanac_materialization_runs", "Materialization runs recorded, by view and outcome.",
+            labels=["view", "outcome"],
+        )  # fmt: skip
+        last = GaugeMetricFamily(
+            "almanac_materialization_last_success_timestamp_seconds",
+            "When the view's last successful materialization started (Unix time).",
+            labels=["view"],
+        )  # fmt: skip
+        try:
+            summary = self.read()
+        except Exception:  # the registry unreachable: no run figures in this scrape
+            summary = []
+        for view, outcome, count, latest in sorted(summary):
+            runs.add_metric([view, outcome], float(count))
+            if outcome == "success":
+                last.add_metric([view], latest.timestamp())
+        yield runs
+        yield last

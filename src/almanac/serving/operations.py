@@ -1,0 +1,47 @@
+"""`GET /runs`: the materialization history (what `almanac runs --json` prints), read from
+the registry in a worker thread, off the event loop that serves online reads."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
+
+from almanac.serving.encode import dumps
+from almanac.serving.handlers import ServingState
+
+
+class RunInfo(BaseModel):
+    view: str
+    started_at: datetime
+    start: datetime | None
+    end: datetime
+    rows: int
+    seconds: float
+    outcome: str  # success | skipped | refused | failed
+    error: str
+    trigger: str  # manual | schedule
+    host: str
+
+
+def operations_router(state: ServingState) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/runs", response_model=list[RunInfo])
+    async def runs(
+        view: str | None = Query(None, description="Only this view's runs."),
+        since: str | None = Query(None, description="Runs started at or after (ISO 8601)."),
+        limit: int = Query(100, ge=1, le=10_000, description="At most this many, newest first."),
+    ) -> Response:
+        """Every materialization, manual or scheduled, newest first: its window, rows,
+        duration, outcome and error."""
+
+        def newest() -> list[dict[str, Any]]:
+            return [r.to_dict() for r in state.store.runs(view, since=since, limit=limit)]
+
+        return Response(dumps(await asyncio.to_thread(newest)), media_type="application/json")
+
+    return router
