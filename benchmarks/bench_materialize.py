@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from almanac.config import load_config
 from almanac.store import FeatureStore
 from datagen import SIZES, make_repo
-from servers import start_redis
+from servers import start_redis, start_redis_cluster
 
 END = datetime(2024, 6, 1, tzinfo=UTC)  # after the generated history
 
@@ -39,13 +39,14 @@ def _materialize(repo: Path, online_url: str) -> tuple[int, float]:
 def run(sizes: list[str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     redis = start_redis()
+    cluster = start_redis_cluster()  # 3 masters + 3 replicas, beside single-node Redis
     try:
         for size in sizes:
             spec = SIZES[size]
             repo = make_repo(size)
             entities = spec.users + spec.merchants
             folder = Path(tempfile.mkdtemp(prefix="almanac-bench-"))
-            backends = {"sqlite": f"sqlite:///{folder / 'online.db'}", "redis": redis.url}
+            backends = {"sqlite": f"sqlite:///{folder / 'online.db'}", "redis": redis.url, "redis_cluster": cluster.url}  # fmt: skip
             for backend, url in backends.items():
                 rows, seconds = _materialize(repo, url)
                 assert rows == entities, (rows, entities)
@@ -58,6 +59,7 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         redis.stop()
+        cluster.stop()
     return records
 
 

@@ -33,7 +33,7 @@ from almanac.online import OnlineStore, open_online_store
 from almanac.online.redis.wire import feature_field, key_encoder, ts_field
 from almanac.online.retrieval import get_online_features
 from almanac.registry.catalog import Catalog
-from servers import start_redis
+from servers import start_redis, start_redis_cluster
 
 ROWS = {"small": 100_000, "medium": 1_000_000, "large": 5_000_000}
 SINGLE_CALLS = {"small": 10_000, "medium": 20_000, "large": 20_000}
@@ -247,9 +247,11 @@ def run(sizes: list[str]) -> list[dict]:
         rows = ROWS[size]
         table = _table(rows)
         server = start_redis()
+        cluster = start_redis_cluster()  # 3 masters + 3 replicas, beside single-node Redis
         try:
             with tempfile.TemporaryDirectory(prefix="almanac-bench-online-") as folder:
-                for backend, url in (("redis", server.url), ("sqlite", "sqlite:///online.db")):
+                stores = (("redis", server.url), ("redis_cluster", cluster.url), ("sqlite", "sqlite:///online.db"))  # fmt: skip
+                for backend, url in stores:
                     found, online = _bench_backend(backend, url, Path(folder), table, size)
                     records += found
                     online.close()
@@ -258,6 +260,7 @@ def run(sizes: list[str]) -> list[dict]:
                 records += _sqlite_floor(Path(folder) / "online.db", rows, size)
         finally:
             server.stop()
+            cluster.stop()
         for record in records:
             record.setdefault("size", size)
     return records

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from servers import PostgresServer, RedisServer, start_postgres, start_redis
+from servers import (
+    PostgresServer,
+    RedisClusterServer,
+    RedisServer,
+    start_postgres,
+    start_redis,
+    start_redis_cluster,
+)
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -45,6 +52,22 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster (3 masters, 3 replicas) for the whole run."""
+    server = start_redis_cluster()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server: RedisClusterServer) -> str:
+    """The cluster, emptied for this test (every master flushed)."""
+    redis_cluster_server.wait_healthy()
+    redis_cluster_server.flushall()
+    return redis_cluster_server.url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

@@ -25,6 +25,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, as Redis Cluster uses) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20_000, 50_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -71,6 +87,87 @@ def start_redis() -> RedisServer:
     return RedisServer(
         port=free_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-"))
     ).start()
+
+
+@dataclass
+class RedisClusterServer:
+    """A real Redis Cluster: `masters` masters and as many replicas, made with
+    `redis-cli --cluster create` (slots spread evenly, one replica per master)."""
+
+    nodes: list[RedisServer]
+    masters: int
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[: self.masters])  # fmt: skip
+
+    def start(self) -> RedisClusterServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+        for node in self.nodes:
+            node.process = subprocess.Popen(
+                [binary, "--port", str(node.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(node.folder), "--daemonize", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(node.folder / "nodes.conf"),
+                 "--cluster-node-timeout", "2000", "--logfile", str(node.folder / "redis.log"),
+                 # Always fail over (its data-age check misjudges on clocks that are adjusted).
+                 "--cluster-replica-validity-factor", "0"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        for node in self.nodes:
+            wait_for_port(node.port)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(len(self.nodes) // self.masters - 1), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+        )  # fmt: skip
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until every live node says the cluster is ok and all slots are served."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                if node.process is None or node.process.poll() is not None:
+                    continue
+                info = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "info"],
+                                      capture_output=True, text=True, check=False).stdout  # fmt: skip
+                states.append("cluster_state:ok" in info and "cluster_slots_ok:16384" in info)
+            if states and all(states):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the Redis Cluster did not become healthy")
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are masters now (after a failover, a former replica)."""
+        out = []
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            role = subprocess.run(["redis-cli", "-p", str(node.port), "role"],
+                                  capture_output=True, text=True, check=False).stdout  # fmt: skip
+            if role.startswith("master"):
+                out.append(node)
+        return out
+
+    def flushall(self) -> None:
+        for node in self.primaries():
+            subprocess.run(["redis-cli", "-p", str(node.port), "flushall"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_redis_cluster(masters: int = 3, replicas_per_master: int = 1) -> RedisClusterServer:
+    nodes = [
+        RedisServer(port=free_cluster_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-cluster-")))
+        for _ in range(masters * (1 + replicas_per_master))
+    ]  # fmt: skip
+    return RedisClusterServer(nodes, masters).start()
 
 
 def _postgres_bin() -> Path:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from almanac.store import FeatureStore
+from online_stores import ONLINE_STORES, online_store_url
 
 FEATURES = textwrap.dedent(
     """
@@ -54,11 +55,9 @@ def write_repo(path: Path, online_url: str) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=ONLINE_STORES)
 def online_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'online.db'}"
-    return request.getfixturevalue("redis_url")
+    return online_store_url(request, f"sqlite:///{tmp_path / 'online.db'}")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Fixtures for the online-store tests: each store test runs on SQLite and on a real Redis."""
+"""Fixtures for the online-store tests: each store test runs on SQLite, a real Redis and a
+real Redis Cluster."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from online_helpers import StoreStub, catalog, make_config
 
 from almanac.config import RepoConfig
 from almanac.online import OnlineStore, open_online_store
+from online_stores import ONLINE_STORES, online_store_url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=ONLINE_STORES)
 def backend_url(request: pytest.FixtureRequest) -> str:
-    """The URL of an empty online store of each kind."""
-    if request.param == "sqlite":
-        return "sqlite:///online.db"  # relative: inside the test's repo folder (tmp_path)
-    return request.getfixturevalue("redis_url")
+    """The URL of an empty online store of each kind (a relative SQLite file: inside
+    the test's repo folder), Redis Cluster included."""
+    return online_store_url(request, "sqlite:///online.db")
 
 
 @pytest.fixture

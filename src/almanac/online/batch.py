@@ -55,6 +55,19 @@ class PreparedBatch:
     num_rows: int
     created_times: pa.Array | None = None  # int64 microseconds, nulls allowed
 
+    def take(self, indices: pa.Array | np.ndarray) -> PreparedBatch:
+        """The rows at `indices`, in that order (a cluster groups rows by slot)."""
+        return PreparedBatch(
+            view=self.view,
+            keys=[KeyColumn(k.name, k.dtype, k.values.take(indices)) for k in self.keys],
+            features=[
+                FeatureColumn(f.name, f.dtype, f.values.take(indices)) for f in self.features
+            ],
+            event_times=self.event_times.take(indices),
+            num_rows=len(indices),
+            created_times=None if self.created_times is None else self.created_times.take(indices),
+        )
+
     def slices(self, size: int) -> Iterator[PreparedBatch]:
         """Zero-copy slices of at most `size` rows (bounds memory of encoded payloads)."""
         for start in range(0, self.num_rows, size):

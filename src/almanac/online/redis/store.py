@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+import numpy as np
 import pyarrow as pa
 import redis
 from redis.backoff import NoBackoff
@@ -51,7 +52,7 @@ from redis.retry import Retry
 
 from almanac.config import RepoConfig
 from almanac.errors import ConfigError, StoreUnavailableError
-from almanac.online.batch import PreparedBatch, prepare_batch
+from almanac.online.batch import KeyColumn, PreparedBatch, prepare_batch
 from almanac.online.codec import (
     Decoder,
     redis_decoder,
@@ -386,11 +387,11 @@ class RedisOnlineStore(OnlineStore):
         decoders = [redis_decoder(f.dtype) for f in batch.features]
         header = [str(len(features)).encode(), ts_field(view), str(self.key_ttl_seconds).encode()]
         header_args = b"".join(bulk(a) for a in [*header, *fields[1:]])
-        written, pending = 0, table
+        written, pending = 0, self._grouped(project, table, join_keys, features, view)
         for _ in range(_MERGE_ROUNDS):
-            keys = entity_keys(project, prepare_batch(view, pending, join_keys, features).keys)
-            keys = keys.to_pylist()
-            replies = self._checked([command(b"HMGET", key, *fields) for key in keys], len(keys))
+            key_array, slots = self._entity_keys(project, prepare_batch(view, pending, join_keys, features).keys)  # fmt: skip
+            keys = key_array.to_pylist()
+            replies = self._each([command(b"HMGET", key, *fields) for key in keys], slots)
             stored = ViewRows(
                 [None if reply[0] is None else int(reply[0]) for reply in replies],
                 [
@@ -402,19 +403,20 @@ class RedisOnlineStore(OnlineStore):
             times = merged.event_times.cast(pa.string()).cast(pa.binary()).to_pylist()
             values = [redis_values(f)[0].to_pylist() for f in merged.features]
             conflicts: list[int] = []
-            for start in range(0, len(keys), ROWS_PER_CALL):
-                rows = range(start, min(start + ROWS_PER_CALL, len(keys)))
+            for start, stop in self._calls(slots, len(keys)):
+                rows = range(start, stop)
                 args = [sha, str(len(rows)).encode(), *(keys[i] for i in rows)]
                 for i in rows:
                     args += [_digest(replies[i]), times[i], *(column[i] for column in values)]
                 call = b"*%d\r\n$7\r\nEVALSHA\r\n" % (1 + len(args) + 3 + len(features))
                 call += b"".join(bulk(a) for a in args[: 2 + len(rows)]) + header_args
                 call += b"".join(bulk(a) for a in args[2 + len(rows) :])
+                where = None if slots is None else slots[start : start + 1]
                 try:
-                    reply = self._checked([call], 1)[0]
+                    reply = self._each([call], where, write=True)[0]
                 except NoScriptError:
                     sha = self._load_script(MERGE_SCRIPT)
-                    reply = self._checked([call.replace(args[0], sha, 1)], 1)[0]
+                    reply = self._each([call.replace(args[0], sha, 1)], where, write=True)[0]
                 conflicts += [start + int(i) for i in reply]
             written += len(keys) - len(conflicts)
             if not conflicts:
@@ -424,6 +426,25 @@ class RedisOnlineStore(OnlineStore):
             f"Redis online store at {self.address}: {pending.num_rows} entities of view "
             f"'{view}' changed under every one of {_MERGE_ROUNDS} merges; try again"
         )
+
+    # ---- where keys live (one node here; `RedisClusterOnlineStore` routes by slot) -------
+
+    def _entity_keys(self, project: str, keys: list[KeyColumn]) -> tuple[pa.Array, np.ndarray | None]:  # fmt: skip
+        """The rows' hash keys, and each one's cluster slot (None: one node)."""
+        return entity_keys(project, keys), None
+
+    def _grouped(self, project: str, table: pa.Table, join_keys: list[str], features: list[str], view: str) -> pa.Table:  # fmt: skip
+        """`table` with rows of one slot together (a script's keys share a slot)."""
+        return table
+
+    def _calls(self, slots: np.ndarray | None, count: int) -> list[tuple[int, int]]:
+        """Row ranges of one script call each: `ROWS_PER_CALL` rows, within one slot."""
+        return [(start, min(start + ROWS_PER_CALL, count)) for start in range(0, count, ROWS_PER_CALL)]  # fmt: skip
+
+    def _each(self, commands: list[bytes], slots: np.ndarray | None, *, write: bool = False) -> list[Any]:  # fmt: skip
+        """Send commands (one key each, of the given slots) and read their replies in
+        order (`write`: they change data; a cluster waits for a replica)."""
+        return self._checked(commands, len(commands))
 
     def _stream_writes(
         self, project: str, batch: PreparedBatch, sha: bytes, header_args: bytes, header_count: int
@@ -539,9 +560,16 @@ class RedisOnlineStore(OnlineStore):
     def _read_payload(
         self, project: str, requests: list[ViewRead]
     ) -> tuple[bytes, int, list[tuple[list[tuple[int, _ReadSpec]], int]]]:
-        """The packed HMGETs of a read, how many replies they give, and how to decode them.
-        Requests for the same entity key (same key names and the same key columns) share
-        one HMGET per row."""
+        """The packed HMGETs of a read, how many replies they give, and how to decode them."""
+        commands, _, layout = self._read_commands(project, requests)
+        return b"".join(commands), len(commands), layout
+
+    def _read_commands(
+        self, project: str, requests: list[ViewRead]
+    ) -> tuple[list[bytes], list[bytes], list[tuple[list[tuple[int, _ReadSpec]], int]]]:
+        """One packed HMGET per entity row, the rows' hash keys, and how to decode the
+        replies. Requests for the same entity key (same key names and the same key
+        columns) share one HMGET per row."""
         groups: dict[tuple[Any, ...], list[tuple[int, _ReadSpec]]] = {}
         first_request: dict[tuple[Any, ...], ViewRead] = {}
         for index, request in enumerate(requests):
@@ -551,6 +579,7 @@ class RedisOnlineStore(OnlineStore):
             groups.setdefault(identity, []).append((index, spec))
             first_request.setdefault(identity, request)
         commands: list[bytes] = []
+        all_keys: list[bytes] = []
         layout = []
         for identity, members in groups.items():
             request = first_request[identity]
@@ -564,8 +593,9 @@ class RedisOnlineStore(OnlineStore):
             head = b"*%d\r\n$5\r\nHMGET\r\n" % (field_count + 2)
             keys = self._encoder(project, request.join_keys)(request.key_columns)
             commands += [b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, fields_bytes) for k in keys]
+            all_keys += keys
             layout.append((members, len(keys)))
-        return b"".join(commands), len(commands), layout
+        return commands, all_keys, layout
 
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         payload, count, layout = self._read_payload(project, requests)

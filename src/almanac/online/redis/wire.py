@@ -103,10 +103,11 @@ class Pieces:
         return pc.binary_join_element_wise(*self.items, b"")
 
 
-def entity_keys(project: str, keys: list[KeyColumn]) -> pa.Array:
-    """The hash key of every row, in bulk (must match `key_encoder` byte for byte)."""
+def entity_keys(project: str, keys: list[KeyColumn], prefix: bytes | None = None) -> pa.Array:
+    """The hash key of every row, in bulk (must match `key_encoder` byte for byte);
+    `prefix` replaces the project's."""
     pieces = Pieces()
-    pieces.add(key_prefix(project))
+    pieces.add(key_prefix(project) if prefix is None else prefix)
     for position, key in enumerate(sorted(keys, key=lambda k: k.name)):
         pieces.add(b"&" if position else b"")
         if key.dtype == "int64":
@@ -121,9 +122,9 @@ def entity_keys(project: str, keys: list[KeyColumn]) -> pa.Array:
     return pieces.join()
 
 
-def key_encoder(project: str, join_keys: Sequence[str]) -> Callable[[list[list[Any]]], list[bytes]]:
+def key_encoder(project: str, join_keys: Sequence[str], prefix: bytes | None = None) -> Callable[[list[list[Any]]], list[bytes]]:  # fmt: skip
     """A function from key columns (in `join_keys` order) to hash keys, per row."""
-    prefix = key_prefix(project)
+    prefix = key_prefix(project) if prefix is None else prefix
     if len(join_keys) == 1:
         as_int = prefix + f"{join_keys[0]}=i".encode()
         as_str = prefix + f"{join_keys[0]}=s".encode()
@@ -169,11 +170,19 @@ def _offsets(values: pa.Array) -> list[int]:
 
 
 def write_payload(
-    project: str, part: PreparedBatch, sha: bytes, header_args: bytes, header_count: int
+    project: str,
+    part: PreparedBatch,
+    sha: bytes,
+    header_args: bytes,
+    header_count: int,
+    keys: pa.Array | None = None,
+    calls: list[tuple[int, int]] | None = None,
 ) -> tuple[list[bytes], int]:
-    """EVALSHA commands for a slice of rows, as a few large byte strings."""
+    """EVALSHA commands for a slice of rows, as a few large byte strings: `ROWS_PER_CALL`
+    rows each, or the row ranges of `calls` (a cluster's: one slot each); `keys` are the
+    rows' hash keys (default: `entity_keys`)."""  # fmt: skip
     key_pieces = Pieces()
-    key_pieces.bulk(entity_keys(project, part.keys))
+    key_pieces.bulk(entity_keys(project, part.keys) if keys is None else keys)
     keys = key_pieces.join()
     row_pieces = Pieces()
     row_pieces.bulk(part.event_times.cast(pa.string()).cast(pa.binary()))
@@ -190,9 +199,10 @@ def write_payload(
     args_per_row = len(part.features) + 2  # event time, created time, values
     pieces: list[bytes] = []
     group: list[Any] = []
-    size = calls = 0
-    for start in range(0, part.num_rows, ROWS_PER_CALL):
-        stop = min(start + ROWS_PER_CALL, part.num_rows)
+    size = sent = 0
+    if calls is None:
+        calls = [(start, min(start + ROWS_PER_CALL, part.num_rows)) for start in range(0, part.num_rows, ROWS_PER_CALL)]  # fmt: skip
+    for start, stop in calls:
         count = stop - start
         arity = 3 + count + header_count + count * args_per_row
         digits = len(str(count))
@@ -203,13 +213,13 @@ def write_payload(
         group.append(header_args)
         group.append(row_data[row_offsets[start] : row_offsets[stop]])
         size += key_offsets[stop] - key_offsets[start] + row_offsets[stop] - row_offsets[start]
-        calls += 1
+        sent += 1
         if size >= _SEND_PIECE:
             pieces.append(b"".join(group))
             group, size = [], 0
     if group:
         pieces.append(b"".join(group))
-    return pieces, calls
+    return pieces, sent
 
 
 # ---- replies ------------------------------------------------------------------------------
