@@ -96,18 +96,29 @@ class RedisClusterServer:
 
     nodes: list[RedisServer]
     masters: int
+    tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[: self.masters])  # fmt: skip
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[: self.masters])
+        if self.tls is None:
+            return f"redis+cluster://{seeds}"
+        return f"rediss+cluster://{seeds}?ssl_ca_certs={self.tls.ca}"
+
+    def _cli(self, *args: str) -> list[str]:
+        tls = [] if self.tls is None else ["--tls", "--cacert", str(self.tls.ca)]
+        return ["redis-cli", *tls, *args]
 
     def start(self) -> RedisClusterServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
         for node in self.nodes:
+            ports = ["--port", str(node.port)] if self.tls is None else [
+                "--port", "0", "--tls-port", str(node.port), "--tls-cluster", "yes",
+                "--tls-replication", "yes", *_tls_args(self.tls)]  # fmt: skip
             node.process = subprocess.Popen(
-                [binary, "--port", str(node.port), "--bind", "127.0.0.1", "--save", "",
+                [binary, *ports, "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(node.folder), "--daemonize", "no",
                  "--cluster-enabled", "yes", "--cluster-config-file", str(node.folder / "nodes.conf"),
                  "--cluster-node-timeout", "2000", "--logfile", str(node.folder / "redis.log"),
@@ -118,7 +129,7 @@ class RedisClusterServer:
         for node in self.nodes:
             wait_for_port(node.port)
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+            [*self._cli("--cluster", "create"), *(f"127.0.0.1:{n.port}" for n in self.nodes),
              "--cluster-replicas", str(len(self.nodes) // self.masters - 1), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
         )  # fmt: skip
@@ -133,7 +144,7 @@ class RedisClusterServer:
             for node in self.nodes:
                 if node.process is None or node.process.poll() is not None:
                     continue
-                info = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "info"],
+                info = subprocess.run(self._cli("-p", str(node.port), "cluster", "info"),
                                       capture_output=True, text=True, check=False).stdout  # fmt: skip
                 states.append("cluster_state:ok" in info and "cluster_slots_ok:16384" in info)
             if states and all(states):
@@ -147,7 +158,7 @@ class RedisClusterServer:
         for node in self.nodes:
             if node.process is None or node.process.poll() is not None:
                 continue
-            role = subprocess.run(["redis-cli", "-p", str(node.port), "role"],
+            role = subprocess.run(self._cli("-p", str(node.port), "role"),
                                   capture_output=True, text=True, check=False).stdout  # fmt: skip
             if role.startswith("master"):
                 out.append(node)
@@ -155,19 +166,65 @@ class RedisClusterServer:
 
     def flushall(self) -> None:
         for node in self.primaries():
-            subprocess.run(["redis-cli", "-p", str(node.port), "flushall"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(self._cli("-p", str(node.port), "flushall"), check=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
 
 
-def start_redis_cluster(masters: int = 3, replicas_per_master: int = 1) -> RedisClusterServer:
+def start_redis_cluster(masters: int = 3, replicas_per_master: int = 1, tls: TlsFiles | None = None) -> RedisClusterServer:  # fmt: skip
     nodes = [
         RedisServer(port=free_cluster_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-cluster-")))
         for _ in range(masters * (1 + replicas_per_master))
     ]  # fmt: skip
-    return RedisClusterServer(nodes, masters).start()
+    return RedisClusterServer(nodes, masters, tls).start()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, request = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    extensions = folder / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    quiet = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=almanac-test-ca", "-keyout", str(ca_key), "-out", str(ca)], **quiet)  # type: ignore[call-overload]  # fmt: skip
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(request)], **quiet)  # type: ignore[call-overload]  # fmt: skip
+    subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(cert)], **quiet)  # type: ignore[call-overload]  # fmt: skip
+    return TlsFiles(ca, cert, key)
+
+
+def _tls_args(tls: TlsFiles) -> list[str]:
+    return ["--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
+            "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]  # fmt: skip
+
+
+def start_redis_tls(tls: TlsFiles) -> RedisServer:
+    """A redis-server that speaks TLS only (`--tls-port`, no plain port)."""
+    server = RedisServer(
+        port=free_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-tls-"))
+    )
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+    server.process = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(server.port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(server.folder), *_tls_args(tls)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for_port(server.port)
+    return server
 
 
 def _postgres_bin() -> Path:

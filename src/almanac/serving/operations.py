@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from almanac.serving.encode import dumps
 from almanac.serving.handlers import ServingState
+from almanac.serving.schemas import ErrorResponse
 
 
 class RunInfo(BaseModel):
@@ -27,10 +28,20 @@ class RunInfo(BaseModel):
     host: str
 
 
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorResponse,
+        "description": "Missing or invalid API key (when keys are configured)",
+    },
+    404: {"model": ErrorResponse, "description": "Unknown view (close names listed)"},
+    422: {"model": ErrorResponse, "description": "Invalid request (a time that is not ISO 8601)"},
+}
+
+
 def operations_router(state: ServingState) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/runs", response_model=list[RunInfo])
+    @router.get("/runs", response_model=list[RunInfo], responses=_ERRORS)
     async def runs(
         view: str | None = Query(None, description="Only this view's runs."),
         since: str | None = Query(None, description="Runs started at or after (ISO 8601)."),
