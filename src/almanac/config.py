@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -98,8 +98,42 @@ class OnlineConfig(_BackendSections):
         return self.url.split("://", 1)[0].lower() if "://" in self.url else ""
 
 
+class AuthConfig(_Section):
+    """How the server authenticates (docs/security.md). With it set, every request needs
+    a principal, and everything no `Permission` grants is denied."""
+
+    type: Literal["api_keys", "jwt"] = "api_keys"  # keys of `almanac keys create`, or tokens
+    # JWT: where the signing keys come from (one of), and what a token must say.
+    jwks_url: str | None = None
+    public_key: str | None = None  # a PEM file
+    secret: str | None = None  # HS256 and co.; ${ENV} in almanac.yaml or ALMANAC_SERVER_AUTH_SECRET
+    algorithms: list[str] = ["RS256"]
+    audience: str | None = None
+    issuer: str | None = None
+    subject_claim: str = "sub"  # dotted paths into the claims (Keycloak: realm_access.roles)
+    roles_claim: str | None = "roles"
+    groups_claim: str | None = "groups"
+    leeway_seconds: int = Field(30, ge=0)
+    refresh_seconds: float = Field(1.0, gt=0)  # how soon a revoked API key stops working
+
+    @field_validator("algorithms")
+    @classmethod
+    def _no_none(cls, values: list[str]) -> list[str]:
+        if not values or any(v.lower() == "none" for v in values):
+            raise ValueError("name the signing algorithms to accept (e.g. [RS256]); 'none' is never accepted")  # fmt: skip
+        return values
+
+
+class AuditConfig(_Section):
+    path: str = "audit/almanac.jsonl"  # relative to the repo; rotated at max_bytes
+    max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    backups: int = Field(5, ge=0)
+
+
 class ServerConfig(_Section):
     api_keys: list[str] = []
+    auth: AuthConfig | None = None
+    audit: AuditConfig | None = None
     max_entities: int = Field(10_000, ge=1)
     missing_placeholder: str = "unknown"
     # The share of entities whose served feature vectors are logged for the skew report

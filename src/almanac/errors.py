@@ -72,3 +72,7 @@ class StoreUnavailableError(AlmanacError):
 
 class StorageFullError(AlmanacError):
     """A store has no room left (disk full); nothing of the refused write was kept."""
+
+
+class AccessDeniedError(AlmanacError):
+    """The caller is authenticated but no permission grants the action (HTTP 403)."""

@@ -15,7 +15,7 @@ from almanac.errors import AlmanacError
 
 for _module in (
     "offline_commands", "online_commands", "quality_commands", "report_command", "serve_commands",
-    "stream_commands", "schedule_commands",
+    "stream_commands", "schedule_commands", "security_commands",
 ):  # fmt: skip
     # Areas register their commands when their module is present.
     try:

@@ -6,6 +6,7 @@ from almanac.definitions.entity import Entity
 from almanac.definitions.expectations import Expect, Expectation
 from almanac.definitions.feature_service import FeatureService
 from almanac.definitions.feature_view import FeatureView, Field
+from almanac.definitions.permission import Permission, Resource
 from almanac.definitions.sources import (
     FileSource,
     KafkaSource,
@@ -49,9 +50,11 @@ __all__ = [
     "Int32",
     "Int64",
     "KafkaSource",
+    "Permission",
     "PushSource",
     "PythonTransformation",
     "RedisStreamSource",
+    "Resource",
     "SqlSource",
     "SqlTransformation",
     "String",

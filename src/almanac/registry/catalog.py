@@ -16,13 +16,16 @@ from almanac.definitions import Entity, FeatureService, FeatureView
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.base import Definition
 from almanac.definitions.feature_view import Field, check_join_keys_not_features
+from almanac.definitions.permission import Permission
 from almanac.definitions.sources import FileSource, PushSource, SqlSource, source_from_spec
 from almanac.errors import DefinitionError, InputError, NotFoundError
 
 Source = FileSource | SqlSource | PushSource
 
 # Registry kinds in dependency order: an object may refer only to kinds before it.
-KINDS: tuple[str, ...] = ("entity", "source", "feature_view", "aggregation_view", "feature_service")
+KINDS: tuple[str, ...] = (
+    "entity", "source", "feature_view", "aggregation_view", "feature_service", "permission",
+)  # fmt: skip
 
 
 def definition_from_spec(kind: str, spec: dict[str, Any]) -> Definition:
@@ -36,6 +39,8 @@ def definition_from_spec(kind: str, spec: dict[str, Any]) -> Definition:
         return AggregationView.from_spec(spec)
     if kind == "feature_service":
         return FeatureService.from_spec(spec)
+    if kind == "permission":
+        return Permission.from_spec(spec)
     raise ValueError(f"unknown registry kind {kind!r}")
 
 
@@ -64,6 +69,7 @@ class Catalog:
     services: dict[str, FeatureService] = field(default_factory=dict)
     version: int = 0
     aggregation_views: dict[str, AggregationView] = field(default_factory=dict)
+    permissions: dict[str, Permission] = field(default_factory=dict)
 
     # ---- building -------------------------------------------------------------------
 
@@ -102,6 +108,7 @@ class Catalog:
             services=buckets["feature_service"],  # type: ignore[arg-type]
             version=version,
             aggregation_views=buckets["aggregation_view"],  # type: ignore[arg-type]
+            permissions=buckets["permission"],  # type: ignore[arg-type]
         )
         if validate:
             catalog.validate()
@@ -130,6 +137,7 @@ class Catalog:
             "feature_view": self.views,
             "aggregation_view": self.aggregation_views,
             "feature_service": self.services,
+            "permission": self.permissions,
         }
         return by_kind[kind]
 

@@ -40,10 +40,15 @@ from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
 from almanac import __version__
-from almanac.errors import AlmanacError
+from almanac.errors import AccessDeniedError, AlmanacError
 from almanac.quality import results
-from almanac.serving import handlers, writes
-from almanac.serving.auth import OPEN_PATHS, ApiKeyAuth, Authenticator
+from almanac.security import audit
+from almanac.security.access import Principal
+from almanac.security.keys import KeyRing
+from almanac.security.tokens import TokenVerifier
+from almanac.serving import access, handlers, writes
+from almanac.serving.access import PRINCIPAL
+from almanac.serving.auth import OPEN_PATHS, ApiKeyAuth, Authenticator, RegistryKeyAuth, TokenAuth
 from almanac.serving.body import read_body
 from almanac.serving.encode import dumps
 from almanac.serving.errors import (
@@ -119,8 +124,7 @@ def create_app(
     owned = not isinstance(store, FeatureStore)
     store = FeatureStore(store) if not isinstance(store, FeatureStore) else store
     if auth == "config":
-        keys = store.config.server.api_keys
-        auth = ApiKeyAuth(keys) if keys else None
+        auth = _authenticator(store)
     state = ServingState(store, auth, Metrics())  # type: ignore[arg-type]
     state.metrics.watch_streams(lambda: store.registry.state.status("stream"))
     state.metrics.watch_runs(lambda: store.registry.state.run_summary("materialize"))
@@ -135,6 +139,17 @@ def openapi_schema(api_keys: bool = False) -> dict[str, Any]:
 
     stub = SimpleNamespace(auth=ApiKeyAuth(["-"]) if api_keys else None)
     return _fastapi(stub, owned=False).openapi()  # type: ignore[arg-type]
+
+
+def _authenticator(store: FeatureStore) -> Authenticator | None:
+    """What `server.auth` (or the legacy `server.api_keys`) configures."""
+    server = store.config.server
+    if server.auth is None:
+        return ApiKeyAuth(server.api_keys) if server.api_keys else None
+    if server.auth.type == "jwt":
+        return TokenAuth(TokenVerifier(server.auth, store.config.repo_path))
+    keys = KeyRing(store.registry.state, server.auth.refresh_seconds)
+    return RegistryKeyAuth(keys, server.api_keys)
 
 
 def app_from_env() -> FeatureServer:
@@ -167,6 +182,11 @@ class FeatureServer:
         started = time.perf_counter()
         state = self.state
         path, method = scope["path"], scope["method"]
+        detail: dict[str, Any] | None = None
+        if state.audit is not None and path not in OPEN_PATHS:
+            detail = {}
+            audit.DETAIL.set(detail)
+        principal: Principal | None = None
         # The raw path, so that a key holding an encoded '/' stays one segment.
         raw = (scope.get("raw_path") or path.encode()).split(b"?")[0]
         status = 0
@@ -181,6 +201,7 @@ class FeatureServer:
                 status = await self._answer_error(send, error, endpoint)
             else:
                 scope.setdefault("state", {})["principal"] = principal
+                PRINCIPAL.set(principal)  # this request's task (and the threads it starts)
         if status == 0 and (b"%" in raw or not raw.isascii()):
             try:
                 unquote_to_bytes(raw).decode("utf-8")
@@ -208,7 +229,11 @@ class FeatureServer:
                 status, endpoint = await self._forward(scope, receive, send, raw)
             else:
                 endpoint = served
-        state.metrics.observe_request(endpoint, method, status, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        state.metrics.observe_request(endpoint, method, status, seconds)
+        if detail is not None and state.audit is not None:
+            name = None if principal is None else principal.name
+            state.audit.request(principal=name, method=method, endpoint=endpoint, status=status, seconds=seconds, detail=detail)  # fmt: skip
 
     def _template(self, scope: Scope, raw: bytes) -> str:
         """The route template `scope` is for (also when its method is not allowed), else
@@ -424,16 +449,20 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
 
     @api.get("/feature-views", response_model=list[FeatureViewInfo], tags=["catalog"])
     async def feature_views() -> Response:
-        return _reply(200, dumps(handlers.list_views(state.catalog)))
+        views = [v for v in handlers.list_views(state.catalog) if access.visible(state, "view", v["name"])]  # fmt: skip
+        return _reply(200, dumps(views))
 
     @api.get("/feature-views/{name}", response_model=FeatureViewInfo, responses={404: _ERRORS[404]},
              tags=["catalog"])  # fmt: skip
     async def feature_view(name: str) -> Response:
+        if access.policy(state) is not None and not (name in state.catalog.all_views() and access.visible(state, "view", name)):  # fmt: skip
+            raise AccessDeniedError(f"may not describe feature view '{name}'")
         return _reply(200, dumps(handlers.describe_view(state.catalog, name)))
 
     @api.get("/feature-services", response_model=list[FeatureServiceInfo], tags=["catalog"])
     async def feature_services() -> Response:
-        return _reply(200, dumps(handlers.list_services(state.catalog)))
+        services = [s for s in handlers.list_services(state.catalog) if access.visible(state, "service", s["name"])]  # fmt: skip
+        return _reply(200, dumps(services))
 
     @api.get("/features", response_model=list[FeatureInfo], tags=["catalog"])
     async def features(
@@ -446,7 +475,10 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
                 [{"loc": ["query", "q"], "msg": f"given {given} times; give it once",
                   "type": "repeated"}]
             )  # fmt: skip
-        return _reply(200, dumps(handlers.search_features(state.catalog, q)))
+        found = handlers.search_features(state.catalog, q)
+        if access.policy(state) is not None:
+            found = [f for f in found if access.visible_feature(state, f["view"], f["feature"])]
+        return _reply(200, dumps(found))
 
     @api.get(
         "/health",

@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from almanac.errors import (
+    AccessDeniedError,
     AlmanacError,
     ConcurrentApplyError,
     ConfigError,
@@ -37,6 +38,7 @@ log = logging.getLogger("almanac.serving")
 # Most specific first. DefinitionError is 422: a definition that cannot serve this
 # request (a prompt template failing on these values), not a server crash.
 STATUS: list[tuple[type[AlmanacError], int]] = [
+    (AccessDeniedError, 403),
     (NotFoundError, 404),
     (InputError, 422),
     (StorageFullError, 507),

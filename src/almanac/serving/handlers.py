@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from almanac.errors import NotFoundError
+from almanac.errors import AccessDeniedError, NotFoundError
 from almanac.materialize.jobs import views_to_materialize
 from almanac.online.context import check_entity, render_context
 from almanac.online.response import OnlineResponse
 from almanac.online.retrieval import finish_read, prepare_read
 from almanac.quality.parquet_log import retention_of
 from almanac.quality.serving_log import ServingLog, log_folder
-from almanac.serving import encode
+from almanac.security import audit
+from almanac.security.audit import AuditLog
+from almanac.serving import access, encode
 from almanac.serving.errors import (
     InvalidUrlError,
     PayloadTooLargeError,
@@ -71,6 +73,10 @@ class ServingState:
         # The last write's storage-full error, until a write succeeds (`writes`).
         self.storage_error: str | None = None
         self.offline_lock = threading.Lock()
+        audit_config = store.config.server.audit
+        self.audit = (
+            None if audit_config is None else AuditLog(audit_config, store.config.repo_path)
+        )
         self.freshness = FreshnessMonitor(store, metrics)
         self._push_groups: GroupCommit | None = None
         rate = store.config.server.log_sample_rate
@@ -127,9 +133,18 @@ async def read_online(
             f"{state.config.max_entities:,}: split the request"
         )
     state.metrics.observe_entities(endpoint, count)
-    plan, keys, requests = prepare_read(
-        state.catalog, features, entity_rows, feature_service, full_feature_names
-    )
+    try:
+        plan, keys, requests = prepare_read(
+            state.catalog, features, entity_rows, feature_service, full_feature_names
+        )
+    except NotFoundError as error:
+        if access.policy(state) is not None:  # a denial must not list what exists
+            raise AccessDeniedError(f"may not read_online {error.kind} '{error.name}'") from None
+        raise
+    refs = [(v.view, f) for v in plan.views for f in v.features]
+    if audit.DETAIL.get() is not None:
+        audit.note(action="read_online", entities=count, features=[f"{v}:{f}" for v, f in refs])
+    access.require_features(state, "read_online", refs)
     started = time.perf_counter()
     rows = await state.online.read_async(state.project, requests)
     state.metrics.observe_store(state.online.backend, time.perf_counter() - started)

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
+from almanac.errors import AccessDeniedError
+from almanac.serving import access
 from almanac.serving.encode import dumps
 from almanac.serving.handlers import ServingState
 from almanac.serving.schemas import ErrorResponse
@@ -51,7 +53,10 @@ def operations_router(state: ServingState) -> APIRouter:
         duration, outcome and error."""
 
         def newest() -> list[dict[str, Any]]:
-            return [r.to_dict() for r in state.store.runs(view, since=since, limit=limit)]
+            if view is not None and access.policy(state) is not None and not (view in state.catalog.all_views() and access.visible(state, "view", view)):  # fmt: skip
+                raise AccessDeniedError(f"may not describe feature view '{view}'")
+            runs = state.store.runs(view, since=since, limit=limit)
+            return [r.to_dict() for r in runs if r.view in state.catalog.all_views() and access.visible(state, "view", r.view)]  # fmt: skip
 
         return Response(dumps(await asyncio.to_thread(newest)), media_type="application/json")
 

@@ -12,12 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 
 from almanac.config import RepoConfig
+from almanac.errors import AccessDeniedError
 from almanac.quality import checks, results
 from almanac.quality.drift import FeatureDrift
 from almanac.quality.freshness import ViewFreshness, freshness
 from almanac.quality.skew import skew
 from almanac.quality.statistics import FeatureStatistics
 from almanac.semantics.times import to_utc
+from almanac.serving import access
 from almanac.serving.encode import dumps
 from almanac.serving.handlers import ServingState
 
@@ -76,6 +78,16 @@ def quality_router(state: ServingState) -> APIRouter:
     router = APIRouter(prefix="/quality", tags=["quality"])
 
     async def run(function: Any, *args: Any) -> Response:
+        if access.policy(state) is not None and args and isinstance(args[0], str):
+            name = args[0]  # the view (or, for skew, the feature service)
+            kind = "service" if function is skew else "view"
+            known = state.catalog.services if kind == "service" else state.catalog.all_views()
+            if name not in known:
+                raise AccessDeniedError(f"may not read_offline {kind} '{name}'")
+            if kind == "service":
+                access.require(state, "read_offline", service=name)
+            else:
+                access.require(state, "read_offline", view=name)
         result = await asyncio.to_thread(function, state.store, *args)
         items = result if isinstance(result, list) else [result]
         body = [item.to_dict() for item in items]
@@ -127,6 +139,8 @@ def quality_router(state: ServingState) -> APIRouter:
         def newest(config: RepoConfig) -> list[dict[str, Any]]:
             start = None if since is None else to_utc(since, "since")
             rows: list[dict[str, Any]] = results.read(config, view, start, failed).rows.slice(0, limit).to_pylist()  # fmt: skip
+            if access.policy(state) is not None:
+                rows = [r for r in rows if r["view"] in state.catalog.all_views() and access.allowed(state, "read_offline", view=r["view"])]  # fmt: skip
             return rows
 
         body = await asyncio.to_thread(newest, state.store.config)

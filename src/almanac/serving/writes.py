@@ -35,9 +35,10 @@ import pyarrow as pa
 
 from almanac.definitions.sources import PushSource
 from almanac.definitions.types import Timestamp
-from almanac.errors import InputError, NotFoundError
+from almanac.errors import AccessDeniedError, InputError, NotFoundError
 from almanac.ingest.push import push, push_source_of
-from almanac.serving import encode
+from almanac.security import audit
+from almanac.serving import access, encode
 from almanac.serving.errors import parse_body, storage_full
 from almanac.serving.schemas import PushRequest, WriteToOnlineStoreRequest
 
@@ -53,6 +54,7 @@ FEAST_CREATED = "created"
 async def push_rows(state: ServingState, body: bytes, idempotency_key: str | None = None) -> bytes:
     request = parse_body(PushRequest, body)
     catalog = state.catalog
+    _authorize_push(state, request.push_source_name, request.to)
     source = push_source_of(catalog, request.push_source_name)
     assert source.name is not None  # a catalog's sources are named
     views = [v.name for v in catalog.all_views().values() if v.source == source.name]
@@ -64,9 +66,26 @@ async def push_rows(state: ServingState, body: bytes, idempotency_key: str | Non
     )
 
 
+def _authorize_push(state: ServingState, source: str, to: str) -> None:
+    """A push writes its source's rows online, offline or both: each needs its action."""
+    audit.note(action="write", source=source, to=to)
+    if access.policy(state) is None:
+        return
+    if source not in state.catalog.sources:  # denied like an existing one: nothing leaks
+        raise AccessDeniedError(f"may not push to source '{source}'")
+    if to in ("online", "online_and_offline"):
+        access.require(state, "write_online", source=source)
+    if to in ("offline", "online_and_offline"):
+        access.require(state, "write_offline", source=source)
+
+
 async def write_to_online_store(state: ServingState, body: bytes) -> bytes:
     request = parse_body(WriteToOnlineStoreRequest, body)
     catalog = state.catalog
+    if access.policy(state) is not None:
+        if request.feature_view_name not in catalog.all_views():
+            raise AccessDeniedError(f"may not write_online feature view '{request.feature_view_name}'")  # fmt: skip
+        access.require(state, "write_online", view=request.feature_view_name)
     views = catalog.all_views()
     view = views.get(request.feature_view_name)
     if view is None:
