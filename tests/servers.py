@@ -186,6 +186,8 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
+    client_cert: Path  # a client certificate of the same CA (mutual TLS)
+    client_key: Path
 
 
 def make_tls_files(folder: Path) -> TlsFiles:
@@ -202,7 +204,12 @@ def make_tls_files(folder: Path) -> TlsFiles:
                     "-keyout", str(key), "-out", str(request)], **quiet)  # type: ignore[call-overload]  # fmt: skip
     subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
                     "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(cert)], **quiet)  # type: ignore[call-overload]  # fmt: skip
-    return TlsFiles(ca, cert, key)
+    client_cert, client_key, client_request = folder / "client.pem", folder / "client.key", folder / "client.csr"  # fmt: skip
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fraud-model",
+                    "-keyout", str(client_key), "-out", str(client_request)], **quiet)  # type: ignore[call-overload]  # fmt: skip
+    subprocess.run(["openssl", "x509", "-req", "-in", str(client_request), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-days", "2", "-out", str(client_cert)], **quiet)  # type: ignore[call-overload]  # fmt: skip
+    return TlsFiles(ca, cert, key, client_cert, client_key)
 
 
 def _tls_args(tls: TlsFiles) -> list[str]:

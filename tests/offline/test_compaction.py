@@ -5,6 +5,7 @@ remembered, replaced files deleted only after the grace, one compaction at a tim
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,27 @@ def test_young_and_large_files_are_left_alone(tmp_path: Path, monkeypatch: pytes
         done = store.compact(min_age="0s")[0]
         assert (done.merged_files, done.rows) == (2, 2)  # the 5-row file is passed over
         assert len(files(store)) == 2
+        # A large file between small ones: the small ones after it are merged too.
+        push_rows(store, 5)
+        push_rows(store, 1)
+        push_rows(store, 1)
+        done = store.compact(min_age="0s")[0]
+        assert (done.merged_files, done.rows) == (2, 2)
+        assert [pq.read_metadata(p).num_rows for p in files(store)] == [5, 2, 5, 2]
+
+
+def test_a_push_in_flight_holds_back_what_is_named_after_it(tmp_path: Path) -> None:
+    """A push stages its file before it commits it: files named after a staged one wait."""
+    with make_store(tmp_path) as store:
+        push_rows(store, 1)
+        folder = push_folder(store.config, store.catalog.sources["events"])  # type: ignore[arg-type]
+        in_flight = folder / f".part-{time.time_ns():020d}-abcdef12.parquet.tmp"
+        in_flight.write_bytes(b"")
+        push_rows(store, 1)
+        push_rows(store, 1)
+        assert store.compact(min_age="0s")[0].merged_files == 0  # only one file is older
+        in_flight.unlink()
+        assert store.compact(min_age="0s")[0].merged_files == 3
 
 
 def test_one_compaction_at_a_time_and_a_failed_one_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip

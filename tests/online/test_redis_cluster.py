@@ -4,19 +4,22 @@ PID mid-load: its replica takes over, writes carry on, and no acknowledged write
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pytest
 import redis
 
 from almanac.errors import ConfigError, StoreUnavailableError
-from almanac.online.redis.cluster import BUCKETS, RedisClusterOnlineStore, crc32
+from almanac.online.redis.cluster import BUCKETS, RedisClusterOnlineStore, _slots_of, crc32
 from almanac.ports.online import ViewRead
 from servers import RedisClusterServer, start_redis_cluster
 
@@ -116,4 +119,60 @@ def test_a_killed_master_is_replaced_and_no_acknowledged_write_is_lost(cluster: 
     versions = read_versions(store, n)
     assert min(v for v in versions if v is not None) >= acknowledged[-1]
     assert None not in versions
+    store.close()
+
+
+def _counter(stored: Any, new: pa.Table) -> pa.Table:
+    """A merge that adds the pushed count to the stored one (as tiles add events)."""
+    old = stored.columns[0][0] or 0
+    return pa.table({"id": new["id"], "event_timestamp": new["event_timestamp"], "n": pa.array([old + new["n"][0].as_py()], pa.int64())})  # fmt: skip
+
+
+def test_a_merge_whose_replica_stalls_is_never_applied_twice(cluster: RedisClusterServer) -> None:  # fmt: skip
+    """The merge runs, but WAIT times out (every replica stopped for longer than the
+    timeout): the merge must not be sent again, which would add the events twice."""
+    store = RedisClusterOnlineStore(cluster.url, timeout_seconds=0.5)
+    ts = pa.array([1_000_000], pa.timestamp("us", "UTC"))
+    table = pa.table({"id": pa.array([7], pa.int64()), "event_timestamp": ts, "n": pa.array([1], pa.int64())})  # fmt: skip
+    store.merge_batch("p", "v", ["id"], ["n"], table, _counter)
+    deadline = time.monotonic() + 30
+    while not all(store._map.has_replica.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        store._topology(refresh=True)
+    assert all(store._map.has_replica.values())
+    replicas = [n for n in cluster.nodes if n not in cluster.primaries()]
+    for replica in replicas:
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailableError, match="no replica"):
+            store.merge_batch("p", "v", ["id"], ["n"], table, _counter)
+    finally:
+        for replica in replicas:
+            os.kill(replica.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    request = ViewRead("v", ["id"], [[7]], ["n"], ["int64"])
+    assert store.read("p", [request])[0].columns == [[2]]  # applied once, and reported
+    store.close()
+
+
+def test_reads_follow_ask_while_a_slot_migrates(cluster: RedisClusterServer) -> None:
+    store = RedisClusterOnlineStore(cluster.url, timeout_seconds=0.5)
+    ts = pa.array([1_000_000], pa.timestamp("us", "UTC"))
+    store.write_batch("p", "v", ["id"], ["n"], pa.table({"id": pa.array([7], pa.int64()), "event_timestamp": ts, "n": pa.array([5], pa.int64())}))  # fmt: skip
+    key = store._encoder("p", ["id"])([[7]])[0]
+    slot = int(_slots_of([key])[0])
+    source_port = int(store._map.node_of_slot[slot].rsplit(":", 1)[1])
+    target_port = next(n.port for n in cluster.primaries() if n.port != source_port)
+
+    def cli(port: int, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    source_id, target_id = cli(source_port, "cluster", "myid"), cli(target_port, "cluster", "myid")
+    cli(target_port, "cluster", "setslot", str(slot), "importing", source_id)
+    cli(source_port, "cluster", "setslot", str(slot), "migrating", target_id)
+    cli(
+        source_port, "migrate", "127.0.0.1", str(target_port), "", "0", "5000", "keys", key.decode()
+    )
+    request = ViewRead("v", ["id"], [[7]], ["n"], ["int64"])
+    assert store.read("p", [request])[0].columns == [[5]]  # ASK followed to the new owner
     store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -49,9 +50,12 @@ class RunRecord:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
-def holder() -> str:
-    """Who ran it: host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def holder(unique: bool = False) -> str:
+    """Who ran it: host and process (`unique`: and a random tag, for a lease holder:
+    two schedulers in one process, or in containers that share a host name and a PID,
+    must not share a lease)."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}:{uuid.uuid4().hex[:8]}" if unique else base
 
 
 def record(state: OperationalState, run: RunRecord) -> None:

@@ -275,12 +275,12 @@ def _reported(
     progress: ProgressCallback | None, on_run: RunCallback | None,
 ) -> ViewRun:  # fmt: skip
     """`_run_view`, with its run (or its failure) handed to `on_run`."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(UTC)
     try:
         run = _run_view(store, view, start, end, progress)
     except Exception as error:
         if on_run is not None:
-            failed = ViewRun(view.name, start, end, seconds=time.perf_counter() - started)
+            failed = ViewRun(view.name, start, end, seconds=time.perf_counter() - started, started_at=started_at)  # fmt: skip
             failed.error = str(error) or type(error).__name__
             on_run(failed)
         raise
@@ -303,13 +303,25 @@ def materialize_incremental(
     end = to_utc(end, "end")
     _check_end(end)
     result = MaterializeResult()
-    watermarks = store.online.watermarks(store.project)
-    for view in _views(store, views):
+    chosen = _views(store, views)
+    started = datetime.now(UTC)
+    try:
+        watermarks = store.online.watermarks(store.project)
+    except Exception as error:  # the store away: every view's run failed, and says so
+        for view in chosen:
+            _report_failure(view, None, end, started, error, on_run)
+        raise
+    for view in chosen:
+        started = datetime.now(UTC)
         mark = watermarks.get(view.name)
         # A watermark of another definition does not count: start from the first row.
         current = mark is not None and mark.layout == values_fingerprint(store.catalog, view.name)
         start = mark.time if current and mark is not None else None
-        arrived = late.since_last_run(view) if late is not None else None
+        try:
+            arrived = late.since_last_run(view) if late is not None else None
+        except Exception as error:  # a source that cannot be listed: a failed run
+            _report_failure(view, start, end, started, error, on_run)
+            raise
         if start is not None and arrived is not None:
             if arrived.unknown:  # a new file whose times its footer does not give
                 start = None
@@ -319,9 +331,19 @@ def materialize_incremental(
             run = ViewRun(view.name, start, end, skipped="already materialized to end")
             if on_run is not None:
                 on_run(run)
-            result.runs.append(run)
         else:
-            result.runs.append(_reported(store, view, start, end, progress, on_run))
-        if late is not None and arrived is not None:
-            late.seen(view, arrived)  # only now: a failed run raised before this
+            run = _reported(store, view, start, end, progress, on_run)
+        result.runs.append(run)
+        if late is not None and arrived is not None and run.outcome in ("success", "skipped"):
+            late.seen(view, arrived)  # not after a refusal: those files were not written
     return result
+
+
+def _report_failure(
+    view: FeatureView, start: datetime | None, end: datetime, started: datetime,
+    error: Exception, on_run: RunCallback | None,
+) -> None:  # fmt: skip
+    if on_run is not None:
+        failed = ViewRun(view.name, start, end, started_at=started)
+        failed.error = str(error) or type(error).__name__
+        on_run(failed)

@@ -88,7 +88,7 @@ def due_times(store: StoreHandle, state: OperationalState, names: Sequence[str] 
         if not recent:
             due_at = datetime.min.replace(tzinfo=UTC)
         elif failures:
-            due_at = recent[0].started_at + min(every, BACKOFF * 2 ** (failures - 1))
+            due_at = recent[0].started_at + min(every, BACKOFF * 2 ** min(failures - 1, 20))
         else:
             due_at = recent[0].started_at + every
         out.append(Due(view.name, every, due_at, failures, recent[0] if recent else None))
@@ -127,7 +127,7 @@ def run_due(
 ) -> list[RunRecord]:
     """Run every view that is due now, each under its lease; the runs made (a view
     another scheduler holds is left to it)."""
-    holder = holder or history.holder()
+    holder = holder or history.holder(unique=True)
     done: list[RunRecord] = []
     for due in due_times(store, state, names):
         if stop is not None and stop.is_set():
@@ -171,7 +171,10 @@ class _renewed:
     def _renew(self) -> None:
         while not self.done.wait(self.every):
             try:
-                self.state.acquire_lease(*self.args)
+                if not self.state.acquire_lease(*self.args):
+                    # Another holder has it (this one was too slow to renew): its run
+                    # may overlap this one; the monotonic writes keep the values right.
+                    log.error("lost the lease %s to another scheduler while running", self.args[0])  # fmt: skip
             except Exception:  # the registry away a moment: the next renewal tries again
                 log.warning("could not renew the lease %s", self.args[0], exc_info=True)
 
@@ -202,7 +205,7 @@ class Scheduler:
         self.store, self.state, self.names = store, state, names
         self.poll_seconds, self.lease, self.compact_every = poll_seconds, lease, compact_every
         self.on_run = on_run
-        self.holder = history.holder()
+        self.holder = history.holder(unique=True)
         self._compacted = time.monotonic()
         self._pruned = 0.0
 

@@ -26,6 +26,7 @@ compactions of one folder never run at once (a lock file). Files already at
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -58,6 +59,7 @@ TARGET_ROWS = 4_000_000  # a file this large is not merged again
 ROW_GROUP_ROWS = 128 * 1024
 MIN_AGE = timedelta(minutes=1)
 GRACE = timedelta(minutes=10)
+STALE_STAGED = timedelta(hours=1)  # a push's staged file this old belongs to a dead process
 # How long a compacted file remembers the idempotency keys of the pushes it holds: a
 # retry with the same key within this time is still recognised (Stripe keeps 24 h).
 KEY_RETENTION = timedelta(days=7)
@@ -102,7 +104,13 @@ def compact(
         result.deleted_files = _delete_replaced(folder, grace)
         files, _ = list_files(config, source)
         result.files_before = len(files)
-        run = _run(files, time.time_ns() - int(min_age.total_seconds() * 1e9))
+        cutoff = time.time_ns() - int(min_age.total_seconds() * 1e9)
+        # A push stages its file, writes online, then commits: a file staged before the
+        # cutoff may still appear. Merge nothing named after the oldest one in flight.
+        fresh = time.time_ns() - int(STALE_STAGED.total_seconds() * 1e9)
+        staged = [file_time_ns(p.name[1:-4]) for p in folder.glob(".part-*.parquet.tmp")]
+        cutoff = min([cutoff, *(t for t in staged if t is not None and t >= fresh)])
+        run = _run(files, cutoff)
         if len(run) < 2:
             result.skipped = "fewer than two small files older than the minimum age"
         else:
@@ -115,20 +123,21 @@ def compact(
 
 
 def _run(files: list[Path], cutoff_ns: int) -> list[Path]:
-    """The first contiguous run of small files named before `cutoff_ns` (a file too
-    large, or too young, or not named by Almanac ends the run; leading large ones are
-    passed over)."""
+    """The first contiguous run of at least two small files named before `cutoff_ns`:
+    a file too large (or a file not named by Almanac) ends a run, and one that is still
+    a single file is passed over with it; a file too young ends the search."""
     run: list[Path] = []
     for path in files:
         stamp = file_time_ns(path.name)
-        if stamp is None or stamp >= cutoff_ns:
+        if stamp is not None and stamp >= cutoff_ns:
             break
-        if pq.read_metadata(path).num_rows >= TARGET_ROWS:
-            if run:
+        if stamp is None or pq.read_metadata(path).num_rows >= TARGET_ROWS:
+            if len(run) >= 2:
                 break
+            run = []
             continue
         run.append(path)
-    return run
+    return run if len(run) >= 2 else []
 
 
 def _merge(folder: Path, run: list[Path]) -> tuple[str, int]:
@@ -159,7 +168,9 @@ def _merge(folder: Path, run: list[Path]) -> tuple[str, int]:
             if pending:
                 writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
                 rows += pending_rows
+        _fsync(temp)  # durable before it replaces anything: a torn merge must not list
         os.replace(temp, folder / name)
+        _fsync(folder)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -213,7 +224,20 @@ def _delete_replaced(folder: Path, grace: timedelta) -> int:
     for temp in folder.glob(f".part-*-{COMPACTED_MARK}*.parquet.tmp"):
         if temp.stat().st_mtime < cutoff:
             temp.unlink(missing_ok=True)
+    stale = time.time() - STALE_STAGED.total_seconds()
+    for temp in folder.glob(".part-*.parquet.tmp"):  # pushes whose process died
+        with contextlib.suppress(FileNotFoundError):
+            if temp.stat().st_mtime < stale:
+                temp.unlink()
     return deleted
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager

@@ -58,7 +58,10 @@ def compaction_of(path: Path) -> Compacted | None:
     match = _NAME.fullmatch(path.name)
     if not match or not match.group(2):
         return None
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:  # deleted by a later compaction: what it held is listed anew
+        return None
     return _compacted(str(path), stat.st_mtime_ns, stat.st_size)
 
 

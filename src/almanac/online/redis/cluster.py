@@ -15,24 +15,27 @@ lists) are named as on one node; each is read or written alone.
 
 Routing. Commands are grouped per master (from the client's slot map) and sent to every
 master before any reply is read: a read of many entities costs one round trip per
-master, made at the same time. `MOVED`/`ASK` replies, connection errors and
-`CLUSTERDOWN` (a failover in progress) refresh the slot map and resend the whole
-request — safe, as reads are pure and writes idempotent (the monotonic rule; merges
-are conditional on what they read) — until `timeout_seconds × FAILOVER_TIMEOUTS` has
-passed; then the request fails with StoreUnavailableError. A write is acknowledged once
-its master answered; Almanac does not WAIT for replicas, so a write acknowledged just
-before its master dies can be lost if the replica had not received it (Redis Cluster's
-own guarantee). Re-running a materialization rewrites it; a stream worker's batch whose
-online write failed is read again.
+master, made at the same time. `MOVED` replies, connection errors and `CLUSTERDOWN`
+(a failover in progress) refresh the slot map and resend the whole request — safe, as
+reads are pure and writes idempotent (the monotonic rule) — until `timeout_seconds ×
+FAILOVER_TIMEOUTS` has passed; then the request fails with StoreUnavailableError. A tile merge is not sent
+again once it may have been applied (its reply lost, or no replica confirmed it): it
+fails instead, as a lost reply does on one node. `ASK` (a slot being migrated) is
+followed per command with `ASKING`. Writes end with `WAIT 1` on masters that have a
+live replica: a write is acknowledged once its master and one replica hold it, so a
+failover loses no acknowledged write (unless the replica dies too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -80,6 +83,7 @@ from almanac.ports.online import ViewRead, ViewRows
 
 BUCKETS = 1024
 FAILOVER_TIMEOUTS = 5  # how many online timeouts a request keeps retrying through a failover
+REPLICAS_EVERY = 5.0  # seconds between two looks at which masters have a live replica
 _SLOT_OF_BUCKET = np.array([key_slot(b"%d" % b) for b in range(BUCKETS)], np.int64)
 # Replies that a fresh slot map (or a moment's wait, in a failover) fixes.
 _MOVED_OR_DOWN = (MovedError, AskError, ClusterDownError, TryAgainError, BusyLoadingError, MasterDownError)  # fmt: skip
@@ -137,6 +141,18 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, settings
 
 
+class _MayBeApplied(Exception):
+    """Commands reached a master, but whether they were applied (or replicated) is not
+    known: safe to send again only when they are idempotent."""
+
+
+@dataclass(frozen=True)
+class _Topology:
+    addresses: dict[str, tuple[str, int]]  # master name → (host, port)
+    node_of_slot: dict[int, str]  # the slot of each bucket → its master
+    has_replica: dict[str, bool]  # masters with a live replica (writes WAIT for it)
+
+
 class RedisClusterOnlineStore(RedisOnlineStore):
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisClusterOnlineStore:
@@ -161,41 +177,61 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self.batch_size = batch_size
         self._settings = settings
         self._use_ssl = bool(settings.get("ssl"))
-        self._client: Any = RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in seeds],
-            socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
-            require_full_coverage=False, **settings,
-        )  # fmt: skip
+        try:
+            self._client: Any = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in seeds],
+                socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
+                require_full_coverage=False, **settings,
+            )  # fmt: skip
+        except (RedisClusterException, *_UNAVAILABLE) as error:
+            raise self._unavailable(error) from None
         self._local = threading.local()
         self._connections: list[redis.Connection] = []
         self._lock = threading.Lock()
         self._specs = {}
         self._group_fields = {}
         self._encoders = {}
-        self._node_clients: dict[tuple[int, str], AsyncRedis] = {}
-        self._node_of_bucket: list[str] = []
-        self._node_of_slot: dict[int, str] = {}
-        self._has_replica: dict[str, bool] = {}
-        self._wait_command = command(b"WAIT", b"1", str(int(timeout_seconds * 1000)).encode())
-        self._addresses: dict[str, tuple[str, int]] = {}
+        self._node_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncRedis]]  # fmt: skip
+        self._node_clients = weakref.WeakKeyDictionary()
+        # Within the socket timeout, so that a replica too slow is told apart from a lost reply.
+        self._wait_command = command(b"WAIT", b"1", str(int(timeout_seconds * 800)).encode())
+        self._map = _Topology({}, {}, {})
+        self._map_at = 0.0
         self._topology()
 
     # ---- topology and connections ----------------------------------------------------
 
     def _topology(self, refresh: bool = False) -> None:
-        """The master of each bucket, from the client's slot map (read again on refresh)."""
+        """The master of each bucket, from the client's slot map (read again on refresh),
+        and which masters have a live replica (from CLUSTER NODES: CLUSTER SLOTS leaves
+        out replicas that have not replicated anything yet). Swapped in as one object,
+        so a request routes with one consistent map."""
         try:
             if refresh:
                 self._client.nodes_manager.initialize()
             manager = self._client.nodes_manager
             nodes = [manager.get_node_from_slot(int(slot)) for slot in _SLOT_OF_BUCKET]
+            described = self._client.cluster_nodes()
         except (RedisClusterException, *_UNAVAILABLE) as error:
             raise self._unavailable(error) from None
-        self._addresses = {node.name: (node.host, int(node.port)) for node in nodes}
-        self._node_of_bucket = [node.name for node in nodes]
-        self._node_of_slot = {int(s): n.name for s, n in zip(_SLOT_OF_BUCKET, nodes, strict=True)}
-        cache = self._client.nodes_manager.slots_cache
-        self._has_replica = {n.name: len(cache.get(int(s), [])) > 1 for s, n in zip(_SLOT_OF_BUCKET, nodes, strict=True)}  # fmt: skip
+        ids = {info.get("node_id"): address for address, info in described.items()}
+        replicated = {
+            ids.get(info.get("master_id")) for info in described.values()
+            if "slave" in info.get("flags", "") and "fail" not in info.get("flags", "")
+            and info.get("connected", True)
+        }  # fmt: skip
+        self._map_at = time.monotonic()
+        self._map = _Topology(
+            addresses={node.name: (node.host, int(node.port)) for node in nodes},
+            node_of_slot={int(s): n.name for s, n in zip(_SLOT_OF_BUCKET, nodes, strict=True)},
+            has_replica={node.name: node.name in replicated for node in nodes},
+        )
+
+    def _forget_connections(self) -> None:
+        """Drop this thread's connections (to a dead or demoted master), closing them."""
+        for connection in getattr(self._local, "by_node", {}).values():
+            connection.disconnect()
+        self._local.by_node = {}
 
     def _connection_to(self, name: str) -> redis.Connection:
         """This thread's raw connection to one master."""
@@ -205,7 +241,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             connections = local.by_node = {}
         connection = connections.get(name)
         if connection is None:
-            host, port = self._addresses[name]
+            host, port = self._map.addresses[name]
             kind = redis.SSLConnection if self._use_ssl else redis.Connection
             extra = {k: v for k, v in self._settings.items() if k != "ssl"}
             connection = kind(
@@ -217,30 +253,28 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                 self._connections.append(connection)
         return connection
 
-    def _retrying(self, attempt: Callable[[], Any]) -> Any:
+    def _retrying(self, attempt: Callable[[], Any], idempotent: bool = True) -> Any:
         """Run `attempt` until it succeeds, refreshing the slot map after each failure
-        that a moved slot or a failover explains, within the failover budget."""
+        that a moved slot or a failover explains, within the failover budget. A request
+        that is not `idempotent` (a tile merge) is not sent again once it may have been
+        applied (its replies were lost, or no replica confirmed it): that is reported."""
         deadline = time.monotonic() + self.timeout_seconds * FAILOVER_TIMEOUTS
         while True:
             try:
                 return attempt()
+            except _MayBeApplied as error:
+                if not idempotent or time.monotonic() >= deadline:
+                    raise self._unavailable(error.__cause__ or error) from None
             except _RETRYABLE as error:
                 if time.monotonic() >= deadline:
                     raise self._unavailable(error) from None
-                self._local.by_node = {}  # connections to a dead or demoted master go
-                time.sleep(0.1)
-                try:
-                    self._topology(refresh=True)
-                except StoreUnavailableError:
-                    continue
             except StoreUnavailableError:
                 if time.monotonic() >= deadline:
                     raise
-                time.sleep(0.1)
-                try:
-                    self._topology(refresh=True)
-                except StoreUnavailableError:
-                    continue
+            self._forget_connections()
+            time.sleep(0.1)
+            with contextlib.suppress(StoreUnavailableError):
+                self._topology(refresh=True)
 
     def _unavailable(self, error: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(
@@ -253,47 +287,55 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self, groups: dict[str, list[bytes]], counts: dict[str, int] | None = None, *, write: bool = False
     ) -> dict[str, list[Any]]:  # fmt: skip
         """Send each master its packed commands (`counts`: how many replies each gives;
-        default one per item), all before reading any reply; the replies per master. An
-        error reply that a retry can fix is raised (the whole request is sent again).
-        Writes end with a WAIT for one replica, on masters that have one (same round
-        trip): a write is acknowledged once two nodes hold it."""
-        sent: list[tuple[str, redis.Connection, int, bool]] = []
-        for name, commands in groups.items():
-            connection = self._connection_to(name)
-            waits = write and self._has_replica.get(name, False)
-            if waits:
-                commands = [*commands, self._wait_command]
-            try:
+        default one per item), all before reading any reply; the replies per master.
+        Raises what a retry can fix: a moved slot or a failover (`_RETRYABLE`, nothing
+        applied), or `_MayBeApplied` (the commands reached a master but their outcome
+        is unknown, or no replica confirmed them). Writes end with a WAIT for one
+        replica, on masters that have one (same round trip): a write is acknowledged
+        once two nodes hold it. A connection whose replies were not all read is closed,
+        so no later request reads them."""
+        if write and time.monotonic() - self._map_at > REPLICAS_EVERY:
+            with contextlib.suppress(StoreUnavailableError):  # replicas come and go
+                self._topology()
+        topology = self._map
+        pending: list[tuple[str, redis.Connection, int, bool]] = []
+        out: dict[str, list[Any]] = {}
+        failure: BaseException | None = None
+        try:
+            for name, commands in groups.items():
+                connection = self._connection_to(name)
+                waits = write and topology.has_replica.get(name, False)
+                if waits:
+                    commands = [*commands, self._wait_command]
+                expected = len(commands) if counts is None else counts[name] + int(waits)
+                pending.append((name, connection, expected, waits))
                 if connection._sock is None:
                     connection.connect()
                 connection.send_packed_command(commands, check_health=False)
-            except _UNAVAILABLE:
+            while pending:
+                name, connection, count, waits = pending[0]
+                try:
+                    replies = read_replies(connection, count)
+                except _UNAVAILABLE as error:
+                    failure = failure or _MayBeApplied("replies lost")
+                    failure.__cause__ = error
+                    connection.disconnect()
+                    pending.pop(0)
+                    continue
+                pending.pop(0)
+                for reply in replies:  # ASK is answered per command by the caller
+                    if failure is None and isinstance(reply, _MOVED_OR_DOWN) and not isinstance(reply, AskError):  # fmt: skip
+                        failure = reply
+                if waits:
+                    confirmed = replies.pop()
+                    if not isinstance(confirmed, int) or confirmed < 1:
+                        failure = failure or _MayBeApplied(f"no replica of {name} confirmed the write in time")  # fmt: skip
+                out[name] = replies
+        except _UNAVAILABLE as error:  # a master unreachable: nothing sent to it applied
+            failure = failure or error
+        finally:
+            for _, connection, _, _ in pending:  # their replies would answer the next request
                 connection.disconnect()
-                for _, other, _, _ in sent:  # their replies would answer the next request
-                    other.disconnect()
-                raise
-            expected = len(commands) if counts is None else counts[name] + int(waits)
-            sent.append((name, connection, expected, waits))
-        out = {}
-        failure: BaseException | None = None
-        for name, connection, count, waits in sent:
-            try:
-                replies = read_replies(connection, count)
-            except _UNAVAILABLE as error:
-                connection.disconnect()
-                failure = failure or error
-                continue
-            except BaseException:
-                connection.disconnect()
-                raise
-            for reply in replies:
-                if failure is None and isinstance(reply, _MOVED_OR_DOWN):
-                    failure = reply
-            if waits:
-                confirmed = replies.pop()
-                if not isinstance(confirmed, int) or confirmed < 1:
-                    failure = failure or ClusterDownError(f"no replica of {name} confirmed the write in time")  # fmt: skip
-            out[name] = replies
         if failure is not None:
             raise failure
         return out
@@ -314,16 +356,26 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             for name, rows in groups.items():
                 for index, reply in zip(rows, replies[name], strict=True):
                     out[index] = reply
+            for index, reply in enumerate(out):
+                if isinstance(reply, AskError):  # its slot is being migrated: ask the new owner
+                    out[index] = self._asking(commands[index], reply, write)
             error = first_error(out)
             if error is not None:
                 raise error
             return out
 
-        result: list[Any] = self._retrying(attempt)
+        result: list[Any] = self._retrying(attempt, idempotent=not write)
         return result
 
+    def _asking(self, command_bytes: bytes, ask: AskError, write: bool) -> Any:
+        """One command again on the node its slot is moving to, after `ASKING`."""
+        name = f"{ask.host}:{ask.port}"
+        self._map.addresses.setdefault(name, (ask.host, int(ask.port)))
+        replies = self._exchange_nodes({name: [command(b"ASKING"), command_bytes]}, {name: 2}, write=write)  # fmt: skip
+        return replies[name][1]
+
     def _nodes_of(self, slots: np.ndarray) -> list[str]:
-        by_slot = self._node_of_slot
+        by_slot = self._map.node_of_slot
         return [by_slot[int(slot)] for slot in slots]
 
     # ---- keys --------------------------------------------------------------------------
@@ -370,7 +422,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     def _load_script(self, script: str = WRITE_SCRIPT) -> bytes:
         def load() -> bytes:
-            names = sorted(set(self._node_of_bucket))
+            names = sorted(set(self._map.node_of_slot.values()))
             replies = self._exchange_nodes({n: [command(b"SCRIPT", b"LOAD", script.encode())] for n in names})  # fmt: skip
             sha = replies[names[0]][0]
             return sha if isinstance(sha, bytes) else sha.encode()
@@ -415,11 +467,15 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                     payloads[name], counts[name] = write_payload(project, part, sha, header_args, len(header), keys=keys, calls=ranges)  # fmt: skip
                 replies = self._exchange_nodes(payloads, counts, write=True)
                 flat = [r for rs in replies.values() for r in rs]
+                if any(isinstance(r, AskError) for r in flat):  # a slot being migrated
+                    raise TryAgainError(
+                        "a slot is being migrated"
+                    )  # sent again: writes are idempotent
                 error = first_error(flat)
                 if error is not None:
                     if isinstance(error, NoScriptError):  # a promoted replica has no script cache
                         sha = self._load_script()
-                        raise ClusterDownError("script reloaded") from None
+                        raise ClusterDownError("script reloaded") from None  # sent again
                     raise error
                 return count_written(flat)
 
@@ -488,14 +544,13 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         return _decode(replies, layout, len(requests))
 
     def _async_to(self, loop: asyncio.AbstractEventLoop, name: str) -> AsyncRedis:
-        key = (id(loop), name)
-        client = self._node_clients.get(key)
+        with self._lock:
+            clients = self._node_clients.setdefault(loop, {})
+        client = clients.get(name)
         if client is None:
-            host, port = self._addresses[name]
+            host, port = self._map.addresses[name]
             extra = {k: v for k, v in self._settings.items() if k != "ssl"}
-            client = AsyncRedis({"host": host, "port": port, **extra}, self.timeout_seconds, self._unavailable, self._use_ssl)  # fmt: skip
-            with self._lock:
-                self._node_clients[key] = client
+            client = clients[name] = AsyncRedis({"host": host, "port": port, **extra}, self.timeout_seconds, self._unavailable, self._use_ssl)  # fmt: skip
         return client
 
     async def ping_async(self) -> None:
@@ -511,7 +566,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
-            clients = list(self._node_clients.values())
+            clients = [c for per_loop in self._node_clients.values() for c in per_loop.values()]
             self._node_clients.clear()
         for client in clients:
             client.close()
