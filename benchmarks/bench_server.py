@@ -196,7 +196,7 @@ local requests = {}
 local n = 0
 init = function(args)
   for i, body in ipairs(bodies) do
-    requests[i] = wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, body)
+    requests[i] = wrk.format("POST", "%s", {["Content-Type"] = "application/json"%s}, body)
   end
 end
 request = function()
@@ -207,20 +207,23 @@ end
 
 
 def _load(
-    port: int, path: str, bodies: list[str], connections: int, seconds: int, folder: Path
+    port: int, path: str, bodies: list[str], connections: int, seconds: int, folder: Path,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """req/s, p50 and p99 (ms) and the count of non-200 answers for one case."""
     if shutil.which("wrk"):
-        return _wrk(port, path, bodies, connections, seconds, folder)
-    return _python_load(port, path, bodies, connections, seconds)
+        return _wrk(port, path, bodies, connections, seconds, folder, headers or {})
+    return _python_load(port, path, bodies, connections, seconds, headers or {})
 
 
 def _wrk(
-    port: int, path: str, bodies: list[str], connections: int, seconds: int, folder: Path
+    port: int, path: str, bodies: list[str], connections: int, seconds: int, folder: Path,
+    headers: dict[str, str],
 ) -> dict[str, float]:
     script = folder / "load.lua"
     lua_bodies = ",".join("[==[" + b + "]==]" for b in bodies)
-    script.write_text(WRK_SCRIPT % (lua_bodies, path))
+    extra = "".join(f', ["{k}"] = [==[{v}]==]' for k, v in headers.items())
+    script.write_text(WRK_SCRIPT % (lua_bodies, path, extra))
     url = f"http://127.0.0.1:{port}{path}"
     # One warm-up second (connections, plan caches), then the measured run.
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", "-s", str(script), url],
@@ -254,8 +257,9 @@ def _wrk(
 LOADGEN = r"""
 import asyncio, json, sys, time
 port, path, connections, seconds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+extra = "".join(f"{k}: {v}\r\n" for k, v in json.loads(sys.argv[5]).items())
 bodies = json.load(sys.stdin)
-requests = [(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+requests = [(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
              f"Content-Length: {len(b)}\r\n\r\n{b}").encode() for b in bodies]
 async def worker(index, stop, latencies, bad):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -285,10 +289,10 @@ asyncio.run(main())
 
 
 def _python_load(
-    port: int, path: str, bodies: list[str], connections: int, seconds: int
+    port: int, path: str, bodies: list[str], connections: int, seconds: int, headers: dict[str, str]
 ) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", LOADGEN, str(port), path, str(connections), str(seconds)],
+        [sys.executable, "-c", LOADGEN, str(port), path, str(connections), str(seconds), json.dumps(headers)],
         input=json.dumps(bodies),
         capture_output=True,
         text=True,

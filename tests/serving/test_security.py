@@ -207,6 +207,7 @@ def test_every_request_is_audited_once_without_secrets(keyed: tuple[TestClient, 
     client.get("/health")  # open paths are not audited
     from almanac.security.audit import read as read_audit
 
+    client.app.state.audit.flush()  # type: ignore[attr-defined]  # lines are buffered for 0.5 s
     lines = list(read_audit(store.repo_path / "audit" / "almanac.jsonl"))
     assert [(line["principal"], line["decision"], line["status"]) for line in lines] == [
         ("key:fraud", "allowed", 200), ("key:fraud", "denied", 403), (None, "unauthenticated", 401),

@@ -87,21 +87,41 @@ class AccessPolicy:
                 view, _, feature = ref.partition(":")
                 self._services_of.setdefault((view, feature or "*"), set()).add(service.name)
         self._decide = lru_cache(maxsize=65_536)(self._decide_uncached)
+        self._denied_feature = lru_cache(maxsize=65_536)(self._denied_feature_uncached)
+        self._feature_targets: dict[tuple[str, str], Target] = {}
 
     # ---- targets ------------------------------------------------------------------------
 
     def feature_targets(self, refs: Iterable[tuple[str, str]]) -> list[Target]:
         """The targets of reading features (view, feature name) — one per feature."""
         out = []
-        views = self.catalog.all_views()
-        for view_name, feature in refs:
-            view = views[view_name]
-            fields = {f.name: f for f in getattr(view, "features", [])}
-            own = fields[feature].tags if feature in fields else {}
-            tags = tuple(sorted({**view.tags, **own}.items()))
-            services = self._services_of.get((view_name, feature), set()) | self._services_of.get((view_name, "*"), set())  # fmt: skip
-            out.append(Target("feature", feature, view_name, view.source, tuple(sorted(services)), tags))  # fmt: skip
+        for ref in refs:
+            target = self._feature_targets.get(ref)
+            if target is None:
+                target = self._feature_targets[ref] = self._feature_target(*ref)
+            out.append(target)
         return out
+
+    def require_features(self, principal: Principal, action: str, refs: tuple[tuple[str, str], ...]) -> None:  # fmt: skip
+        """`require` on the features' targets, the whole answer cached per principal,
+        action and feature list (a request's check is then one dictionary lookup)."""
+        denied = self._denied_feature(principal.identities, action, refs)
+        if denied is not None:
+            raise AccessDeniedError(f"{principal.name} may not {action} {denied}")
+
+    def _denied_feature_uncached(self, identities: frozenset[str], action: str, refs: tuple[tuple[str, str], ...]) -> str | None:  # fmt: skip
+        for target in self.feature_targets(refs):
+            if not self._decide(identities, action, target).allowed:
+                return target.label
+        return None
+
+    def _feature_target(self, view_name: str, feature: str) -> Target:
+        view = self.catalog.all_views()[view_name]
+        fields = {f.name: f for f in getattr(view, "features", [])}
+        own = fields[feature].tags if feature in fields else {}
+        tags = tuple(sorted({**view.tags, **own}.items()))
+        services = self._services_of.get((view_name, feature), set()) | self._services_of.get((view_name, "*"), set())  # fmt: skip
+        return Target("feature", feature, view_name, view.source, tuple(sorted(services)), tags)
 
     def view_target(self, name: str) -> Target:
         view = self.catalog.view(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from almanac.errors import ConfigError
 from almanac.security.access import Principal
 
 _ENV = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_CACHED_TOKENS = 10_000
 
 
 class TokenVerifier:
@@ -29,6 +31,7 @@ class TokenVerifier:
             raise ConfigError("server.auth: for type jwt, set exactly one of jwks_url, public_key or secret")  # fmt: skip
         self._jwks = jwt.PyJWKClient(config.jwks_url, cache_keys=True) if config.jwks_url else None
         self._key: Any = None
+        self._verified: dict[str, tuple[Principal, float]] = {}  # token → (principal, exp)
         if config.public_key:
             path = Path(config.public_key)
             path = path if path.is_absolute() else repo_path / path
@@ -41,7 +44,23 @@ class TokenVerifier:
 
     def principal(self, token: str) -> Principal | None:
         """The token's principal, or None when it is not valid (bad signature, another
-        algorithm, expired, not yet valid, wrong issuer or audience, no subject)."""
+        algorithm, expired, not yet valid, wrong issuer or audience, no subject). A
+        valid token is verified once and remembered until it expires (clients send the
+        same token for minutes; verifying costs tens of microseconds)."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires:
+                return principal
+            del self._verified[token]
+        found, expires = self._verify(token)
+        if found is not None:
+            if len(self._verified) >= _CACHED_TOKENS:
+                self._verified.pop(next(iter(self._verified)))  # the oldest
+            self._verified[token] = (found, expires)
+        return found
+
+    def _verify(self, token: str) -> tuple[Principal | None, float]:
         config = self.config
         try:
             key = self._jwks.get_signing_key_from_jwt(token).key if self._jwks else self._key
@@ -51,13 +70,13 @@ class TokenVerifier:
                 options={"require": ["exp", config.subject_claim.split(".")[0]], "verify_aud": config.audience is not None},
             )  # fmt: skip
         except (jwt.PyJWTError, ValueError, KeyError):
-            return None
+            return None, 0.0
         subject = _claim(claims, config.subject_claim)
         if not isinstance(subject, str) or not subject:
-            return None
+            return None, 0.0
         identities = [f"role:{r}" for r in _strings(_claim(claims, config.roles_claim))]
         identities += [f"group:{g}" for g in _strings(_claim(claims, config.groups_claim))]
-        return Principal.of(f"user:{subject}", identities)
+        return Principal.of(f"user:{subject}", identities), float(claims["exp"])
 
 
 def _claim(claims: dict[str, Any], path: str | None) -> Any:

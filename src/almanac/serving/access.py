@@ -54,7 +54,7 @@ def require(state: ServingState, action: str, targets: Iterable[Target] | None =
 def require_features(state: ServingState, action: str, refs: Iterable[tuple[str, str]]) -> None:
     found = policy(state)
     if found is not None:
-        found.require(_principal(), action, found.feature_targets(refs))
+        found.require_features(_principal(), action, tuple(refs))
 
 
 def visible(state: ServingState, kind: str, name: str) -> bool:
