@@ -49,8 +49,9 @@ def _decisions(repo: Path) -> list[dict[str, Any]]:
         [target] = policy.feature_targets([("stats", "f0")])
     principal = Principal.of("user:bench", ["role:model", "group:x"])
     records = []
+    cold = [Target("feature", f"f{i}", "stats", "events", ("model",)) for i in range(100_000)]
     for case, targets in (
-        ("cold: a new target each call", [Target("feature", f"f{i}", "stats", "events", ("model",)) for i in range(100_000)]),  # fmt: skip
+        ("cold: a new target each call", cold),
         ("warm: the cached decision", [target] * 100_000),
     ):
         samples = []
@@ -114,4 +115,6 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     for item in run(sys.argv[1:] or ["small"]):
-        print(f"{item['case']:70} {item['metric']:10} {item['value']:>12,.3f} {item['unit']:6} {item['note']}")
+        print(
+            f"{item['case']:70} {item['metric']:10} {item['value']:>12,.3f} {item['unit']:6} {item['note']}"
+        )

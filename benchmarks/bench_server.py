@@ -207,7 +207,12 @@ end
 
 
 def _load(
-    port: int, path: str, bodies: list[str], connections: int, seconds: int, folder: Path,
+    port: int,
+    path: str,
+    bodies: list[str],
+    connections: int,
+    seconds: int,
+    folder: Path,
     headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """req/s, p50 and p99 (ms) and the count of non-200 answers for one case."""
@@ -217,7 +222,12 @@ def _load(
 
 
 def _wrk(
-    port: int, path: str, bodies: list[str], connections: int, seconds: int, folder: Path,
+    port: int,
+    path: str,
+    bodies: list[str],
+    connections: int,
+    seconds: int,
+    folder: Path,
     headers: dict[str, str],
 ) -> dict[str, float]:
     script = folder / "load.lua"
@@ -292,7 +302,16 @@ def _python_load(
     port: int, path: str, bodies: list[str], connections: int, seconds: int, headers: dict[str, str]
 ) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", LOADGEN, str(port), path, str(connections), str(seconds), json.dumps(headers)],
+        [
+            sys.executable,
+            "-c",
+            LOADGEN,
+            str(port),
+            path,
+            str(connections),
+            str(seconds),
+            json.dumps(headers),
+        ],
         input=json.dumps(bodies),
         capture_output=True,
         text=True,
