@@ -48,8 +48,16 @@ class Target:
     max_examples: int
 
 
+EVERYTHING = """
+from almanac import Permission, Resource
+everything = Permission(name="everything", principals=["key:config"], resources=[Resource()],
+                        actions=["describe", "read_online", "read_offline", "write_online", "write_offline"])
+"""
+
+
 @pytest.fixture(
-    scope="module", params=["in-process", pytest.param("served", marks=pytest.mark.redis)]
+    scope="module",
+    params=["in-process", "secured", pytest.param("served", marks=pytest.mark.redis)],
 )
 def target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -61,6 +69,22 @@ def target(
             seed(store)
             yield Target(
                 schemathesis.openapi.from_asgi("/openapi.json", create_app(store)), None, 30
+            )
+        return
+    if request.param == "secured":  # server.auth on: every check runs, and grants
+        repo = write_repo(folder / "repo", "sqlite:///.almanac/online.db", api_keys=[API_KEY])
+        with open(repo / "features.py", "a") as features:
+            features.write(EVERYTHING)
+        with open(repo / "almanac.yaml", "a") as settings:
+            settings.write("  auth:\n    type: api_keys\n  audit:\n    path: audit/log.jsonl\n")
+        with FeatureStore(repo) as store:
+            store.apply()
+            seed(store)
+        with FeatureStore(repo) as store:
+            yield Target(
+                schemathesis.openapi.from_asgi("/openapi.json", create_app(store)),
+                {"X-API-Key": API_KEY},
+                15,
             )
         return
     redis = start_redis()  # its own: other tests flush the shared one

@@ -93,6 +93,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, "Malformed JSON, or a path or query string that is not UTF-8"),
         (401, "Missing or invalid API key (when keys are configured)"),
+        (403, "No permission grants the action on what was asked (with server.auth)"),
         (404, "Unknown feature, view, service, entity or push source (close names listed)"),
         (413, "Too many entities (server.max_entities) or too large a body"),
         (422, "Invalid request: the message names the field"),
@@ -452,7 +453,8 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         views = [v for v in handlers.list_views(state.catalog) if access.visible(state, "view", v["name"])]  # fmt: skip
         return _reply(200, dumps(views))
 
-    @api.get("/feature-views/{name}", response_model=FeatureViewInfo, responses={404: _ERRORS[404]},
+    @api.get("/feature-views/{name}", response_model=FeatureViewInfo,
+             responses={403: _ERRORS[403], 404: _ERRORS[404]},
              tags=["catalog"])  # fmt: skip
     async def feature_view(name: str) -> Response:
         if access.policy(state) is not None and not (name in state.catalog.all_views() and access.visible(state, "view", name)):  # fmt: skip

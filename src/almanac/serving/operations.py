@@ -35,6 +35,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "Missing or invalid API key (when keys are configured)",
     },
+    403: {
+        "model": ErrorResponse,
+        "description": "No permission to describe the view (with server.auth)",
+    },
     404: {"model": ErrorResponse, "description": "Unknown view (close names listed)"},
     422: {"model": ErrorResponse, "description": "Invalid request (a time that is not ISO 8601)"},
 }

@@ -32,6 +32,7 @@ def _errors() -> dict[int | str, dict[str, Any]]:
         code: {"model": ErrorResponse, "description": text}
         for code, text in [
             (401, "Missing or invalid API key (when keys are configured)"),
+            (403, "No permission grants the action on the view or service (with server.auth)"),
             (404, "Unknown view (close names listed)"),
             (422, "Invalid request (a time, a window), or a view with nothing to check"),
         ]
