@@ -124,6 +124,15 @@ class AuthConfig(_Section):
         return values
 
 
+class LimitsConfig(_Section):
+    """Per principal, in each server process: requests a second (a token bucket that
+    holds `burst`), and entities in one request; beyond them, 429 with Retry-After."""
+
+    requests_per_second: float | None = Field(None, gt=0)
+    burst: int = Field(100, ge=1)
+    entities_per_request: int | None = Field(None, ge=1)
+
+
 class AuditConfig(_Section):
     path: str = "audit/almanac.jsonl"  # relative to the repo; rotated at max_bytes
     max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
@@ -134,6 +143,7 @@ class ServerConfig(_Section):
     api_keys: list[str] = []
     auth: AuthConfig | None = None
     audit: AuditConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
     max_entities: int = Field(10_000, ge=1)
     missing_placeholder: str = "unknown"
     # The share of entities whose served feature vectors are logged for the skew report

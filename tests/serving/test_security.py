@@ -44,9 +44,7 @@ NOW = datetime.now(UTC) - timedelta(minutes=1)
 def make_store(root: Path, auth: str) -> FeatureStore:
     repo = root / "repo"
     repo.mkdir()
-    auth, _, audit = auth.partition("  audit:\n")
-    audit = f"  audit:\n{audit}" if audit else ""
-    (repo / "almanac.yaml").write_text(f"project: sec\nserver:\n  auth:\n{auth}{audit}")
+    (repo / "almanac.yaml").write_text(f"project: sec\nserver:\n  auth:\n{auth}")
     (repo / "features.py").write_text(FEATURES)
     store = FeatureStore(repo)
     store.apply()
@@ -219,3 +217,22 @@ def test_every_request_is_audited_once_without_secrets(keyed: tuple[TestClient, 
     )  # no key, no value
     code, out = run_cli(capsys, "--repo", str(store.repo_path), "audit", "--principal", "key:fraud", "--json")  # fmt: skip
     assert code == 0 and len(out.strip().splitlines()) == 2
+
+
+def test_per_principal_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
+    store = make_store(tmp_path, "    type: api_keys\n  limits:\n    requests_per_second: 1\n    burst: 3\n    entities_per_request: 2\n")  # fmt: skip
+    fraud = create_key(store.registry.state, "fraud", ["role:fraud-model"])
+    ingest = create_key(store.registry.state, "ingest", ["role:ingest"])
+    with TestClient(create_app(store)) as client:
+        answers = [read(client, fraud, features=["activity:clicks"]) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[3].headers["retry-after"] == "1"
+        assert "requests_per_second" in answers[3].json()["detail"]
+        # Another principal has its own bucket.
+        assert read(client, ingest, features=["activity:clicks"]).status_code == 403
+        time.sleep(1.1)
+        too_many = read(
+            client, fraud, features=["activity:clicks"], entities={"user_id": [1, 2, 3]}
+        )
+        assert too_many.status_code == 429 and "entities_per_request" in too_many.json()["detail"]
+    store.close()

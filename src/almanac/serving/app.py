@@ -56,6 +56,7 @@ from almanac.serving.errors import (
     HttpError,
     InvalidUrlError,
     RequestValidationError,
+    TooManyRequestsError,
     UnauthorizedError,
     error_reply,
     status_error,
@@ -97,6 +98,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "Unknown feature, view, service, entity or push source (close names listed)"),
         (413, "Too many entities (server.max_entities) or too large a body"),
         (422, "Invalid request: the message names the field"),
+        (429, "Over a per-principal limit (server.limits): see Retry-After"),
         (503, "Online store or registry unavailable"),
     ]
 }
@@ -193,6 +195,8 @@ class FeatureServer:
         status = 0
         if state.auth is not None and path not in OPEN_PATHS:
             principal = state.auth.authenticate(scope["headers"])
+            if isinstance(principal, str):  # a replacement hook of the first protocol
+                principal = Principal.of(principal)
             if principal is None:
                 error: HttpError = UnauthorizedError(
                     "missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>",
@@ -203,6 +207,11 @@ class FeatureServer:
             else:
                 scope.setdefault("state", {})["principal"] = principal
                 PRINCIPAL.set(principal)  # this request's task (and the threads it starts)
+                try:
+                    state.limiter.take(principal.name)
+                except TooManyRequestsError as limited:
+                    endpoint = self._template(scope, raw)
+                    status = await self._answer_error(send, limited, endpoint)
         if status == 0 and (b"%" in raw or not raw.isascii()):
             try:
                 unquote_to_bytes(raw).decode("utf-8")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 
 from almanac.errors import (
     AccessDeniedError,
@@ -80,6 +81,10 @@ class UnauthorizedError(HttpError):
 
 class PayloadTooLargeError(HttpError):
     status, error = 413, "PayloadTooLarge"
+
+
+class TooManyRequestsError(HttpError):
+    status, error = 429, "TooManyRequests"
 
 
 class RequestTimeoutError(HttpError):
@@ -166,3 +171,21 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         raise RequestValidationError(
             [{"loc": ["body", *p["loc"]], "msg": p["msg"], "type": p["type"]} for p in problems]
         ) from None
+
+
+def single_query_values(request: Request) -> None:
+    """A FastAPI dependency: a query parameter given twice is a 422 (FastAPI would keep
+    the last one silently)."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["query", name],
+                        "msg": "given more than once; give it once",
+                        "type": "repeated",
+                    }
+                ]  # fmt: skip
+            )
+        seen.add(name)

@@ -37,9 +37,11 @@ from almanac.serving.errors import (
     InvalidUrlError,
     PayloadTooLargeError,
     RequestValidationError,
+    TooManyRequestsError,
     parse_body,
 )
 from almanac.serving.group_commit import GroupCommit
+from almanac.serving.limits import RateLimiter
 from almanac.serving.metrics import Metrics
 from almanac.serving.monitoring import FreshnessMonitor
 from almanac.serving.schemas import INT64_MAX, INT64_MIN, ContextRequest, OnlineFeaturesRequest
@@ -73,6 +75,7 @@ class ServingState:
         # The last write's storage-full error, until a write succeeds (`writes`).
         self.storage_error: str | None = None
         self.offline_lock = threading.Lock()
+        self.limiter = RateLimiter(store.config.server.limits)
         audit_config = store.config.server.audit
         self.audit = (
             None if audit_config is None else AuditLog(audit_config, store.config.repo_path)
@@ -131,6 +134,13 @@ async def read_online(
         raise PayloadTooLargeError(
             f"{count:,} entities in one request; the limit is server.max_entities = "
             f"{state.config.max_entities:,}: split the request"
+        )
+    cap = state.config.limits.entities_per_request
+    if cap is not None and count > cap:
+        raise TooManyRequestsError(
+            f"{count:,} entities in one request; the limit per principal is "
+            f"server.limits.entities_per_request = {cap:,}: split the request",
+            {"retry-after": "0"},
         )
     state.metrics.observe_entities(endpoint, count)
     try:

@@ -7,12 +7,13 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from almanac.errors import AccessDeniedError
 from almanac.serving import access
 from almanac.serving.encode import dumps
+from almanac.serving.errors import single_query_values
 from almanac.serving.handlers import ServingState
 from almanac.serving.schemas import ErrorResponse
 
@@ -45,7 +46,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def operations_router(state: ServingState) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(tags=["operations"], dependencies=[Depends(single_query_values)])
 
     @router.get("/runs", response_model=list[RunInfo], responses=_ERRORS)
     async def runs(

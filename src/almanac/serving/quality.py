@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from almanac.config import RepoConfig
 from almanac.errors import AccessDeniedError
@@ -21,6 +21,7 @@ from almanac.quality.statistics import FeatureStatistics
 from almanac.semantics.times import to_utc
 from almanac.serving import access
 from almanac.serving.encode import dumps
+from almanac.serving.errors import single_query_values
 from almanac.serving.handlers import ServingState
 
 
@@ -76,7 +77,9 @@ class SkewReportInfo:
 
 
 def quality_router(state: ServingState) -> APIRouter:
-    router = APIRouter(prefix="/quality", tags=["quality"])
+    router = APIRouter(
+        prefix="/quality", tags=["quality"], dependencies=[Depends(single_query_values)]
+    )
 
     async def run(function: Any, *args: Any) -> Response:
         if access.policy(state) is not None and args and isinstance(args[0], str):
