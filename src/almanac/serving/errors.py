@@ -179,13 +179,6 @@ def single_query_values(request: Request) -> None:
     seen: set[str] = set()
     for name, _ in request.query_params.multi_items():
         if name in seen:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ["query", name],
-                        "msg": "given more than once; give it once",
-                        "type": "repeated",
-                    }
-                ]  # fmt: skip
-            )
+            problem = {"loc": ["query", name], "msg": "given more than once; give it once"}
+            raise RequestValidationError([{**problem, "type": "repeated"}])
         seen.add(name)
