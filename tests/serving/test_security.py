@@ -236,3 +236,11 @@ def test_per_principal_limits_answer_429_with_retry_after(tmp_path: Path) -> Non
         )
         assert too_many.status_code == 429 and "entities_per_request" in too_many.json()["detail"]
     store.close()
+
+
+def test_health_tells_an_anonymous_probe_its_status_only(keyed: tuple[TestClient, dict[str, str], FeatureStore]) -> None:  # fmt: skip
+    client, keys, _ = keyed
+    anonymous = client.get("/health")
+    assert set(anonymous.json()) == {"status"}
+    detailed = client.get("/health", headers={"X-API-Key": keys["nobody"]})
+    assert {"status", "registry", "online_store"} <= set(detailed.json())

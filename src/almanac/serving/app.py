@@ -497,8 +497,13 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         responses={503: {"model": HealthResponse}},
         tags=["operations"],
     )
-    async def health() -> Response:
+    async def health(request: Request) -> Response:
+        """ok, degraded or unavailable, with each store's check. With server.auth on,
+        only a caller that authenticates sees the checks (they name addresses and errors)."""
         status, body = await handlers.health(state)
+        if state.store.config.server.auth is not None and state.auth is not None:
+            if state.auth.authenticate(request.scope["headers"]) is None:
+                body = {"status": body["status"]}
         return _reply(status, dumps(body))
 
     @api.get("/metrics", response_class=Response, tags=["operations"],

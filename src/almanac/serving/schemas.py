@@ -283,8 +283,10 @@ class HealthResponse(BaseModel):
         "are served but something needs attention (storage full, the online store missing "
         "a view's values, a view out of its freshness SLO)."
     )
-    registry: HealthCheck
-    online_store: HealthCheck
-    storage: StorageCheck
-    freshness: FreshnessCheck
+    # The details, for callers that authenticate when server.auth is on (they name the
+    # stores' addresses and errors): an anonymous probe gets the status only.
+    registry: HealthCheck | None = None
+    online_store: HealthCheck | None = None
+    storage: StorageCheck | None = None
+    freshness: FreshnessCheck | None = None
     registry_version: int | None = None
