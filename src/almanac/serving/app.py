@@ -499,7 +499,7 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
     )
     async def health(request: Request) -> Response:
         """ok, degraded or unavailable, with each store's check. With server.auth on,
-        only a caller that authenticates sees the checks (they name addresses and errors)."""
+        only a caller that authenticates sees the checks (they name addresses, errors)."""
         status, body = await handlers.health(state)
         if state.store.config.server.auth is not None and state.auth is not None:
             if state.auth.authenticate(request.scope["headers"]) is None:
