@@ -501,9 +501,9 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         """ok, degraded or unavailable, with each store's check. With server.auth on,
         only a caller that authenticates sees the checks (they name addresses, errors)."""
         status, body = await handlers.health(state)
-        if state.store.config.server.auth is not None and state.auth is not None:
-            if state.auth.authenticate(request.scope["headers"]) is None:
-                body = {"status": body["status"]}
+        secured = state.store.config.server.auth is not None and state.auth is not None
+        if secured and state.auth.authenticate(request.scope["headers"]) is None:  # type: ignore[union-attr]
+            body = {"status": body["status"]}
         return _reply(status, dumps(body))
 
     @api.get("/metrics", response_class=Response, tags=["operations"],
