@@ -147,10 +147,22 @@ class RedisClusterServer:
                 info = subprocess.run(self._cli("-p", str(node.port), "cluster", "info"),
                                       capture_output=True, text=True, check=False).stdout  # fmt: skip
                 states.append("cluster_state:ok" in info and "cluster_slots_ok:16384" in info)
-            if states and all(states):
+            if states and all(states) and self._replicated():
                 return
             time.sleep(0.2)
         raise RuntimeError("the Redis Cluster did not become healthy")
+
+    def _replicated(self) -> bool:
+        """Every live replica is synced with its master (writes wait for one): as many
+        replication links online as live nodes that are not masters."""
+        alive = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+        masters = self.primaries()
+        online = 0
+        for node in masters:
+            info = subprocess.run(self._cli("-p", str(node.port), "info", "replication"),
+                                  capture_output=True, text=True, check=False).stdout  # fmt: skip
+            online += info.count("state=online")
+        return online >= len(alive) - len(masters)
 
     def primaries(self) -> list[RedisServer]:
         """The nodes that are masters now (after a failover, a former replica)."""

@@ -59,14 +59,13 @@ from redis.retry import Retry
 
 from almanac.config import RepoConfig
 from almanac.errors import ConfigError, StoreUnavailableError
-from almanac.online.batch import KeyColumn, prepare_batch
+from almanac.online.batch import KeyColumn, PreparedBatch, prepare_batch
 from almanac.online.redis.aio import AsyncRedis
 from almanac.online.redis.store import _UNAVAILABLE, WRITE_SCRIPT, RedisOnlineStore
 from almanac.online.redis.wire import (
     KEY_PREFIX,
     ROWS_PER_CALL,
     Pieces,
-    bulk,
     command,
     count_written,
     created_field,
@@ -437,18 +436,12 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             self._client.sadd(meta + "keys:" + view, "&".join(sorted(join_keys))),
         ))  # fmt: skip
 
-    def write_batch(
-        self, project: str, view: str, join_keys: list[str], features: list[str], table: pa.Table
+    def _stream_writes(
+        self, project: str, batch: PreparedBatch, sha: bytes, header_args: bytes, header_count: int
     ) -> int:
-        batch = prepare_batch(view, table, join_keys, features)
-        if batch.num_rows == 0:
-            return 0
-        sha = self._load_script()
-        self._register(project, view, join_keys, features)
-        header = [str(len(features)).encode(), ts_field(view), created_field(view),
-                  str(self.key_ttl_seconds).encode()]  # fmt: skip
-        header += [feature_field(view, f) for f in features]
-        header_args = b"".join(bulk(a) for a in header)
+        """Per slice of the batch, its rows sorted by slot, each master's script calls in
+        one pipelined round trip, the masters at once (`write_batch` of the single-node
+        store calls this with the scripts' header)."""
         written = 0
         for part in batch.slices(self.batch_size):
             keys, slots = self._entity_keys(project, part.keys)
@@ -464,13 +457,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                     groups.setdefault(name, []).append(call)
                 payloads, counts = {}, {}
                 for name, ranges in groups.items():
-                    payloads[name], counts[name] = write_payload(project, part, sha, header_args, len(header), keys=keys, calls=ranges)  # fmt: skip
+                    payloads[name], counts[name] = write_payload(project, part, sha, header_args, header_count, keys=keys, calls=ranges)  # fmt: skip
                 replies = self._exchange_nodes(payloads, counts, write=True)
                 flat = [r for rs in replies.values() for r in rs]
-                if any(isinstance(r, AskError) for r in flat):  # a slot being migrated
-                    raise TryAgainError(
-                        "a slot is being migrated"
-                    )  # sent again: writes are idempotent
+                if any(isinstance(r, AskError) for r in flat):  # a slot being migrated:
+                    raise TryAgainError("a slot is being migrated")  # sent again (idempotent)
                 error = first_error(flat)
                 if error is not None:
                     if isinstance(error, NoScriptError):  # a promoted replica has no script cache
