@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from almanac import FeatureStore
-from almanac.cli import main
 from almanac.errors import NotFoundError
 from almanac.offline import compaction
 from almanac.offline.compaction import compact
 from almanac.offline.files import list_files, push_folder
+from cli_runner import run_cli
 
 FEATURES = """
 from almanac import Entity, FeatureView, Field, Int64, PushSource, String
@@ -229,16 +229,6 @@ def test_only_push_sources_and_known_names(tmp_path: Path) -> None:
         with pytest.raises(NotFoundError, match="unknown source 'nope'"):
             store.compact(["nope"])
         assert store.compact()[0].skipped == "no files yet"
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_cli_compact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from almanac import FeatureStore
-from almanac.cli import main
 from almanac.security.keys import create_key, revoke_key
 from almanac.serving.app import create_app
+from cli_runner import run_cli
 
 FEATURES = """
 from almanac import (Entity, FeatureService, FeatureView, Field, Float64, Int64, Permission,
@@ -167,16 +167,6 @@ def test_jwt_bearer_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert status(token({"exp": datetime.now(UTC) - timedelta(minutes=5)})) == 401
         assert status(token({"nbf": datetime.now(UTC) + timedelta(minutes=5)})) == 401
     store.close()
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_keys_and_access_check_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
