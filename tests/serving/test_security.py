@@ -234,3 +234,12 @@ def test_health_tells_an_anonymous_probe_its_status_only(keyed: tuple[TestClient
     assert set(anonymous.json()) == {"status"}
     detailed = client.get("/health", headers={"X-API-Key": keys["nobody"]})
     assert {"status", "registry", "online_store"} <= set(detailed.json())
+
+
+def test_two_different_credentials_are_refused(keyed: tuple[TestClient, dict[str, str], FeatureStore]) -> None:  # fmt: skip
+    client, keys, _ = keyed
+    body = {"features": ["activity:clicks"], "entities": {"user_id": [1]}}
+    both = {"X-API-Key": keys["fraud"], "Authorization": "Bearer not-the-same"}
+    assert client.post("/get-online-features", json=body, headers=both).status_code == 401
+    same = {"X-API-Key": keys["fraud"], "Authorization": f"Bearer {keys['fraud']}"}
+    assert client.post("/get-online-features", json=body, headers=same).status_code == 200

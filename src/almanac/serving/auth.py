@@ -90,11 +90,20 @@ class TokenAuth:
 
 
 def _presented_key(headers: Headers) -> bytes | None:
+    """The credential of `X-API-Key` or `Authorization: Bearer`. Two different ones
+    are no credential at all (401): which one counts must never depend on the order of
+    headers."""
+    found: bytes | None = None
     for name, value in headers:
+        presented = None
         if name == b"x-api-key":
-            return value.strip()
-        if name == b"authorization":
+            presented = value.strip()
+        elif name == b"authorization":
             scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-    return None
+            if scheme.lower() == b"bearer":
+                presented = token.strip()
+        if presented is not None:
+            if not presented or (found is not None and presented != found):
+                return None
+            found = presented
+    return found
