@@ -243,3 +243,5 @@ def test_two_different_credentials_are_refused(keyed: tuple[TestClient, dict[str
     assert client.post("/get-online-features", json=body, headers=both).status_code == 401
     same = {"X-API-Key": keys["fraud"], "Authorization": f"Bearer {keys['fraud']}"}
     assert client.post("/get-online-features", json=body, headers=same).status_code == 200
+    basic = {"X-API-Key": keys["fraud"], "Authorization": "Basic dXNlcjpwYXNz"}
+    assert client.post("/get-online-features", json=body, headers=basic).status_code == 401

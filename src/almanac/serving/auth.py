@@ -90,18 +90,19 @@ class TokenAuth:
 
 
 def _presented_key(headers: Headers) -> bytes | None:
-    """The credential of `X-API-Key` or `Authorization: Bearer`. Two different ones
-    are no credential at all (401): which one counts must never depend on the order of
-    headers."""
+    """The credential of `X-API-Key` or `Authorization: Bearer`. Two different ones, or
+    an Authorization header of another scheme, are no credential at all (401): what
+    counts must never depend on the order of headers."""
     found: bytes | None = None
     for name, value in headers:
         presented = None
         if name == b"x-api-key":
             presented = value.strip()
         elif name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                presented = token.strip()
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                return None  # a scheme Almanac does not read is no credential: 401
+            presented = token.strip()
         if presented is not None:
             if not presented or (found is not None and presented != found):
                 return None
