@@ -68,14 +68,11 @@ from almanac.online.redis.wire import (
     Pieces,
     command,
     count_written,
-    created_field,
     entity_keys,
-    feature_field,
     first_error,
     key_encoder,
     key_prefix,
     read_replies,
-    ts_field,
     write_payload,
 )
 from almanac.ports.online import ViewRead, ViewRows
@@ -473,29 +470,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             written += int(self._retrying(attempt))
         return written
 
-    def delete_view(self, project: str, view: str) -> None:
-        meta = _meta(project)
-        try:
-            self._client.hdel(meta + "watermarks", view)  # first: see OnlineStore
-            features = self._client.smembers(meta + "fields:" + view)
-            key_sets = self._client.smembers(meta + "keys:" + view)
-            fields = [ts_field(view), created_field(view)]
-            fields += [feature_field(view, f.decode()) for f in features]
-            for names in key_sets:
-                first = names.decode().split("&")[0]
-                pattern = key_prefix(project) + b"{*}" + first.encode() + b"=*"
-                for node in self._client.get_primaries():
-                    client = self._client.get_redis_connection(node)
-                    pipe = client.pipeline(transaction=False)
-                    for count, key in enumerate(client.scan_iter(match=pattern, count=1000), 1):
-                        pipe.hdel(key, *fields)
-                        if count % 1000 == 0:
-                            pipe.execute()
-                    pipe.execute()
-            self._client.delete(meta + "fields:" + view)
-            self._client.delete(meta + "keys:" + view)
-        except (RedisClusterException, *_UNAVAILABLE) as error:
-            raise self._unavailable(error) from None
+    def _entity_pattern(self, project: str, first_key: str) -> bytes:
+        return key_prefix(project) + b"{*}" + first_key.encode() + b"=*"
+
+    def _scanned_clients(self) -> list[Any]:
+        return [self._client.get_redis_connection(node) for node in self._client.get_primaries()]
 
     def watermarks(self, project: str) -> dict[str, Any]:
         return self._retrying(lambda: super(RedisClusterOnlineStore, self).watermarks(project))  # type: ignore[no-any-return]

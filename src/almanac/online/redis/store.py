@@ -46,7 +46,7 @@ import pyarrow as pa
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -79,6 +79,8 @@ from almanac.ports.online import Merge, OnlineStore, ViewRead, ViewRows, Waterma
 from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# A cluster's client raises its own errors when no master answers.
+_DELETE_ERRORS = (*_UNAVAILABLE, RedisClusterException)
 
 # KEYS: one hash per row. ARGV: feature count, event-time field, created-time field,
 # expiry seconds (0 for none), the feature fields, then per row the event time and the
@@ -507,16 +509,26 @@ class RedisOnlineStore(OnlineStore):
                 # Keys start with the first join key (they are sorted by name); a wider
                 # match only costs HDELs of fields that are not there.
                 first = names.decode().split("&")[0]
-                pattern = key_prefix(project) + first.encode() + b"=*"
-                pipe = self._client.pipeline(transaction=False)
-                for count, key in enumerate(self._client.scan_iter(match=pattern, count=1000), 1):
-                    pipe.hdel(key, *fields)
-                    if count % 1000 == 0:
-                        pipe.execute()
-                pipe.execute()
-            self._client.delete(fields_key, keys_key)
-        except _UNAVAILABLE as error:
+                pattern = self._entity_pattern(project, first)
+                for client in self._scanned_clients():
+                    pipe = client.pipeline(transaction=False)
+                    for count, key in enumerate(client.scan_iter(match=pattern, count=1000), 1):  # fmt: skip
+                        pipe.hdel(key, *fields)
+                        if count % 1000 == 0:
+                            pipe.execute()
+                    pipe.execute()
+            self._client.delete(fields_key)
+            self._client.delete(keys_key)
+        except _DELETE_ERRORS as error:
             raise self._unavailable(error) from None
+
+    def _entity_pattern(self, project: str, first_key: str) -> bytes:
+        """A SCAN pattern that matches every entity hash whose first join key is this."""
+        return key_prefix(project) + first_key.encode() + b"=*"
+
+    def _scanned_clients(self) -> list[Any]:
+        """The clients whose keys `delete_view` scans (a cluster: one per master)."""
+        return [self._client]
 
     def watermarks(self, project: str) -> dict[str, Watermark]:
         try:
