@@ -8,10 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from stream_repo import assert_exactly_once, event, make_repo, served
 
 from almanac.ingest.exactly_once import OFFSET, PARTITION
 from almanac.ingest.push import push
+from online_stores import ONLINE_STORES, online_store_url
 
 
 def rows(events: list[dict], origins: list[tuple[str, int]]) -> pa.Table:
@@ -19,6 +21,13 @@ def rows(events: list[dict], origins: list[tuple[str, int]]) -> pa.Table:
     return table.append_column(PARTITION, pa.array([p for p, _ in origins])).append_column(
         OFFSET, pa.array([o for _, o in origins], pa.int64())
     )
+
+
+@pytest.fixture(params=ONLINE_STORES)
+def online_url(request: pytest.FixtureRequest) -> str:
+    """Exactly once on every online store, Redis Cluster included (its merges are
+    conditional per entity, as on one node)."""
+    return online_store_url(request, "sqlite:///.almanac/online.db")
 
 
 def test_overlapping_replays_count_each_event_once(tmp_path: Path, online_url: str) -> None:
