@@ -79,7 +79,7 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
         with open(secured / "features.py", "a") as features:
             features.write(PERMISSIONS)
         with open(secured / "almanac.yaml", "a") as settings:
-            settings.write(f"server:\n  auth:\n    type: jwt\n    secret: {SECRET}\n    algorithms: [HS256]\n    audience: almanac\n  audit:\n    path: audit/almanac.jsonl\n")  # fmt: skip
+            settings.write(f"server:\n  auth:\n    type: jwt\n    secret: {SECRET}\n    algorithms: [HS256]\n    audience: almanac\naudit:\n  path: audit/almanac.jsonl\n")  # fmt: skip
         from almanac import FeatureStore
 
         with FeatureStore(secured) as store:

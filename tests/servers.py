@@ -217,7 +217,7 @@ def make_tls_files(folder: Path) -> TlsFiles:
     subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
                     "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(cert)], **quiet)  # type: ignore[call-overload]  # fmt: skip
     client_cert, client_key, client_request = folder / "client.pem", folder / "client.key", folder / "client.csr"  # fmt: skip
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fraud-model",
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=fraud-model/OU=risk",
                     "-keyout", str(client_key), "-out", str(client_request)], **quiet)  # type: ignore[call-overload]  # fmt: skip
     subprocess.run(["openssl", "x509", "-req", "-in", str(client_request), "-CA", str(ca), "-CAkey", str(ca_key),
                     "-CAcreateserial", "-days", "2", "-out", str(client_cert)], **quiet)  # type: ignore[call-overload]  # fmt: skip

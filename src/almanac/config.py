@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from almanac import backends
 from almanac.definitions.base import check_name
+from almanac.definitions.permission import check_principal
 from almanac.errors import ConfigError
 
 CONFIG_FILE = "almanac.yaml"
@@ -115,6 +116,10 @@ class AuthConfig(_Section):
     groups_claim: str | None = "groups"
     leeway_seconds: int = Field(30, ge=0)
     refresh_seconds: float = Field(1.0, gt=0)  # how soon a revoked API key stops working
+    # Mutual TLS: a request without key or token is its client certificate's subject
+    # (cert:<CN>, group:<OU>); needs `almanac serve --ssl-client-cert optional|required`.
+    client_certificates: bool = False
+    metrics: Literal["open", "authenticated"] = "open"  # who may scrape /metrics
 
     @field_validator("algorithms")
     @classmethod
@@ -134,15 +139,41 @@ class LimitsConfig(_Section):
 
 
 class AuditConfig(_Section):
+    """The audit log: the server's requests and the SDK's and CLI's registry,
+    materialization and write operations, one JSON line each."""
+
     path: str = "audit/almanac.jsonl"  # relative to the repo; rotated at max_bytes
     max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     backups: int = Field(5, ge=0)
 
 
+class AccessConfig(_Section):
+    """Who this checkout's SDK and CLI act as. With `principal` set, their operations
+    (apply, materialize, reads, pushes) are checked against the applied permissions,
+    as the server checks its callers' (docs/security.md says what that protects)."""
+
+    principal: str | None = None  # role:etl, user:alice ...; or ALMANAC_ACCESS_PRINCIPAL
+    identities: list[str] = []  # more identities of the same principal (group:risk)
+
+    @field_validator("principal")
+    @classmethod
+    def _principal(cls, value: str | None) -> str | None:
+        return None if value is None else check_principal(value, glob=False)
+
+    @field_validator("identities", mode="before")
+    @classmethod
+    def _identities(cls, values: Any) -> Any:
+        if isinstance(values, str):  # ALMANAC_ACCESS_IDENTITIES=group:risk,group:privacy
+            values = [v.strip() for v in values.split(",") if v.strip()]
+        if isinstance(values, list):
+            for value in values:
+                check_principal(str(value), glob=False)
+        return values
+
+
 class ServerConfig(_Section):
     api_keys: list[str] = []
     auth: AuthConfig | None = None
-    audit: AuditConfig | None = None
     limits: LimitsConfig = LimitsConfig()
     max_entities: int = Field(10_000, ge=1)
     missing_placeholder: str = "unknown"
@@ -157,6 +188,8 @@ class RepoConfig(_Section):
     offline: OfflineConfig = OfflineConfig()
     online: OnlineConfig = OnlineConfig()
     server: ServerConfig = ServerConfig()
+    access: AccessConfig = AccessConfig()
+    audit: AuditConfig | None = None
     # Repo modules that hold definitions; by default every *.py file in the repo folder.
     definitions: list[str] | None = None
 
@@ -167,6 +200,16 @@ class RepoConfig(_Section):
     @classmethod
     def _project_name(cls, value: str) -> str:
         return check_name(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _server_audit(cls, data: Any) -> Any:
+        # `server: {audit: ...}`, where the audit log was first configured, keeps working.
+        server = data.get("server") if isinstance(data, dict) else None
+        if isinstance(server, dict) and "audit" in server:
+            data = {**data, "server": {k: v for k, v in server.items() if k != "audit"}}
+            data.setdefault("audit", server["audit"])
+        return data
 
     def resolve_path(self, path: str | Path) -> Path:
         path = Path(path).expanduser()

@@ -9,7 +9,9 @@ so a command only connects to what it uses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from almanac.quality.statistics import FeatureStatistics
     from almanac.registry.diff import Plan
     from almanac.registry.store import CachedRegistry
+    from almanac.security.access import AccessPolicy, Target
+    from almanac.security.operations import OperationGuard
 
 
 class FeatureStore:
@@ -101,12 +105,21 @@ class FeatureStore:
         Online values of views whose values change (another source, keys, features,
         types, transformation...) or that are deleted are cleared first, with their
         watermarks, so that values of another definition are never served; if the online
-        store cannot be reached, nothing is applied."""
-        from almanac.online.layouts import forget
-        from almanac.repo import guard_writes, record_applied
+        store cannot be reached, nothing is applied. With `access.principal`, each change
+        needs the `apply` action (from the permissions already applied)."""
+        from almanac.repo import guard_writes
 
         guard_writes("apply")
         plan = plan or self.plan(prune=prune)
+        changes = [f"{c.kind}:{c.name}" for c in plan.changes]
+        with self._guard.operation(self.catalog, "apply", ["apply"], lambda policy: _applied(policy, plan), changes=changes):  # fmt: skip
+            self._apply(plan)
+        return plan
+
+    def _apply(self, plan: Plan) -> None:
+        from almanac.online.layouts import forget
+        from almanac.repo import record_applied
+
         stale = plan.views_with_stale_online_data()
         if stale and self.registry.backend.version() != plan.base_version:
             # Another apply landed since the plan: fail before clearing anything.
@@ -127,7 +140,6 @@ class FeatureStore:
         record_applied(
             self.repo_path, self._registry_key, Catalog.from_definitions(declared, validate=False)
         )
-        return plan
 
     @property
     def _registry_key(self) -> str:
@@ -164,7 +176,9 @@ class FeatureStore:
         """
         catalog = self.catalog
         refs = catalog.resolve(features, feature_service, full_feature_names)
-        job = self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
+        pairs = [(r.view, r.field.name) for r in refs]
+        with self._guard.operation(catalog, "get_historical_features", ["read_offline"], lambda policy: policy.feature_targets(pairs), features=[r.ref for r in refs]):  # fmt: skip
+            job = self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
         if save_as is None:
             return job
         from almanac.quality.datasets import save
@@ -183,7 +197,9 @@ class FeatureStore:
         from almanac.repo import guard_writes
 
         guard_writes("write_to_offline_store")
-        return write_to_offline_store(self, view, df)
+        with self._guard.operation(self.catalog, "write_to_offline_store", ["write_offline"], lambda policy: [policy.view_target(view)], view=view) as notes:  # fmt: skip
+            notes["rows"] = write_to_offline_store(self, view, df)
+        return int(notes["rows"])
 
     # ---- quality -----------------------------------------------------------------------
 
@@ -194,7 +210,8 @@ class FeatureStore:
         in [start, end] (see `almanac.quality.statistics`)."""
         from almanac.quality.checks import statistics
 
-        return statistics(self, view, start, end)
+        with self._reading_offline("statistics", view):
+            return statistics(self, view, start, end)
 
     def drift(
         self,
@@ -209,7 +226,8 @@ class FeatureStore:
         `almanac.quality.served.Served(start, end)`: the values the serving log holds."""
         from almanac.quality.checks import feature_drift
 
-        return feature_drift(self, view, reference, current)
+        with self._reading_offline("drift", view):
+            return feature_drift(self, view, reference, current)
 
     def datasets(self) -> list[SavedDataset]:
         """The saved training sets, newest first."""
@@ -230,7 +248,8 @@ class FeatureStore:
         """`view`'s expectations over its offline rows with event times in [start, end]."""
         from almanac.quality.checks import validate
 
-        return validate(self, view, start, end)
+        with self._reading_offline("validate", view):
+            return validate(self, view, start, end)
 
     def skew(
         self,
@@ -279,7 +298,8 @@ class FeatureStore:
         each with the expectations it broke."""
         from almanac.quality.checks import quarantined
 
-        return quarantined(self, view)
+        with self._reading_offline("quarantine", view):
+            return quarantined(self, view)
 
     def freshness(
         self, views: list[str] | None = None, now: datetime | None = None
@@ -289,6 +309,13 @@ class FeatureStore:
         from almanac.quality.freshness import freshness
 
         return freshness(self, views, now)
+
+    def _reading_offline(self, name: str, view: str) -> AbstractContextManager[dict[str, Any]]:
+        """The `read_offline` check on every feature of `view` (its rows are read)."""
+        catalog = self.catalog
+        found = catalog.view(view)
+        pairs = [(view, f.name) for f in getattr(found, "features", [])]
+        return self._guard.operation(catalog, name, ["read_offline"], lambda policy: policy.feature_targets(pairs) or [policy.view_target(view)], view=view)  # fmt: skip
 
     # ---- online ------------------------------------------------------------------------
 
@@ -312,6 +339,10 @@ class FeatureStore:
         are measured from; pass one to replay what was served at that moment."""
         from almanac.online.retrieval import get_online_features
 
+        if self._guard.principal is not None:
+            catalog = self.catalog
+            refs = catalog.resolve(features, feature_service, full_feature_names)
+            self._guard.require_features(catalog, "read_online", [(r.view, r.field.name) for r in refs])  # fmt: skip
         response = get_online_features(
             self, features, entity_rows, feature_service=feature_service,
             full_feature_names=full_feature_names, now=now,
@@ -372,7 +403,10 @@ class FeatureStore:
         from almanac.repo import guard_writes
 
         guard_writes("push")
-        return push(self, push_source, df, to, idempotency_key=idempotency_key)
+        actions = {"online": ["write_online"], "offline": ["write_offline"]}.get(to, ["write_online", "write_offline"])  # fmt: skip
+        with self._guard.operation(self.catalog, "push", actions, lambda policy: [policy.source_target(push_source)], source=push_source, to=to) as notes:  # fmt: skip
+            notes["rows"] = push(self, push_source, df, to, idempotency_key=idempotency_key)
+        return int(notes["rows"])
 
     def compact(
         self,
@@ -401,7 +435,11 @@ class FeatureStore:
                     f"source '{name}' is a {type(source).__name__}; only push and stream "
                     "sources' offline logs are Almanac's to compact"
                 )
-            results.append(compact(self.config, source, min_age=_duration(min_age, "min_age"), grace=_duration(grace, "grace")))  # fmt: skip
+            target = functools.partial(_source_targets, name=name)
+            with self._guard.operation(catalog, "compact", ["write_offline"], target, source=name) as notes:  # fmt: skip
+                done = compact(self.config, source, min_age=_duration(min_age, "min_age"), grace=_duration(grace, "grace"))  # fmt: skip
+                notes["rows"] = done.rows
+            results.append(done)
         return results
 
     # ---- materialization -----------------------------------------------------------------
@@ -419,7 +457,10 @@ class FeatureStore:
 
         guard_writes("materialize")
         options.setdefault("on_run", recorder(self.registry.state, "manual"))
-        return materialize(self, start, end, views, **options)
+        with self._materializing("materialize", views) as notes:
+            result = materialize(self, start, end, views, **options)
+            notes["rows"] = result.rows
+        return result
 
     def materialize_incremental(
         self, end: datetime | str, views: Sequence[str] | None = None, **options: Any
@@ -432,7 +473,16 @@ class FeatureStore:
         guard_writes("materialize_incremental")
         options.setdefault("on_run", recorder(self.registry.state, "manual"))
         options.setdefault("late", LateRows(self.config, self.catalog, self.registry.state))
-        return materialize_incremental(self, end, views, **options)
+        with self._materializing("materialize_incremental", views) as notes:
+            result = materialize_incremental(self, end, views, **options)
+            notes["rows"] = result.rows
+        return result
+
+    def _materializing(self, name: str, views: Sequence[str] | None) -> AbstractContextManager[dict[str, Any]]:  # fmt: skip
+        """The `materialize` check on the views named (default: every online view)."""
+        catalog = self.catalog
+        names = list(views) if views else [n for n, v in catalog.all_views().items() if v.online]
+        return self._guard.operation(catalog, name, ["materialize"], lambda policy: [policy.view_target(n) for n in names], views=names)  # fmt: skip
 
     def runs(
         self, view: str | None = None, *, since: datetime | str | None = None, limit: int = 100
@@ -453,10 +503,22 @@ class FeatureStore:
         from almanac.repo import guard_writes
 
         guard_writes("run_due")
-        return run_due(self, self.registry.state, views)
+        with self._materializing("run_due", views) as notes:
+            records = run_due(self, self.registry.state, views)
+            notes["rows"] = sum(r.rows for r in records)
+        return records
+
+    # ---- access ------------------------------------------------------------------------
+
+    @cached_property
+    def _guard(self) -> OperationGuard:
+        """Checks operations run as `access.principal`, and audits them (`audit`)."""
+        from almanac.security.operations import OperationGuard
+
+        return OperationGuard(self.config)
 
     def close(self) -> None:
-        for name in ("_serving_log", "online", "offline", "registry"):
+        for name in ("_serving_log", "_guard", "online", "offline", "registry"):
             backend = self.__dict__.pop(name, None)
             if backend is not None:
                 backend.close()
@@ -466,6 +528,19 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _source_targets(policy: AccessPolicy, name: str) -> list[Target]:
+    return [policy.source_target(name)]
+
+
+def _applied(policy: AccessPolicy, plan: Plan) -> list[Target]:
+    """What an apply changes, as targets (deleted objects as they were)."""
+    targets = []
+    for change in plan.changes:
+        known = plan.target.of_kind(change.kind).get(change.name) or plan.base.of_kind(change.kind).get(change.name)  # fmt: skip
+        targets.append(policy.definition_target(change.kind, change.name, known))
+    return targets
 
 
 def _duration(value: timedelta | str, name: str) -> timedelta:

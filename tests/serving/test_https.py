@@ -45,7 +45,7 @@ def test_https_and_plain_http_refused(repo: Path, tls: TlsFiles) -> None:
     port = free_port()
     server = serve(repo, port, "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key))
     try:
-        assert httpx.get(f"https://127.0.0.1:{port}/health", verify=str(tls.ca)).status_code in (200, 503)  # fmt: skip
+        assert httpx.get(f"https://127.0.0.1:{port}/health", verify=ssl.create_default_context(cafile=str(tls.ca))).status_code in (200, 503)  # fmt: skip
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         with pytest.raises(httpx.ConnectError):  # a certificate of no CA the client trusts
@@ -60,7 +60,11 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(repo: Path, tls: TlsF
                    "--ssl-ca-certs", str(tls.ca), "--ssl-client-cert", "required")  # fmt: skip
     try:
         with pytest.raises(httpx.HTTPError):
-            httpx.get(f"https://127.0.0.1:{port}/health", verify=str(tls.ca), timeout=5)
+            httpx.get(
+                f"https://127.0.0.1:{port}/health",
+                verify=ssl.create_default_context(cafile=str(tls.ca)),
+                timeout=5,
+            )
         context = ssl.create_default_context(cafile=str(tls.ca))
         context.load_cert_chain(str(tls.client_cert), str(tls.client_key))
         assert httpx.get(f"https://127.0.0.1:{port}/health", verify=context).status_code in (200, 503)  # fmt: skip
@@ -77,3 +81,62 @@ def test_bad_tls_options_are_clean_errors(repo: Path, tls: TlsFiles) -> None:
     assert done.returncode == 2 and "both --ssl-certfile and --ssl-keyfile" in done.stderr
     done = run("--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key), "--ssl-client-cert", "required")  # fmt: skip
     assert done.returncode == 2 and "needs --ssl-ca-certs" in done.stderr and "Traceback" not in done.stderr  # fmt: skip
+
+
+CERT_REPO = """
+from almanac import Entity, FeatureView, Field, Float64, Int64, Permission, PushSource, Resource
+
+user = Entity(name="user", join_keys=["user_id"], dtype=Int64)
+scores = FeatureView(name="scores", entities=[user], source=PushSource(name="events"),
+                     schema=[Field("score", Float64)])
+limits = FeatureView(name="limits", entities=[user], source=PushSource(name="limit_events"),
+                     schema=[Field("limit", Float64)])
+by_name = Permission(name="by_name", principals=["cert:fraud-model"], actions=["read_online"],
+                     resources=[Resource(view="scores")])
+by_unit = Permission(name="by_unit", principals=["group:risk"], actions=["read_online"],
+                     resources=[Resource(view="limits")])
+"""
+
+
+def test_a_client_certificate_is_a_principal(repo: Path, tls: TlsFiles) -> None:
+    from almanac import FeatureStore
+
+    (repo / "almanac.yaml").write_text(
+        "project: https\nserver:\n  auth:\n    type: api_keys\n    client_certificates: true\n"
+        "    metrics: authenticated\n"
+    )
+    (repo / "features.py").write_text(CERT_REPO)
+    with FeatureStore(repo) as store:
+        store.apply()
+        now = "2026-01-01T00:00:00+00:00"
+        store.push("events", {"user_id": [1], "event_timestamp": [now], "score": [0.5]})
+        store.push("limit_events", {"user_id": [1], "event_timestamp": [now], "limit": [900.0]})
+    port = free_port()
+    server = serve(repo, port, "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key),
+                   "--ssl-ca-certs", str(tls.ca), "--ssl-client-cert", "optional")  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    ca_only = ssl.create_default_context(cafile=str(tls.ca))
+    with_cert = ssl.create_default_context(cafile=str(tls.ca))
+    with_cert.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+
+    def read(feature: str, verify: ssl.SSLContext, **headers: str) -> httpx.Response:
+        body = {"entities": {"user_id": [1]}, "features": [feature]}
+        return httpx.post(f"{url}/get-online-features", json=body, verify=verify, headers=headers, timeout=10)  # fmt: skip
+
+    try:
+        # The certificate's common name (cert:fraud-model) and unit (group:risk) are granted.
+        answer = read("scores:score", with_cert)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][1]["values"] == [0.5]
+        answer = read("limits:limit", with_cert)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][1]["values"] == [900.0]
+        # No certificate, no key: nobody.
+        assert read("scores:score", ca_only).status_code == 401
+        # A key that is sent decides alone: a wrong one is a 401 despite the certificate.
+        assert read("scores:score", with_cert, **{"X-API-Key": "wrong"}).status_code == 401
+        # /metrics is behind auth here: the certificate opens it, nothing else does.
+        assert httpx.get(f"{url}/metrics", verify=ca_only, timeout=10).status_code == 401
+        assert httpx.get(f"{url}/metrics", verify=with_cert, timeout=10).status_code == 200
+    finally:
+        stop(server)

@@ -127,7 +127,7 @@ def audit_log(
     limit: Annotated[int, typer.Option("--limit", min=1, help="The newest this many.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """The feature server's audit log (server.audit.path): one line per request."""
+    """The audit log (audit.path): the server's requests, the SDK's and CLI's operations."""
     from collections import deque
 
     from almanac.security.audit import read
@@ -135,28 +135,23 @@ def audit_log(
 
     with open_store() as store:
         config = store.config
-    if config.server.audit is None:
-        raise InputError("no audit log: set server.audit in almanac.yaml (docs/security.md)")
+    if config.audit is None:
+        raise InputError("no audit log: set audit.path in almanac.yaml (docs/security.md)")
     moment = None if since is None else to_utc(since, "--since")
-    lines = deque(
-        read(config.resolve_path(config.server.audit.path), principal, moment), maxlen=limit
-    )
+    lines = deque(read(config.resolve_path(config.audit.path), principal, moment), maxlen=limit)
     if as_json:
         for line in lines:
             typer.echo(json.dumps(line))
         return
     table = Table(title="audit")
-    for column in ("at", "principal", "method", "endpoint", "decision", "status", "what"):
+    for column in ("at", "principal", "request", "decision", "status", "what"):
         table.add_column(column, overflow="fold")
     for line in lines:
-        what = line.get("features") or line.get("source") or ""
+        request = line.get("operation") or f"{line.get('method')} {line.get('endpoint')}"
+        keys = ("features", "source", "view", "views", "changes")
+        what = next((line[k] for k in keys if line.get(k)), "")
         table.add_row(
-            line["at"][:23],
-            str(line.get("principal")),
-            line["method"],
-            line["endpoint"],
-            line["decision"],
-            str(line["status"]),
-            str(what)[:80],
-        )
+            line["at"][:23], str(line.get("principal")), request, line["decision"],
+            str(line["status"]), str(what)[:80],
+        )  # fmt: skip
     console.print(table)

@@ -25,8 +25,19 @@ Action = Literal[
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 # A principal: kind:name, the name a glob (role:fraud-*, user:*), or "*" for everyone
 # authenticated.
-_PRINCIPAL = re.compile(r"^(\*|(user|role|group|key):[A-Za-z0-9_.@*?\[\]/-]{1,200})$")
+_PRINCIPAL = re.compile(r"^(\*|(user|role|group|key|cert):[A-Za-z0-9_.@*?\[\]/-]{1,200})$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]]{1,100}$")
+
+
+def check_principal(value: str, glob: bool = True) -> str:
+    """`value` if it is a principal (kind:name; with `glob`, a pattern or "*")."""
+    if not _PRINCIPAL.fullmatch(value) or (not glob and any(c in value for c in "*?[]")):
+        everyone = ", or * for everyone signed in" if glob else ""
+        raise ValueError(
+            f"{value!r} is not a principal: write kind:name with kind user, role, group, key "
+            f"or cert (e.g. role:fraud-model, group:risk){everyone}"
+        )
+    return value
 
 
 class Resource(BaseModel):
@@ -73,13 +84,9 @@ class Permission(Definition):
     @classmethod
     def _principals(cls, values: list[str]) -> list[str]:
         if not values:
-            raise ValueError("name at least one principal (role:…, group:…, user:…, key:…)")
+            raise ValueError("name at least one principal (role:…, group:…, user:…, key:…, cert:…)")
         for value in values:
-            if not _PRINCIPAL.fullmatch(value):
-                raise ValueError(
-                    f"{value!r} is not a principal: write kind:name with kind user, role, "
-                    "group or key (e.g. role:fraud-model, group:risk), or * for everyone signed in"
-                )
+            check_principal(value)
         return values
 
     @field_validator("actions")

@@ -25,6 +25,7 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from almanac.definitions.permission import Permission, Resource
 from almanac.errors import AccessDeniedError
@@ -135,6 +136,18 @@ class AccessPolicy:
     def service_target(self, name: str) -> Target:
         service = self.catalog.service(name)
         return Target("feature_service", name, services=(name,), tags=tuple(sorted(service.tags.items())))  # fmt: skip
+
+    def definition_target(self, kind: str, name: str, definition: Any) -> Target:
+        """The target of applying (creating, changing, deleting) a definition: built from
+        the definition itself, as a new one is not in this policy's catalog yet."""
+        tags = tuple(sorted(getattr(definition, "tags", {}).items()))
+        if kind in ("feature_view", "aggregation_view"):
+            return Target(kind, name, name, definition.source, tags=tags)
+        if kind == "source":
+            return Target(kind, name, source=name, tags=tags)
+        if kind == "feature_service":
+            return Target(kind, name, services=(name,), tags=tags)
+        return Target(kind, name, tags=tags)
 
     # ---- decisions ----------------------------------------------------------------------
 

@@ -1,10 +1,15 @@
 """The audit log: one JSON line per request the server answers — time, request id,
 principal, method, endpoint, what it touched (features, source, entity count), decision
-(allowed, denied, unauthenticated), status and latency. Never feature values, keys or
-tokens. Buffered in memory and written twice a second (and at exit) to
-`server.audit.path`, rotated by `logging`'s rotating file handler at `max_bytes` with
-`backups` kept: a process killed with SIGKILL loses at most its last half second.
-`almanac audit` reads it back.
+(allowed, denied, unauthenticated), status and latency — and one per operation the SDK
+or CLI runs on the registry, the stores or materialization (`operation`: its action,
+views or sources, rows, decision, status "ok" or "error"). Never feature values, keys
+or tokens.
+
+To `audit.path`, rotated by `logging`'s rotating file handler at `max_bytes` with
+`backups` kept. The server buffers its lines in memory and writes them twice a second
+(and at exit): a process killed with SIGKILL loses at most its last half second. An
+SDK process writes each operation's line at once (one append: the lines of processes
+sharing the file do not interleave). `almanac audit` reads it back.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def note(**fields: Any) -> None:
 
 
 class AuditLog:
-    def __init__(self, config: AuditConfig, repo_path: Path) -> None:
+    def __init__(self, config: AuditConfig, repo_path: Path, *, buffered: bool = True) -> None:
         path = Path(config.path)
         self.path = path if path.is_absolute() else repo_path / path
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,8 +59,10 @@ class AuditLog:
         self._lock = threading.Lock()  # one writer at a time (the thread, a flush, close)
         self._process, self._numbers = uuid.uuid4().hex[:8], itertools.count(1)  # request ids
         self._stop = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_periodically, name="almanac-audit", daemon=True)  # fmt: skip
-        self._flusher.start()
+        self.buffered = buffered
+        if buffered:
+            flusher = threading.Thread(target=self._flush_periodically, name="almanac-audit", daemon=True)  # fmt: skip
+            flusher.start()
         atexit.register(self.close)
 
     def request(self, *, principal: str | None, method: str, endpoint: str, status: int, seconds: float, detail: dict[str, Any] | None) -> None:  # fmt: skip
@@ -67,6 +74,19 @@ class AuditLog:
             "latency_ms": round(seconds * 1000, 3), **(detail or {}),
         }  # fmt: skip
         self._lines.append(orjson.dumps(line, default=str).decode())
+
+    def operation(self, *, principal: str, name: str, status: str, seconds: float, denied: bool = False, **detail: Any) -> None:  # fmt: skip
+        """One SDK/CLI operation (`name`: apply, materialize, push ...): `status` "ok" or
+        "error" (with `error`: the denial, or the exception's class)."""
+        line = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": f"{self._process}-{next(self._numbers)}", "principal": principal,
+            "operation": name, "decision": "denied" if denied else "allowed", "status": status,
+            "latency_ms": round(seconds * 1000, 3), **detail,
+        }  # fmt: skip
+        self._lines.append(orjson.dumps(line, default=str).decode())
+        if not self.buffered:
+            self.flush()
 
     def _flush_periodically(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):

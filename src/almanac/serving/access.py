@@ -77,11 +77,13 @@ def visible_feature(state: ServingState, view: str, feature: str) -> bool:
     return found.allowed(_principal(), "describe", target)
 
 
-def _target(found: AccessPolicy, view: str | None = None, source: str | None = None, service: str | None = None) -> Target:  # fmt: skip
+def _target(found: AccessPolicy, view: str | None = None, source: str | None = None, service: str | None = None, entity: str | None = None) -> Target:  # fmt: skip
+    if entity is not None:
+        return found.definition_target("entity", entity, found.catalog.entities[entity])
     if view is not None:
         return found.view_target(view)
     if source is not None:
         return found.source_target(source)
     if service is not None:
         return found.service_target(service)
-    raise ValueError("name a view, a source or a service")
+    raise ValueError("name a view, a source, a service or an entity")

@@ -48,7 +48,14 @@ from almanac.security.keys import KeyRing
 from almanac.security.tokens import TokenVerifier
 from almanac.serving import access, handlers, writes
 from almanac.serving.access import PRINCIPAL
-from almanac.serving.auth import OPEN_PATHS, ApiKeyAuth, Authenticator, RegistryKeyAuth, TokenAuth
+from almanac.serving.auth import (
+    OPEN_PATHS,
+    ApiKeyAuth,
+    Authenticator,
+    RegistryKeyAuth,
+    TokenAuth,
+    authenticate,
+)
 from almanac.serving.body import read_body
 from almanac.serving.encode import dumps
 from almanac.serving.errors import (
@@ -140,7 +147,7 @@ def openapi_schema(api_keys: bool = False) -> dict[str, Any]:
     declared against a stub state that no request ever reaches."""
     from types import SimpleNamespace
 
-    stub = SimpleNamespace(auth=ApiKeyAuth(["-"]) if api_keys else None)
+    stub = SimpleNamespace(auth=ApiKeyAuth(["-"]) if api_keys else None, open_paths=OPEN_PATHS)
     return _fastapi(stub, owned=False).openapi()  # type: ignore[arg-type]
 
 
@@ -186,17 +193,15 @@ class FeatureServer:
         state = self.state
         path, method = scope["path"], scope["method"]
         detail: dict[str, Any] | None = None
-        if state.audit is not None and path not in OPEN_PATHS:
+        if state.audit is not None and path not in state.open_paths:
             detail = {}
             audit.DETAIL.set(detail)
         principal: Principal | None = None
         # The raw path, so that a key holding an encoded '/' stays one segment.
         raw = (scope.get("raw_path") or path.encode()).split(b"?")[0]
         status = 0
-        if state.auth is not None and path not in OPEN_PATHS:
-            principal = state.auth.authenticate(scope["headers"])
-            if isinstance(principal, str):  # a replacement hook of the first protocol
-                principal = Principal.of(principal)
+        if state.auth is not None and path not in state.open_paths:
+            principal = authenticate(state.auth, scope, state.certificates)
             if principal is None:
                 error: HttpError = UnauthorizedError(
                     "missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>",
@@ -455,7 +460,8 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
 
     @api.get("/entities", response_model=list[EntityInfo], tags=["catalog"])
     async def entities() -> Response:
-        return _reply(200, dumps(handlers.list_entities(state.catalog)))
+        found = [e for e in handlers.list_entities(state.catalog) if access.visible(state, "entity", e["name"])]  # fmt: skip
+        return _reply(200, dumps(found))
 
     @api.get("/feature-views", response_model=list[FeatureViewInfo], tags=["catalog"])
     async def feature_views() -> Response:
@@ -502,7 +508,7 @@ def _fastapi(state: ServingState, owned: bool) -> FastAPI:
         only a caller that authenticates sees the checks (they name addresses, errors)."""
         status, body = await handlers.health(state)
         secured = state.store.config.server.auth is not None and state.auth is not None
-        if secured and state.auth.authenticate(request.scope["headers"]) is None:  # type: ignore[union-attr]
+        if secured and authenticate(state.auth, request.scope, state.certificates) is None:  # type: ignore[arg-type]
             body = {"status": body["status"]}
         return _reply(status, dumps(body))
 
@@ -545,7 +551,7 @@ def _document(api: FastAPI, state: ServingState) -> None:
                 "Bearer": {"type": "http", "scheme": "bearer"},
             }
             for path, operations in schema["paths"].items():
-                if path not in OPEN_PATHS:
+                if path not in state.open_paths:
                     for operation in operations.values():
                         operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
                         operation["responses"].setdefault("401", unauthorized)

@@ -11,6 +11,11 @@ credential comes as ``X-API-Key: <key>`` or ``Authorization: Bearer <token>``.
   (`almanac.security.tokens`).
 - Without `server.auth`, the legacy `server.api_keys` list (`ApiKeyAuth`): any of the
   keys may do everything.
+- With `server.auth.client_certificates` and mutual TLS, a request that carries no key
+  or token is the principal its verified client certificate names
+  (`certificate_principal`): ``cert:<common name>``, with a ``group:<unit>`` identity
+  per organizational unit. A key or token, when sent, decides alone: a bad one is a
+  401 whatever the certificate.
 
 The principal is put in the ASGI scope (``scope["state"]["principal"]``) and in
 `almanac.serving.access.PRINCIPAL` for the handlers that authorize.
@@ -20,8 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from almanac.security.access import Principal
 from almanac.security.keys import KeyRing
@@ -38,6 +47,39 @@ Headers = Sequence[tuple[bytes, bytes]]
 class Authenticator(Protocol):
     def authenticate(self, headers: Headers) -> Principal | None:
         """The caller's principal, or None when the request is not authenticated."""
+
+
+def authenticate(auth: Authenticator, scope: Mapping[str, Any], certificates: bool) -> Principal | None:  # fmt: skip
+    """The request's principal: its key or token, else (with `certificates`) its client
+    certificate's."""
+    headers = scope["headers"]
+    if certificates and not _has_credential(headers):
+        return certificate_principal(scope)
+    principal = auth.authenticate(headers)
+    if isinstance(principal, str):  # a replacement hook of the first protocol
+        principal = Principal.of(principal)
+    return principal
+
+
+def certificate_principal(scope: Mapping[str, Any]) -> Principal | None:
+    """The principal of the verified client certificate in the ASGI TLS extension."""
+    tls = scope.get("extensions", {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    return _certificate_principal(chain[0]) if chain else None
+
+
+@lru_cache(maxsize=1024)
+def _certificate_principal(pem: str) -> Principal | None:
+    subject = x509.load_pem_x509_certificate(pem.encode()).subject
+    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        return None  # no name to grant permissions to
+    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return Principal.of(f"cert:{names[0].value!s}", [f"group:{u.value!s}" for u in units])
+
+
+def _has_credential(headers: Headers) -> bool:
+    return any(name in (b"x-api-key", b"authorization") for name, _ in headers)
 
 
 class ApiKeyAuth:

@@ -33,6 +33,7 @@ from almanac.quality.serving_log import ServingLog, log_folder
 from almanac.security import audit
 from almanac.security.audit import AuditLog
 from almanac.serving import access, encode
+from almanac.serving.auth import OPEN_PATHS
 from almanac.serving.errors import (
     InvalidUrlError,
     PayloadTooLargeError,
@@ -70,13 +71,18 @@ class ServingState:
         self.config: ServerConfig = store.config.server
         self.timeout_seconds = store.config.online.timeout_seconds
         self.auth = auth
+        auth_config = store.config.server.auth
+        # A client certificate is a principal (mutual TLS); /metrics needs one too.
+        self.certificates = auth_config is not None and auth_config.client_certificates
+        protect_metrics = auth_config is not None and auth_config.metrics == "authenticated"
+        self.open_paths = OPEN_PATHS - {"/metrics"} if protect_metrics else OPEN_PATHS
         self.metrics = metrics
         self.refresh_error: str | None = None  # the last background refresh's failure
         # The last write's storage-full error, until a write succeeds (`writes`).
         self.storage_error: str | None = None
         self.offline_lock = threading.Lock()
         self.limiter = RateLimiter(store.config.server.limits)
-        audit_config = store.config.server.audit
+        audit_config = store.config.audit
         self.audit = (
             None if audit_config is None else AuditLog(audit_config, store.config.repo_path)
         )

@@ -90,8 +90,9 @@ def quality_router(state: ServingState) -> APIRouter:
                 raise AccessDeniedError(f"may not read_offline {kind} '{name}'")
             if kind == "service":
                 access.require(state, "read_offline", service=name)
-            else:
-                access.require(state, "read_offline", view=name)
+            else:  # feature-level: a view's statistics describe each of its features
+                view = state.catalog.view(name)
+                access.require_features(state, "read_offline", [(name, f.name) for f in view.features] or [(name, "*")])  # fmt: skip
         result = await asyncio.to_thread(function, state.store, *args)
         items = result if isinstance(result, list) else [result]
         body = [item.to_dict() for item in items]
@@ -167,6 +168,14 @@ def quality_router(state: ServingState) -> APIRouter:
         view: list[str] | None = Query(None, description="Views (default: all); repeat."),
     ) -> Response:
         """Each view's newest event and online lag against its freshness SLO."""
+        if access.policy(state) is not None:  # only views the caller may describe
+            known = state.catalog.all_views()
+            for name in view or []:
+                if name not in known or not access.visible(state, "view", name):
+                    raise AccessDeniedError(f"may not describe view '{name}'")
+            view = view or [n for n in known if access.visible(state, "view", n)]
+            if not view:
+                return Response(b"[]", media_type="application/json")
         return await run(freshness, view)
 
     return router

@@ -95,7 +95,8 @@ def run(
         # uvloop and httptools when installed (3-4x the request rate of the pure-Python
         # defaults on 2 cores, measured); asyncio and h11 otherwise.
         loop="auto",
-        http="auto",
+        # Over TLS, httptools with the client's certificate in the scope (mutual TLS).
+        http="auto" if tls is None else "almanac.serving.tls:TlsScopeProtocol",
         ssl_certfile=None if tls is None else str(tls.certfile),
         ssl_keyfile=None if tls is None else str(tls.keyfile),
         ssl_ca_certs=None if tls is None or tls.ca_certs is None else str(tls.ca_certs),
