@@ -12,7 +12,6 @@ import typer
 from rich.table import Table
 
 from almanac.cli.app import app, console, open_store
-from almanac.quality.checks import sample
 
 _START = typer.Option("--start", help="Earliest event time (ISO 8601); default: the first.")
 _END = typer.Option("--end", help="Latest event time (ISO 8601); default: the last.")
@@ -76,6 +75,8 @@ def drift(
 ) -> None:
     """Drift of each feature of a view between two samples (windows of its offline rows,
     saved datasets, or the values served): PSI, Jensen–Shannon, KS."""
+    from almanac.quality.checks import sample
+
     before = sample(reference, reference_dataset, "--reference / --reference-dataset")
     after = sample(
         current, current_dataset, "--current / --current-dataset / --current-served",

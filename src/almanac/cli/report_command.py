@@ -10,7 +10,6 @@ import typer
 
 from almanac.cli.app import app, console, open_store
 from almanac.errors import InputError
-from almanac.quality.checks import parse_window, sample
 
 _START = typer.Option(
     "--start", help="Earliest event time of the statistics, read time of the skew (ISO 8601)."
@@ -55,6 +54,8 @@ def report(
 ) -> None:
     """Write one self-contained HTML page on the repo's data quality: statistics and
     histograms per view, drift (with --reference and --current), freshness, skew."""
+    from almanac.quality.checks import parse_window, sample
+
     before = None
     if reference is not None or reference_dataset is not None:
         before = sample(reference, reference_dataset, "--reference / --reference-dataset")

@@ -10,15 +10,17 @@ import signal
 import socket
 import threading
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
 from almanac.cli.app import app, console, duration, open_store
-from almanac.ingest.stream import BatchResult, StreamWorker, open_reader, stream_sources
-from almanac.store import FeatureStore
+
+if TYPE_CHECKING:  # the worker's modules import pandas and pyarrow: not for `--help`
+    from almanac.ingest.stream import BatchResult, StreamWorker
+    from almanac.store import FeatureStore
 
 log = logging.getLogger("almanac.stream")
 
@@ -62,6 +64,8 @@ def stream(
 ) -> None:
     """Read the stream sources of stream-fed views into both stores, each event exactly
     once; several workers of one group share the partitions."""
+    from almanac.ingest.stream import StreamWorker, open_reader, stream_sources
+
     store = open_store()
     names = stream_sources(store, views)
     if not names:
