@@ -20,6 +20,7 @@ import json
 import logging
 import logging.handlers
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -55,7 +56,8 @@ class AuditLog:
             self.path, maxBytes=config.max_bytes, backupCount=config.backups, encoding="utf-8"
         )
         self.max_bytes = config.max_bytes
-        self._lines: list[str] = []
+        self._lines: list[str] = []  # operations, formatted
+        self._requests: list[tuple[Any, ...]] = []  # server requests, formatted at flush
         self._lock = threading.Lock()  # one writer at a time (the thread, a flush, close)
         self._process, self._numbers = uuid.uuid4().hex[:8], itertools.count(1)  # request ids
         self._stop = threading.Event()
@@ -66,14 +68,19 @@ class AuditLog:
         atexit.register(self.close)
 
     def request(self, *, principal: str | None, method: str, endpoint: str, status: int, seconds: float, detail: dict[str, Any] | None) -> None:  # fmt: skip
+        # On the request path: the fields only (a tuple append); the line is formatted
+        # when it is written.
+        self._requests.append((time.time(), next(self._numbers), principal, method, endpoint, status, seconds, detail))  # fmt: skip
+
+    def _request_line(self, at: float, number: int, principal: str | None, method: str, endpoint: str, status: int, seconds: float, detail: dict[str, Any] | None) -> str:  # fmt: skip
         decision = "unauthenticated" if status == 401 else "denied" if status == 403 else "allowed"
         line = {
-            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "request_id": f"{self._process}-{next(self._numbers)}", "principal": principal,
+            "at": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds"),
+            "request_id": f"{self._process}-{number}", "principal": principal,
             "method": method, "endpoint": endpoint, "decision": decision, "status": status,
             "latency_ms": round(seconds * 1000, 3), **(detail or {}),
         }  # fmt: skip
-        self._lines.append(orjson.dumps(line, default=str).decode())
+        return orjson.dumps(line, default=str).decode()
 
     def operation(self, *, principal: str, name: str, status: str, seconds: float, denied: bool = False, **detail: Any) -> None:  # fmt: skip
         """One SDK/CLI operation (`name`: apply, materialize, push ...): `status` "ok" or
@@ -94,7 +101,9 @@ class AuditLog:
 
     def flush(self) -> None:
         with self._lock:
+            requests, self._requests = self._requests, []
             lines, self._lines = self._lines, []
+            lines += [self._request_line(*fields) for fields in requests]
             if not lines:
                 return
             stream = self._file.stream
