@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tempfile
 import threading
 import traceback
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -135,12 +137,20 @@ def load_definitions(repo_path: str | Path, modules: list[str] | None = None) ->
         )
     found: list[tuple[str, Definition]] = []
     already_imported = set(sys.modules)
+    # Repo modules that the definition files import (`from shared import TTL`) go through
+    # the import system: point its bytecode cache at a folder that does not exist and
+    # write none, so that they too are compiled from the file as it is now (a .pyc of an
+    # edit of the same size within the same second would pass for fresh).
+    cache = sys.dont_write_bytecode, sys.pycache_prefix
+    sys.dont_write_bytecode = True
+    sys.pycache_prefix = str(Path(tempfile.gettempdir()) / f"almanac-no-pycache-{uuid.uuid4().hex}")
     try:
         for path in definition_files(repo, modules):
             _state.loading = path
             found.extend(_module_definitions(_import(path, repo)))
     finally:
         _state.loading = None
+        sys.dont_write_bytecode, sys.pycache_prefix = cache
         _forget_repo_modules(repo, already_imported)
     # An unnamed module-level source is named after its variable, also in the views it
     # was passed to (which would otherwise call it `<view>_source`).

@@ -3,6 +3,7 @@ collected; a module that fails says where."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -193,9 +194,12 @@ def test_two_different_objects_with_one_name_are_an_error(tmp_path) -> None:
         load_definitions(repo)
 
 
-def test_a_helper_module_is_read_afresh_on_every_load(tmp_path) -> None:
+def test_a_helper_module_is_read_afresh_on_every_load(tmp_path, monkeypatch) -> None:
     """Repo modules import each other; an edit (or another repo's module of the same name)
-    must not be hidden by a module cached from an earlier load."""
+    must not be hidden by a module cached from an earlier load — nor by a .pyc written by
+    it (an edit of the same size within the same second passes the .pyc's check), which
+    is why bytecode writing is on here, as on most desktops."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
     features = HEADER + textwrap.dedent(
         """
         from shared import TTL
