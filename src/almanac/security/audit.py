@@ -22,6 +22,7 @@ import logging.handlers
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -56,8 +57,10 @@ class AuditLog:
             self.path, maxBytes=config.max_bytes, backupCount=config.backups, encoding="utf-8"
         )
         self.max_bytes = config.max_bytes
-        self._lines: list[str] = []  # operations, formatted
-        self._requests: list[tuple[Any, ...]] = []  # server requests, formatted at flush
+        # Deques: an append (request thread) and a popleft (flush) never lose a line,
+        # where swapping a list could drop one appended during the swap.
+        self._lines: deque[str] = deque()  # operations, formatted
+        self._requests: deque[tuple[Any, ...]] = deque()  # server requests, formatted at flush
         self._lock = threading.Lock()  # one writer at a time (the thread, a flush, close)
         self._process, self._numbers = uuid.uuid4().hex[:8], itertools.count(1)  # request ids
         self._stop = threading.Event()
@@ -101,8 +104,8 @@ class AuditLog:
 
     def flush(self) -> None:
         with self._lock:
-            requests, self._requests = self._requests, []
-            lines, self._lines = self._lines, []
+            lines = [self._lines.popleft() for _ in range(len(self._lines))]
+            requests = [self._requests.popleft() for _ in range(len(self._requests))]
             lines += [self._request_line(*fields) for fields in requests]
             if not lines:
                 return
