@@ -24,6 +24,7 @@ from almanac.ports.online import ViewRows
 from almanac.semantics.times import micros_to_datetime
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -143,6 +144,19 @@ class OnlineResponse:
                 kind = None
             arrays[name] = pa.array(column, type=kind)
         return pa.table(arrays)
+
+    @property
+    def columns(self) -> list[str]:
+        """The features, in the order requested: the columns of `to_numpy`."""
+        return list(self.values)
+
+    def to_numpy(self) -> np.ndarray:
+        """The feature vectors, one row per entity row, in `columns` order: float64 with
+        NaN for missing values when every feature is numeric, else objects (see
+        `almanac.semantics.vectors`; `RetrievalJob.to_numpy` gives the same offline)."""
+        from almanac.semantics.vectors import feature_matrix
+
+        return feature_matrix(self.to_arrow(), self.columns)
 
     def to_pandas(
         self, include_statuses: bool = False, include_event_timestamps: bool = False

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import polars as pl
 
@@ -44,6 +45,19 @@ class RetrievalJob:
     def feature_schema(self) -> pa.Schema:
         """Only the feature columns (output names and declared types)."""
         return self._features
+
+    @property
+    def columns(self) -> list[str]:
+        """The features, in the order requested: the columns of `to_numpy`."""
+        return list(self._features.names)
+
+    def to_numpy(self) -> np.ndarray:
+        """The feature columns only (no entity columns, no labels) as a rows × features
+        matrix in `columns` order: float64 with NaN for missing values when every
+        feature is numeric, else objects — what `OnlineResponse.to_numpy` gives online."""
+        from almanac.semantics.vectors import feature_matrix
+
+        return feature_matrix(self.to_arrow(), self.columns)
 
     def to_arrow(self) -> pa.Table:
         """The whole result (computed once, then kept)."""
