@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from almanac.definitions.aggregation import AggregationView
@@ -54,6 +55,16 @@ class _Plan:
     outputs: list[tuple[str, int, int]]  # (output name, view index, feature index)
     dtypes: dict[str, str]  # output column → dtype, keys included
     defaults: dict[str, int]  # output column → value when not found (aggregation counts: 0)
+
+    @cached_property
+    def features(self) -> tuple[tuple[str, str], ...]:
+        """(view, feature) of every feature read: what access control checks."""
+        return tuple((v.view, f) for v in self.views for f in v.features)
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """`view:feature` of every feature read: what the audit log records."""
+        return [f"{v}:{f}" for v, f in self.features]
 
 
 _plans: dict[tuple[Any, ...], _Plan] = {}

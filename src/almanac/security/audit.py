@@ -77,24 +77,25 @@ class AuditLog:
 
     def _request_line(self, at: float, number: int, principal: str | None, method: str, endpoint: str, status: int, seconds: float, detail: dict[str, Any] | None) -> str:  # fmt: skip
         decision = "unauthenticated" if status == 401 else "denied" if status == 403 else "allowed"
+        what = {"method": method, "endpoint": endpoint}
+        return self._line(at, number, principal, what, decision, status, seconds, detail or {})
+
+    def _line(self, at: float, number: int, principal: str | None, what: dict[str, Any], decision: str, status: int | str, seconds: float, detail: dict[str, Any]) -> str:  # fmt: skip
+        """One line: the fields every line has, then what is particular to it."""
         line = {
             "at": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds"),
-            "request_id": f"{self._process}-{number}", "principal": principal,
-            "method": method, "endpoint": endpoint, "decision": decision, "status": status,
-            "latency_ms": round(seconds * 1000, 3), **(detail or {}),
+            "request_id": f"{self._process}-{number}", "principal": principal, **what,
+            "decision": decision, "status": status, "latency_ms": round(seconds * 1000, 3),
+            **detail,
         }  # fmt: skip
         return orjson.dumps(line, default=str).decode()
 
     def operation(self, *, principal: str, name: str, status: str, seconds: float, denied: bool = False, **detail: Any) -> None:  # fmt: skip
         """One SDK/CLI operation (`name`: apply, materialize, push ...): `status` "ok" or
         "error" (with `error`: the denial, or the exception's class)."""
-        line = {
-            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "request_id": f"{self._process}-{next(self._numbers)}", "principal": principal,
-            "operation": name, "decision": "denied" if denied else "allowed", "status": status,
-            "latency_ms": round(seconds * 1000, 3), **detail,
-        }  # fmt: skip
-        self._lines.append(orjson.dumps(line, default=str).decode())
+        decision = "denied" if denied else "allowed"
+        line = self._line(time.time(), next(self._numbers), principal, {"operation": name}, decision, status, seconds, detail)  # fmt: skip
+        self._lines.append(line)
         if not self.buffered:
             self.flush()
 

@@ -42,6 +42,7 @@ OPEN_PATHS = frozenset(
 )
 
 Headers = Sequence[tuple[bytes, bytes]]
+CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")  # read by `_presented_key`
 
 
 class Authenticator(Protocol):
@@ -79,7 +80,7 @@ def _certificate_principal(pem: str) -> Principal | None:
 
 
 def _has_credential(headers: Headers) -> bool:
-    return any(name in (b"x-api-key", b"authorization") for name, _ in headers)
+    return any(name in CREDENTIAL_HEADERS for name, _ in headers)
 
 
 class ApiKeyAuth:

@@ -157,10 +157,9 @@ async def read_online(
         if access.policy(state) is not None:  # a denial must not list what exists
             raise AccessDeniedError(f"may not read_online {error.kind} '{error.name}'") from None
         raise
-    refs, labels = _features_of(plan)
     if audit.DETAIL.get() is not None:
-        audit.note(action="read_online", entities=count, features=labels)
-    access.require_features(state, "read_online", refs)
+        audit.note(action="read_online", entities=count, features=plan.labels)
+    access.require_features(state, "read_online", plan.features)
     started = time.perf_counter()
     rows = await state.online.read_async(state.project, requests)
     state.metrics.observe_store(state.online.backend, time.perf_counter() - started)
@@ -170,21 +169,6 @@ async def read_online(
             response, response.read_time, features, feature_service, full_feature_names
         )
     return response
-
-
-_FEATURES_OF: dict[int, tuple[Any, tuple[tuple[str, str], ...], list[str]]] = {}
-
-
-def _features_of(plan: Any) -> tuple[tuple[tuple[str, str], ...], list[str]]:
-    """A read plan's (view, feature) pairs and their labels, once per plan (plans are
-    cached per request shape: this is off the per-request path)."""
-    found = _FEATURES_OF.get(id(plan))
-    if found is None or found[0] is not plan:
-        if len(_FEATURES_OF) > 4096:
-            _FEATURES_OF.clear()
-        refs = tuple((v.view, f) for v in plan.views for f in v.features)
-        found = _FEATURES_OF[id(plan)] = (plan, refs, [f"{v}:{f}" for v, f in refs])
-    return found[1], found[2]
 
 
 async def online_features(state: ServingState, body: bytes) -> bytes:
