@@ -76,3 +76,9 @@ class StorageFullError(AlmanacError):
 
 class AccessDeniedError(AlmanacError):
     """The caller is authenticated but no permission grants the action (HTTP 403)."""
+
+
+class TransformationError(AlmanacError):
+    """A user's transformation (an on-demand view's function) raised, or returned
+    something other than its declared features for the rows it was given. Served as a
+    500: the definition, not the request, is at fault."""

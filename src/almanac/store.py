@@ -10,6 +10,7 @@ so a command only connects to what it uses.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 from almanac.config import RepoConfig, load_config
 from almanac.definitions.sources import PushSource
 from almanac.errors import ConcurrentApplyError, InputError, NotFoundError, redact
-from almanac.registry.catalog import KINDS, Catalog
+from almanac.registry.catalog import KINDS, Catalog, FeatureRef
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from almanac.materialize.history import RunRecord
     from almanac.materialize.jobs import MaterializeResult
     from almanac.offline.compaction import Compaction
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
     from almanac.registry.store import CachedRegistry
     from almanac.security.access import AccessPolicy, Target
     from almanac.security.operations import OperationGuard
+    from almanac.transforms.artifacts import FittedVersion
+    from almanac.transforms.ondemand import OnDemandPlan
 
 
 class FeatureStore:
@@ -163,6 +168,8 @@ class FeatureStore:
         full_feature_names: bool = False,
         timestamp_field: str = "event_timestamp",
         save_as: str | None = None,
+        transformed: bool = False,
+        transforms_version: int | None = None,
     ) -> RetrievalJob:
         """Point-in-time correct feature values for each row of `entity_df`.
 
@@ -173,12 +180,24 @@ class FeatureStore:
         `save_as` computes the set now and keeps it, with the registry version and
         each feature's statistics, as a saved dataset: the reference that later data
         is compared with (`drift(..., reference="NAME")`; see `almanac.quality.datasets`).
+
+        On-demand features are computed on the joined rows, their request fields read
+        from `entity_df`'s columns. `transformed=True` applies the feature service's
+        fitted transforms (`fit_transforms`; the latest fit, or `transforms_version`):
+        on the very rows they were fitted on, target encoders give out-of-fold values.
         """
         catalog = self.catalog
         refs = catalog.resolve(features, feature_service, full_feature_names)
-        pairs = [(r.view, r.field.name) for r in refs]
+        on_demand = _on_demand_plan(catalog, refs)
+        stored = refs if on_demand is None else on_demand.base
+        # An on-demand feature needs access to itself and to what it is computed from.
+        pairs = list(dict.fromkeys((r.view, r.field.name) for r in [*refs, *stored]))
         with self._guard.operation(catalog, "get_historical_features", ["read_offline"], lambda policy: policy.feature_targets(pairs), features=[r.ref for r in refs]):  # fmt: skip
-            job = self.offline.get_historical_features(catalog, entity_df, refs, timestamp_field)
+            job = self.offline.get_historical_features(catalog, entity_df, stored, timestamp_field)
+            if on_demand is not None:
+                job = self._with_on_demand(job, on_demand)
+            if transformed:
+                job = self._transformed(job, feature_service, transforms_version, timestamp_field)  # fmt: skip
         if save_as is None:
             return job
         from almanac.quality.datasets import save
@@ -189,6 +208,73 @@ class FeatureStore:
             feature_service=feature_service, timestamp_field=timestamp_field,
         )  # fmt: skip
         return saved
+
+    def _with_on_demand(self, job: RetrievalJob, plan: OnDemandPlan) -> RetrievalJob:
+        """`job` (stored features under working names) with the on-demand features
+        computed on its rows: the requested features, in order."""
+        from almanac.ports.retrieval import DerivedJob
+        from almanac.transforms.ondemand import offline_derivation
+
+        entity_columns = [f.name for f in job.schema][: -len(job.feature_schema) or None]
+        schema, derive = offline_derivation(
+            plan, entity_columns, self.offline.expression_evaluator(), self.repo_path
+        )
+        return DerivedJob(job, schema, derive)
+
+    def _transformed(self, job: RetrievalJob, service: str | None, version: int | None, timestamp_field: str) -> RetrievalJob:  # fmt: skip
+        from almanac.ports.retrieval import DerivedJob
+        from almanac.transforms.artifacts import feature_columns, fingerprint
+        from almanac.transforms.fitted import apply
+
+        if service is None:
+            raise InputError("transformed=True applies a feature service's transforms: pass feature_service=")  # fmt: skip
+        chosen = self.fitted_transforms(service, version)
+        columns = feature_columns(self.catalog, service)
+        entities = job.schema.names[: len(job.schema) - len(job.feature_schema)]
+        identity = list(chosen.identity)
+        # The rows the transforms were fitted on: out-of-fold target encodings for them.
+        same_rows = all(c in entities for c in identity) and fingerprint(job.entity_table, identity, timestamp_field) == chosen.fingerprint  # fmt: skip
+        features = job.feature_schema
+        schema = apply(chosen.fitted, features.empty_table(), columns).schema
+
+        def derive(table: pa.Table, offset: int) -> pa.Table:
+            return apply(chosen.fitted, table.select(features.names), columns, out_of_fold=same_rows)  # fmt: skip
+
+        return DerivedJob(job, schema, derive, whole=same_rows)
+
+    def fit_transforms(
+        self, feature_service: str, training_df: Any, *, timestamp_field: str = "event_timestamp"
+    ) -> FittedVersion:
+        """Fit the feature service's `transforms` on a training set (its features under
+        their output names, its label columns as target encoders name them) and record
+        them in the registry as a new version: what `transformed=True` applies, offline
+        and online, until the next fit."""
+        from almanac.offline.frames import to_arrow
+        from almanac.transforms.artifacts import fit_service
+
+        catalog = self.catalog
+        table = to_arrow(training_df, "training_df")
+        with self._guard.operation(catalog, "fit_transforms", ["apply"], lambda policy: [policy.service_target(feature_service)], service=feature_service):  # fmt: skip
+            fitted = fit_service(catalog, self.registry.state, feature_service, table, timestamp_field)  # fmt: skip
+        self._fitted.clear()
+        return fitted
+
+    def fitted_transforms(self, feature_service: str, version: int | None = None) -> FittedVersion:
+        """A service's fitted transforms (the latest fit, or `version`), kept in memory for
+        as long as the registry view (`registry.refresh_seconds`)."""
+        from almanac.transforms.artifacts import load
+
+        catalog = self.catalog
+        key = (feature_service, version, catalog.version)
+        found = self._fitted.get(key)
+        now = time.monotonic()
+        if found is None or now - found[0] > self.config.registry.refresh_seconds:
+            found = self._fitted[key] = (now, load(catalog, self.registry.state, feature_service, version))  # fmt: skip
+        return found[1]
+
+    @cached_property
+    def _fitted(self) -> dict[tuple[str, int | None, int], tuple[float, FittedVersion]]:
+        return {}
 
     def write_to_offline_store(self, view: str, df: Any) -> int:
         """Append rows to a view's offline dataset (atomic; columns, types and the
@@ -333,25 +419,47 @@ class FeatureStore:
         feature_service: str | None = None,
         full_feature_names: bool = False,
         now: datetime | None = None,
+        request_data: dict[str, Any] | None = None,
+        transformed: bool = False,
+        transforms_version: int | None = None,
     ) -> OnlineResponse:
         """Latest values for each entity row, with statuses and event timestamps.
         `now` (default: the clock) is the read time that TTLs and aggregation windows
-        are measured from; pass one to replay what was served at that moment."""
+        are measured from; pass one to replay what was served at that moment.
+        `request_data` gives the request fields of on-demand features (``{"amount":
+        [129.0]}``: one value per entity row; or put them in the entity rows).
+        `transformed=True` applies the feature service's fitted transforms, as
+        `get_historical_features` does."""
         from almanac.online.retrieval import get_online_features
 
         if self._guard.principal is not None:
             catalog = self.catalog
             refs = catalog.resolve(features, feature_service, full_feature_names)
-            self._guard.require_features(catalog, "read_online", [(r.view, r.field.name) for r in refs])  # fmt: skip
+            on_demand = _on_demand_plan(catalog, refs)
+            stored = [] if on_demand is None else on_demand.base
+            pairs = list(dict.fromkeys((r.view, r.field.name) for r in [*refs, *stored]))
+            self._guard.require_features(catalog, "read_online", pairs)
         response = get_online_features(
             self, features, entity_rows, feature_service=feature_service,
-            full_feature_names=full_feature_names, now=now,
+            full_feature_names=full_feature_names, now=now, request_data=request_data,
         )  # fmt: skip
         if self._serving_log is not None and response.read_time is not None:
             self._serving_log.record(
                 response, response.read_time, features, feature_service, full_feature_names
             )
+        if transformed:
+            response = self.transform_response(response, feature_service, transforms_version)
         return response
+
+    def transform_response(self, response: OnlineResponse, feature_service: str | None, version: int | None = None) -> OnlineResponse:  # fmt: skip
+        """An online response with the feature service's fitted transforms applied."""
+        from almanac.online.fitted import transformed
+        from almanac.transforms.artifacts import feature_columns
+
+        if feature_service is None:
+            raise InputError("transformed=True applies a feature service's transforms: pass feature_service=")  # fmt: skip
+        chosen = self.fitted_transforms(feature_service, version)
+        return transformed(response, chosen.fitted, feature_columns(self.catalog, feature_service))
 
     @cached_property
     def _serving_log(self) -> ServingLog | None:
@@ -528,6 +636,14 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _on_demand_plan(catalog: Catalog, refs: list[FeatureRef]) -> OnDemandPlan | None:
+    if not catalog.on_demand_views:  # the planner brings pyarrow: only when needed
+        return None
+    from almanac.transforms.ondemand import plan_on_demand
+
+    return plan_on_demand(catalog, refs)
 
 
 def _source_targets(policy: AccessPolicy, name: str) -> list[Target]:

@@ -63,8 +63,12 @@ def historical(
             "--save-as", help="Keep it as a saved dataset (the reference for `almanac drift`)."
         ),
     ] = None,
+    transformed: Annotated[
+        bool, typer.Option("--transformed", help="Apply the service's fitted transforms.")
+    ] = False,
 ) -> None:
-    """Build a point-in-time correct training set."""
+    """Build a point-in-time correct training set (request fields of on-demand features
+    are read from the entity rows' columns)."""
     started = time.perf_counter()
     with open_store() as store:
         job = store.get_historical_features(
@@ -74,6 +78,7 @@ def historical(
             full_feature_names=full_feature_names,
             timestamp_field=timestamp_field,
             save_as=save_as,
+            transformed=transformed,
         )
         table = job.to_arrow()
         if out is not None:
@@ -94,6 +99,31 @@ def historical(
         console.print(f"wrote {out}")
     else:
         _preview(table)
+
+
+@app.command("fit-transforms")
+def fit_transforms(
+    service: Annotated[str, typer.Argument(help="The feature service whose transforms to fit.")],
+    training: Annotated[
+        str,
+        typer.Option(
+            "--training",
+            "-t",
+            help="The training set: its features and label columns (a Parquet file).",
+        ),
+    ],
+    timestamp_field: Annotated[
+        str, typer.Option("--timestamp-field", help="The training set's time column.")
+    ] = "event_timestamp",
+) -> None:
+    """Fit a feature service's transforms (scalers, encoders) on a training set and record
+    them in the registry as a new version (applied by `--transformed` reads)."""
+    with open_store() as store:
+        fitted = store.fit_transforms(service, _entities(training), timestamp_field=timestamp_field)  # fmt: skip
+    console.print(
+        f"fitted {len(fitted.fitted.transforms)} transforms of '{service}' on "
+        f"{fitted.fitted.num_rows:,} rows: version {fitted.version}"
+    )
 
 
 def _preview(table: Any) -> None:

@@ -116,6 +116,36 @@ def parse_keys(items: list[str], catalog: Catalog) -> dict[str, object]:
     return row
 
 
+def parse_request(items: list[str], catalog: Catalog) -> dict[str, object]:
+    """`amount=129.5` pairs, typed by the request sources' declared types (times as
+    ISO 8601 text, read by the store)."""
+    dtypes = {f.name: f.dtype for r in catalog.request_sources.values() for f in r.features}
+    data: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise InputError(f"--request '{item}' is not name=value")
+        if name not in dtypes:
+            raise NotFoundError("request field", name, dtypes)
+        data[name] = _typed_text(name, dtypes[name], text)
+    return data
+
+
+def _typed_text(name: str, dtype: str, text: str) -> object:
+    try:
+        if dtype in ("int32", "int64"):
+            return int(text)
+        if dtype in ("float32", "float64"):
+            return float(text)
+    except ValueError:
+        raise InputError(f"--request {name}: '{text}' is not {dtype}") from None
+    if dtype == "bool":
+        if text.lower() not in ("true", "false"):
+            raise InputError(f"--request {name}: '{text}' is not true or false")
+        return text.lower() == "true"
+    return text
+
+
 @app.command("get-online")
 def get_online(
     key: Annotated[
@@ -128,9 +158,19 @@ def get_online(
     service: Annotated[
         str | None, typer.Option("--service", "-s", help="A feature service.")
     ] = None,
+    request: Annotated[
+        list[str] | None,
+        typer.Option("--request", "-r", help="A request field of on-demand features: name=value."),
+    ] = None,
+    transformed: Annotated[
+        bool, typer.Option("--transformed", help="Apply the service's fitted transforms.")
+    ] = False,
 ) -> None:
     """Read one entity's online features, with statuses and event times."""
     store = open_store()
     row = parse_keys(key, store.catalog)
-    response = store.get_online_features(features, [row], feature_service=service)
+    response = store.get_online_features(
+        features, [row], feature_service=service, transformed=transformed,
+        request_data=parse_request(request or [], store.catalog),
+    )  # fmt: skip
     typer.echo(json.dumps(response.to_dict(include_statuses=True), indent=2, default=str))

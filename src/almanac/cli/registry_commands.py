@@ -134,6 +134,10 @@ def listing_rows(catalog: Catalog, what: Listing) -> list[dict[str, Any]]:
             {"source": s.name, "type": s.type, "location": getattr(s, "path", None) or getattr(s, "query", "") or "(pushed rows)",
              "timestamp": s.timestamp_field}
             for s in catalog.sources.values()
+        ] + [
+            {"source": r.name, "type": "request", "location": "(sent with each request): " + ", ".join(f.name for f in r.features),
+             "timestamp": ""}
+            for r in catalog.request_sources.values()
         ]  # fmt: skip
     if what is Listing.views:
         return [
@@ -141,12 +145,20 @@ def listing_rows(catalog: Catalog, what: Listing) -> list[dict[str, Any]]:
              "features": len(v.features), "source": v.source,
              "ttl": format_duration(v.ttl) if v.ttl else "", "online": v.online, "owner": v.owner}
             for v in catalog.all_views().values()
+        ] + [
+            {"view": v.name, "kind": "on-demand view", "entities": "", "features": len(catalog.on_demand_fields(v.name)),
+             "source": ", ".join(v.sources), "ttl": "", "online": True, "owner": v.owner}
+            for v in catalog.on_demand_views.values()
         ]  # fmt: skip
     if what is Listing.features:
         return [
             {"view": v.name, "feature": f.name, "type": f.dtype, "entity": ", ".join(v.entities),
              "owner": v.owner, "description": f.description}
             for v in catalog.all_views().values() for f in v.features
+        ] + [
+            {"view": v.name, "feature": f.name, "type": f.dtype, "entity": "(on demand)",
+             "owner": v.owner, "description": f.description or v.expressions.get(f.name, "")}
+            for v in catalog.on_demand_views.values() for f in catalog.on_demand_fields(v.name)
         ]  # fmt: skip
     return [
         {"service": s.name, "features": ", ".join(s.features), "owner": s.owner, "description": s.description}
@@ -190,7 +202,7 @@ def list_objects(
 
 
 def _find(catalog: Catalog, name: str) -> tuple[str, Any]:
-    for kind in ("feature_view", "aggregation_view", "feature_service", "entity", "source"):
+    for kind in ("feature_view", "aggregation_view", "on_demand_view", "feature_service", "entity", "source", "request_source"):  # fmt: skip
         if name in catalog.of_kind(kind):
             return kind, catalog.of_kind(kind)[name]
     known = [n for kind in KINDS for n in catalog.of_kind(kind)]

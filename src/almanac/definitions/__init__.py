@@ -6,6 +6,18 @@ from almanac.definitions.entity import Entity
 from almanac.definitions.expectations import Expect, Expectation
 from almanac.definitions.feature_service import FeatureService
 from almanac.definitions.feature_view import FeatureView, Field
+from almanac.definitions.model_transforms import (
+    Bucketize,
+    Impute,
+    Log1p,
+    MinMaxScaler,
+    OneHot,
+    OrdinalEncoder,
+    RobustScaler,
+    StandardScaler,
+    TargetEncoder,
+)
+from almanac.definitions.on_demand import OnDemandView, RequestSource, on_demand_view
 from almanac.definitions.permission import Permission, Resource
 from almanac.definitions.sources import (
     FileSource,
@@ -36,6 +48,7 @@ __all__ = [
     "AggregationView",
     "Array",
     "Bool",
+    "Bucketize",
     "Bytes",
     "Definition",
     "Entity",
@@ -47,19 +60,30 @@ __all__ = [
     "FileSource",
     "Float32",
     "Float64",
+    "Impute",
     "Int32",
     "Int64",
     "KafkaSource",
+    "Log1p",
+    "MinMaxScaler",
+    "OnDemandView",
+    "OneHot",
+    "OrdinalEncoder",
     "Permission",
     "PushSource",
     "PythonTransformation",
     "RedisStreamSource",
+    "RequestSource",
     "Resource",
+    "RobustScaler",
     "SqlSource",
     "SqlTransformation",
+    "StandardScaler",
     "String",
+    "TargetEncoder",
     "Timestamp",
     "batch_transformation",
     "format_duration",
+    "on_demand_view",
     "parse_duration",
 ]

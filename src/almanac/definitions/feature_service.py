@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import field_validator
+from pydantic import field_validator, model_serializer
 
-from almanac.definitions.base import Definition, Name, check_name
+from almanac.definitions.base import Definition, Name, check_name, drop_defaults
+from almanac.definitions.model_transforms import ModelTransform
 
 
 class FeatureService(Definition):
     """``FeatureService(name="ranker_v1", features=[user_stats, "user_profile:segment"])``.
 
-    Items are feature views (all their features), view names, or ``view:feature``
-    references. `prompt_template` (Jinja2) renders the features as LLM context.
+    Items are feature views (all their features), on-demand views, view names, or
+    ``view:feature`` references. `prompt_template` (Jinja2) renders the features as LLM
+    context. `transforms` are the model's own preprocessing, fitted on a training set
+    (`FeatureStore.fit_transforms`) and applied with ``transformed=True`` offline and
+    online alike: ``[StandardScaler("view:feature"), OneHot(...), TargetEncoder(...)]``.
     """
 
     kind: ClassVar[str] = "feature_service"
@@ -24,12 +28,17 @@ class FeatureService(Definition):
     owner: str = ""
     tags: dict[str, str] = {}
     prompt_template: str | None = None
+    transforms: list[ModelTransform] = []
 
     def __init__(self, /, **data: Any) -> None:
         items = data.get("features")
         if isinstance(items, list | tuple):
             data["features"] = [getattr(item, "name", item) for item in items]
         super().__init__(**data)
+
+    @model_serializer(mode="wrap")
+    def _spec(self, handler: Any) -> Any:
+        return drop_defaults(handler(self), {"transforms": []})
 
     @field_validator("features")
     @classmethod

@@ -44,7 +44,9 @@ from pydantic import PrivateAttr, field_validator, model_serializer
 from almanac.definitions.base import Definition, Dialect, check_dialect, drop_default_dialect
 from almanac.errors import DefinitionError
 
-Mode = Literal["pandas", "arrow", "polars"]
+# "python" (a dict of lists in and out) is for on-demand views only, where one request is
+# a handful of rows and building a frame would cost more than the function.
+Mode = Literal["pandas", "arrow", "polars", "python"]
 # Repo modules are imported under this package name (see almanac.repo); the stored
 # reference drops it, so it names the module by its path inside the repo.
 REPO_PACKAGE = "almanac_repo."
@@ -211,6 +213,9 @@ def _attribute(module: ModuleType, qualname: str, reference: str) -> Callable[..
     target: object = module
     for part in qualname.split("."):
         target = getattr(target, part, None)
+    # A decorator that returns a definition (`on_demand_view`) keeps the function in it.
+    target = getattr(target, "python_function", None) or target
     if not callable(target):
         raise DefinitionError(f"transformation {reference}: no such function")
-    return target
+    function: Callable[..., Any] = target
+    return function

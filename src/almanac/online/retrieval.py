@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from almanac.definitions.aggregation import AggregationView
 from almanac.errors import InputError
@@ -24,6 +24,13 @@ from almanac.ports.online import ViewRead, ViewRows, Watermark
 from almanac.registry.catalog import Catalog
 from almanac.semantics.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
 from almanac.semantics.times import datetime_to_micros, micros_to_datetime
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from almanac.transforms.ondemand import OnDemandPlan
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _PLAN_CACHE_SIZE = 256
@@ -55,11 +62,19 @@ class _Plan:
     outputs: list[tuple[str, int, int]]  # (output name, view index, feature index)
     dtypes: dict[str, str]  # output column → dtype, keys included
     defaults: dict[str, int]  # output column → value when not found (aggregation counts: 0)
+    # On-demand views to compute after the read (then the stored features are read under
+    # working names, `almanac.transforms.ondemand`); None when the request has none.
+    on_demand: OnDemandPlan | None = None
 
     @cached_property
     def features(self) -> tuple[tuple[str, str], ...]:
-        """(view, feature) of every feature read: what access control checks."""
-        return tuple((v.view, f) for v in self.views for f in v.features)
+        """(view, feature) of every feature read or computed: what access control checks
+        (an on-demand feature needs access to itself and to what it is computed from)."""
+        read = tuple((v.view, f) for v in self.views for f in v.features)
+        if self.on_demand is None:
+            return read
+        computed = tuple((s.view.name, f.name) for s in self.on_demand.steps for f in s.outputs)
+        return read + computed
 
     @cached_property
     def labels(self) -> list[str]:
@@ -88,6 +103,13 @@ def _plan(
     if plan is not None and plan.catalog is catalog:
         return plan
     refs = catalog.resolve(features, feature_service, full_feature_names)
+    od = None
+    if catalog.on_demand_views:  # imported only then: it brings pyarrow
+        from almanac.transforms.ondemand import plan_on_demand
+
+        od = plan_on_demand(catalog, refs)
+        if od is not None:
+            refs = od.base
     views: list[_ViewPlan] = []
     index_of: dict[str, int] = {}
     join_keys: dict[str, str] = {}
@@ -127,7 +149,9 @@ def _plan(
             for name, index, feature in outputs:
                 if index == i and tiles.defaults[feature] is not None:
                     defaults[name] = tiles.defaults[feature]
-    plan = _Plan(catalog, views, join_keys, key_users, outputs, {**join_keys, **dtypes}, defaults)
+    plan = _Plan(
+        catalog, views, join_keys, key_users, outputs, {**join_keys, **dtypes}, defaults, od
+    )
     if cache_key is not None:
         if len(_plans) >= _PLAN_CACHE_SIZE:
             _plans.clear()
@@ -143,6 +167,7 @@ def get_online_features(
     feature_service: str | None = None,
     full_feature_names: bool = False,
     now: datetime | None = None,
+    request_data: Mapping[str, Any] | None = None,
 ) -> OnlineResponse:
     """Latest values of `features` (or a service's) for each entity row, in order.
 
@@ -152,15 +177,16 @@ def get_online_features(
     online store holds only each entity's latest values, so it can answer exactly for
     any time at or after the views' watermarks and latest writes, and refuses an
     earlier `now` (InputError naming the view): past times are
-    `get_historical_features`' job.
+    `get_historical_features`' job. `request_data` gives the request fields on-demand
+    features need (one value per entity row; they may also be in the entity rows).
     """
-    plan, keys, requests = prepare_read(
-        store.catalog, features, entity_rows, feature_service, full_feature_names
+    plan, keys, requests, request = prepare_read(
+        store.catalog, features, entity_rows, feature_service, full_feature_names, request_data
     )
     rows = store.online.read(store.project, requests)
     if now is not None:
         _check_watermarks(plan, store.online.watermarks(store.project), now)
-    return finish_read(plan, keys, rows, now)
+    return finish_read(plan, keys, rows, now, request, _repo_path(store))
 
 
 async def get_online_features_async(
@@ -171,14 +197,15 @@ async def get_online_features_async(
     feature_service: str | None = None,
     full_feature_names: bool = False,
     now: datetime | None = None,
+    request_data: Mapping[str, Any] | None = None,
 ) -> OnlineResponse:
     """`get_online_features` for an asyncio caller (the HTTP server): the store is read
     with `OnlineStore.read_async`, so the event loop never blocks on it."""
-    plan, keys, requests = prepare_read(
-        store.catalog, features, entity_rows, feature_service, full_feature_names
+    plan, keys, requests, request = prepare_read(
+        store.catalog, features, entity_rows, feature_service, full_feature_names, request_data
     )
     rows = await store.online.read_async(store.project, requests)
-    return finish_read(plan, keys, rows, now)
+    return finish_read(plan, keys, rows, now, request, _repo_path(store))
 
 
 def prepare_read(
@@ -187,21 +214,37 @@ def prepare_read(
     entity_rows: Any,
     feature_service: str | None,
     full_feature_names: bool,
-) -> tuple[_Plan, dict[str, list[Any]], list[ViewRead]]:
-    """Resolve the request (cached plan), check its keys, and say what to read."""
+    request_data: Mapping[str, Any] | None = None,
+) -> tuple[_Plan, dict[str, list[Any]], list[ViewRead], dict[str, pa.Array] | None]:
+    """Resolve the request (cached plan), check its keys and request fields, and say
+    what to read."""
     plan = _plan(catalog, features, feature_service, full_feature_names)
+    request = None
     if entity_rows is None:
-        raise InputError("no entity rows given: pass entity_rows=[{<join key>: <value>}, ...]")
+        if plan.join_keys or not request_data:
+            raise InputError("no entity rows given: pass entity_rows=[{<join key>: <value>}, ...]")
+        entity_rows = {}
+    entity_rows = _as_columns_or_rows(entity_rows)
     keys = _key_columns(entity_rows, plan)
+    if plan.on_demand is not None and plan.on_demand.request:
+        from almanac.online.on_demand import request_columns, request_rows
+
+        count, given = request_rows(plan.on_demand, keys, entity_rows, request_data)
+        request = request_columns(plan.on_demand, given, request_data, count)
     requests = [
         ViewRead(v.view, v.join_keys, [keys[k] for k in v.join_keys], *v.read_features)
         for v in plan.views
     ]
-    return plan, keys, requests
+    return plan, keys, requests, request
 
 
 def finish_read(
-    plan: _Plan, keys: dict[str, list[Any]], rows: list[ViewRows], now: datetime | None
+    plan: _Plan,
+    keys: dict[str, list[Any]],
+    rows: list[ViewRows],
+    now: datetime | None,
+    request: dict[str, pa.Array] | None = None,
+    repo_path: Path | None = None,
 ) -> OnlineResponse:
     now_micros = _read_time(plan, keys, rows, now)
     ttls = [v.ttl_micros for v in plan.views]
@@ -211,6 +254,10 @@ def finish_read(
     ]
     response = build_response(keys, plan.outputs, rows, ttls, now_micros, plan.dtypes, plan.defaults)  # fmt: skip
     response.read_time = micros_to_datetime(now_micros)
+    if plan.on_demand is not None:
+        from almanac.online.on_demand import finish
+
+        return finish(plan.on_demand, response, request or {}, repo_path)
     return response
 
 
@@ -263,12 +310,17 @@ def _check_watermarks(plan: _Plan, watermarks: Mapping[str, Watermark], now: dat
 # ---- entity keys ----------------------------------------------------------------------------
 
 
+def _as_columns_or_rows(entity_rows: Any) -> Any:
+    """A frame's columns as a dict of lists; a dict of columns or a list of rows as is."""
+    if hasattr(entity_rows, "column_names") and hasattr(entity_rows, "to_pydict"):  # Arrow
+        return {k: entity_rows.column(k).to_pylist() for k in entity_rows.column_names}
+    if hasattr(entity_rows, "columns") and hasattr(entity_rows, "to_dict"):  # pandas, polars
+        return {str(k): _series_list(entity_rows[k]) for k in entity_rows.columns}
+    return entity_rows
+
+
 def _key_columns(entity_rows: Any, plan: _Plan) -> dict[str, list[Any]]:
     """The request's join-key columns, checked: present, one type, same lengths."""
-    if hasattr(entity_rows, "column_names") and hasattr(entity_rows, "to_pydict"):  # Arrow
-        entity_rows = {k: entity_rows.column(k).to_pylist() for k in entity_rows.column_names}
-    elif hasattr(entity_rows, "columns") and hasattr(entity_rows, "to_dict"):  # pandas, polars
-        entity_rows = {str(k): _series_list(entity_rows[k]) for k in entity_rows.columns}
     if isinstance(entity_rows, Mapping):
         columns = _from_columns(entity_rows, plan)
     elif isinstance(entity_rows, Sequence) and not isinstance(entity_rows, str | bytes):
@@ -365,3 +417,9 @@ def _as_str(key: str, value: Any, row: int) -> str:
         f"join key '{key}' must be a string, got {type(value).__name__} {value!r} "
         f"in entity row {row}"
     )
+
+
+def _repo_path(store: OnlineHandle) -> Path | None:
+    # Where an on-demand function's module is imported from; a bare handle has none.
+    path: Path | None = getattr(store, "repo_path", None)
+    return path

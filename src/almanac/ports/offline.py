@@ -29,7 +29,10 @@ from almanac.ports.online import OnlineStore
 from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
 
-__all__ = ["OfflineEngine", "OnlineTarget", "RetrievalJob", "Staged"]
+__all__ = ["ExpressionEvaluator", "OfflineEngine", "OnlineTarget", "RetrievalJob", "Staged"]
+
+# (input table, {feature: (parsed expression, dtype)}) → the features, typed, in order.
+ExpressionEvaluator = Callable[[pa.Table, dict[str, tuple[Any, str]]], pa.Table]
 
 
 class Staged(Protocol):
@@ -65,6 +68,11 @@ class OfflineEngine(ABC):
     def check_dialect(self, catalog: Catalog, names: list[str]) -> None:  # noqa: B027
         """DefinitionError naming each SQL source or transformation of the views `names`
         written in a dialect this engine cannot run (called by `plan`)."""
+
+    def expression_evaluator(self) -> ExpressionEvaluator | None:
+        """How this engine evaluates on-demand expressions over a training set's batches
+        (see `almanac.transforms.ondemand`); None: the engine-neutral Arrow evaluator."""
+        return None
 
     @abstractmethod
     def get_historical_features(

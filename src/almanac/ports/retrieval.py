@@ -42,6 +42,11 @@ class RetrievalJob:
         return pa.schema([*self._entities.schema, *self._features])
 
     @property
+    def entity_table(self) -> pa.Table:
+        """The caller's entity rows as the job holds them (the timestamp as UTC)."""
+        return self._entities
+
+    @property
     def feature_schema(self) -> pa.Schema:
         """Only the feature columns (output names and declared types)."""
         return self._features
@@ -113,3 +118,48 @@ class RetrievalJob:
         finally:
             temp.unlink(missing_ok=True)
         return path
+
+
+class DerivedJob(RetrievalJob):
+    """A training set whose features are computed from another job's result, batch by
+    batch (the same rows, in the same order): on-demand features, fitted transforms.
+
+    `derive` takes a table of the inner job's columns (entity rows and features) and
+    returns this job's feature columns, typed as `features`. It must not depend on how
+    rows are split into batches (`offset` is the first row's position), unless `whole`:
+    then it is called once, on every row."""
+
+    def __init__(
+        self,
+        inner: RetrievalJob,
+        features: pa.Schema,
+        derive: Callable[[pa.Table, int], pa.Table],
+        *,
+        whole: bool = False,
+    ) -> None:
+        def produce(batch_rows: int) -> pa.RecordBatchReader:
+            if whole:
+                table = self.to_arrow().select(features.names)
+                return pa.RecordBatchReader.from_batches(features, table.to_batches(batch_rows))
+            return pa.RecordBatchReader.from_batches(features, self._derived(batch_rows))
+
+        super().__init__(inner._entities, features, produce)
+        self._inner = inner
+        self._derive = derive
+
+    def _derived(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        offset = 0
+        for batch in self._inner.to_arrow_batches(batch_rows):
+            derived = self._derive(pa.Table.from_batches([batch]), offset)
+            offset += batch.num_rows
+            yield from derived.cast(self._features).to_batches()
+
+    def to_arrow(self) -> pa.Table:
+        # The whole inner result at once, so an engine's own fast path (Spark's) is used.
+        if self._table is None and self._entities.num_rows:
+            features = self._derive(self._inner.to_arrow(), 0).cast(self._features)
+            table = self._entities
+            for i, field in enumerate(self._features):
+                table = table.append_column(field, features.column(i))
+            self._table = table
+        return super().to_arrow()

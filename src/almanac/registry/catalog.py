@@ -16,15 +16,18 @@ from almanac.definitions import Entity, FeatureService, FeatureView
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.base import Definition
 from almanac.definitions.feature_view import Field, check_join_keys_not_features
+from almanac.definitions.on_demand import OnDemandView, RequestSource
 from almanac.definitions.permission import Permission
 from almanac.definitions.sources import FileSource, PushSource, SqlSource, source_from_spec
 from almanac.errors import DefinitionError, InputError, NotFoundError
+from almanac.registry.on_demand import check_on_demand
 
 Source = FileSource | SqlSource | PushSource
 
 # Registry kinds in dependency order: an object may refer only to kinds before it.
 KINDS: tuple[str, ...] = (
-    "entity", "source", "feature_view", "aggregation_view", "feature_service", "permission",
+    "entity", "source", "request_source", "feature_view", "aggregation_view", "on_demand_view",
+    "feature_service", "permission",
 )  # fmt: skip
 
 
@@ -37,6 +40,10 @@ def definition_from_spec(kind: str, spec: dict[str, Any]) -> Definition:
         return FeatureView.from_spec(spec)
     if kind == "aggregation_view":
         return AggregationView.from_spec(spec)
+    if kind == "request_source":
+        return RequestSource.from_spec(spec)
+    if kind == "on_demand_view":
+        return OnDemandView.from_spec(spec)
     if kind == "feature_service":
         return FeatureService.from_spec(spec)
     if kind == "permission":
@@ -70,6 +77,13 @@ class Catalog:
     version: int = 0
     aggregation_views: dict[str, AggregationView] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
+    request_sources: dict[str, RequestSource] = field(default_factory=dict)
+    on_demand_views: dict[str, OnDemandView] = field(default_factory=dict)
+    # An on-demand view's features with their types (declared, or inferred from its
+    # expressions), computed once per catalog.
+    _on_demand_fields: dict[str, list[Field]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     # ---- building -------------------------------------------------------------------
 
@@ -90,17 +104,23 @@ class Catalog:
                 )
             bucket[obj.name] = obj  # type: ignore[attr-defined]
 
-        for obj in objects:
+        def add_with_parts(obj: Definition) -> None:
             if isinstance(obj, FeatureView):
                 for entity in obj.entity_objects:
                     add(entity)
                 if obj.source_object is not None:
                     add(obj.source_object)
+            if isinstance(obj, OnDemandView):
+                for source in obj.source_objects:
+                    add_with_parts(source)
             if obj.kind == "source" and getattr(obj, "name", None) is None:
-                continue  # an unnamed source only counts through the view that uses it
+                return  # an unnamed source only counts through the view that uses it
             if obj.kind not in buckets:
-                continue  # a part of other definitions (a field, an aggregation ...)
+                return  # a part of other definitions (a field, an aggregation ...)
             add(obj)
+
+        for obj in objects:
+            add_with_parts(obj)
         catalog = cls(
             entities=buckets["entity"],  # type: ignore[arg-type]
             sources=buckets["source"],  # type: ignore[arg-type]
@@ -109,6 +129,8 @@ class Catalog:
             version=version,
             aggregation_views=buckets["aggregation_view"],  # type: ignore[arg-type]
             permissions=buckets["permission"],  # type: ignore[arg-type]
+            request_sources=buckets["request_source"],  # type: ignore[arg-type]
+            on_demand_views=buckets["on_demand_view"],  # type: ignore[arg-type]
         )
         if validate:
             catalog.validate()
@@ -138,6 +160,8 @@ class Catalog:
             "aggregation_view": self.aggregation_views,
             "feature_service": self.services,
             "permission": self.permissions,
+            "request_source": self.request_sources,
+            "on_demand_view": self.on_demand_views,
         }
         return by_kind[kind]
 
@@ -186,6 +210,7 @@ class Catalog:
                         f"{label}: field 'schema': '{feature}' is a timestamp column of source "
                         f"'{source.name}', not a feature"
                     )
+        check_on_demand(self)
         for service in self.services.values():
             for ref in service.features:
                 try:
@@ -196,6 +221,24 @@ class Catalog:
                     ) from None
             if service.prompt_template is not None:
                 self._check_prompt_template(service)
+            if service.transforms:
+                self._check_transforms(service)
+
+    def _check_transforms(self, service: FeatureService) -> None:
+        """A model transform reads a feature of its service; a target is not a feature."""
+        refs = self.resolve(service=service.name)
+        known = {ref.ref for ref in refs}
+        outputs = {ref.output_name for ref in refs}
+        for transform in service.transforms:
+            label = f"FeatureService '{service.name}': field 'transforms': {transform.label}"
+            if transform.feature not in known:
+                raise DefinitionError(f"{label}: {NotFoundError('feature of the service', transform.feature, known)}")  # fmt: skip
+            target = getattr(transform, "target", None)
+            if target is not None and target in outputs:
+                raise DefinitionError(
+                    f"{label}: the target '{target}' is a feature of the service; a target "
+                    "is a label column of the training set"
+                )
 
     def _check_prompt_template(self, service: FeatureService) -> None:
         """A prompt template may read the service's features and its entities' keys."""
@@ -223,7 +266,13 @@ class Catalog:
             users += [f"{_kind(v)} '{v.name}'" for v in views if name in v.entities]
         if kind == "source":
             users += [f"{_kind(v)} '{v.name}'" for v in views if v.source == name]
-        if kind in ("feature_view", "aggregation_view"):
+        if kind in ("feature_view", "aggregation_view", "on_demand_view", "request_source"):
+            users += [
+                f"on-demand view '{v.name}'"
+                for v in self.on_demand_views.values()
+                if name in v.sources
+            ]
+        if kind in ("feature_view", "aggregation_view", "on_demand_view"):
             users += [
                 f"feature service '{s.name}'" for s in self.services.values() if name in s.views
             ]
@@ -236,8 +285,18 @@ class Catalog:
         whose features are derived from its aggregations)."""
         found = self.views.get(name) or self.aggregation_views.get(name)
         if found is None:
-            raise NotFoundError("feature view", name, self.all_views())
+            raise NotFoundError("feature view", name, {**self.all_views(), **self.on_demand_views})
         return found
+
+    def on_demand_fields(self, name: str) -> list[Field]:
+        """An on-demand view's features, typed: as declared, else as its expressions
+        compute them (`almanac.registry.on_demand`)."""
+        fields = self._on_demand_fields.get(name)
+        if fields is None:
+            from almanac.registry.on_demand import output_fields
+
+            fields = self._on_demand_fields[name] = output_fields(self, self.on_demand_views[name])
+        return fields
 
     def service(self, name: str) -> FeatureService:
         try:
@@ -279,17 +338,18 @@ class Catalog:
             if not isinstance(ref, str):
                 raise InputError(f"feature reference must be text like 'view:feature', got {ref!r}")
             view_name, _, feature_name = ref.partition(":")
-            view = self.view(view_name)
-            fields = view.features
+            if view_name in self.on_demand_views:
+                fields = self.on_demand_fields(view_name)
+            else:
+                fields = self.view(view_name).features
             if feature_name:
+                known = [f"{view_name}:{f.name}" for f in fields]
                 fields = [f for f in fields if f.name == feature_name]
                 if not fields:
-                    raise NotFoundError(
-                        "feature", ref, [f"{view.name}:{f}" for f in view.feature_names]
-                    )
+                    raise NotFoundError("feature", ref, known)
             for f in fields:
-                name = f"{view.name}__{f.name}" if full_feature_names else f.name
-                resolved.append(FeatureRef(view=view.name, field=f, output_name=name))
+                name = f"{view_name}__{f.name}" if full_feature_names else f.name
+                resolved.append(FeatureRef(view=view_name, field=f, output_name=name))
         seen: dict[str, str] = {}
         for item in resolved:
             if item.output_name in seen and seen[item.output_name] != item.ref:

@@ -117,12 +117,15 @@ class AccessPolicy:
         return None
 
     def _feature_target(self, view_name: str, feature: str) -> Target:
-        view = self.catalog.all_views()[view_name]
-        fields = {f.name: f for f in getattr(view, "features", [])}
+        on_demand = self.catalog.on_demand_views.get(view_name)
+        view = on_demand or self.catalog.all_views()[view_name]
+        features = self.catalog.on_demand_fields(view_name) if on_demand else getattr(view, "features", [])  # fmt: skip
+        fields = {f.name: f for f in features}
         own = fields[feature].tags if feature in fields else {}
         tags = tuple(sorted({**view.tags, **own}.items()))
         services = self._services_of.get((view_name, feature), set()) | self._services_of.get((view_name, "*"), set())  # fmt: skip
-        return Target("feature", feature, view_name, view.source, tuple(sorted(services)), tags)
+        source = None if on_demand else getattr(view, "source", None)
+        return Target("feature", feature, view_name, source, tuple(sorted(services)), tags)
 
     def view_target(self, name: str) -> Target:
         view = self.catalog.view(name)

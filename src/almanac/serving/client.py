@@ -56,16 +56,26 @@ class Client:
         *,
         feature_service: str | None = None,
         full_feature_names: bool = False,
+        request_data: Mapping[str, Any] | None = None,
+        transformed: bool = False,
+        transforms_version: int | None = None,
     ) -> OnlineResponse:
         """Latest values for each entity row, as `FeatureStore.get_online_features`."""
         if isinstance(features, str):
             features = [features]
-        body = {
+        body: dict[str, Any] = {
             "features": None if features is None else list(features),
             "feature_service": feature_service,
             "entities": _columns(entity_rows),
             "full_feature_names": full_feature_names,
         }
+        if transformed:
+            body["transformed"] = True
+            body["transforms_version"] = transforms_version
+        if request_data is not None:
+            body["request_data"] = {
+                name: _json_value(value) for name, value in request_data.items()
+            }
         return online_response(self._post("/get-online-features", body))
 
     def get_context(
@@ -260,3 +270,14 @@ def _error(response: httpx.Response) -> AlmanacError:
     if status == 503:
         return StoreUnavailableError(message)
     return AlmanacError(message)
+
+
+def _json_value(value: Any) -> Any:
+    """A request field's value(s) as JSON carries them (times as ISO 8601 text)."""
+    if hasattr(value, "tolist"):  # numpy, pandas
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -133,6 +133,7 @@ async def read_online(
     feature_service: str | None,
     full_feature_names: bool,
     endpoint: str,
+    request_data: Mapping[str, Any] | None = None,
 ) -> OnlineResponse:
     """The async online read shared by every endpoint (one round trip to the store)."""
     count = max((len(column) for column in entity_rows.values()), default=0)
@@ -150,9 +151,10 @@ async def read_online(
         )
     state.metrics.observe_entities(endpoint, count)
     try:
-        plan, keys, requests = prepare_read(
-            state.catalog, features, entity_rows, feature_service, full_feature_names
-        )
+        plan, keys, requests, request = prepare_read(
+            state.catalog, features, entity_rows, feature_service, full_feature_names,
+            request_data,
+        )  # fmt: skip
     except NotFoundError as error:
         if access.policy(state) is not None:  # a denial must not list what exists
             raise AccessDeniedError(f"may not read_online {error.kind} '{error.name}'") from None
@@ -163,7 +165,7 @@ async def read_online(
     started = time.perf_counter()
     rows = await state.online.read_async(state.project, requests)
     state.metrics.observe_store(state.online.backend, time.perf_counter() - started)
-    response = finish_read(plan, keys, rows, None)
+    response = finish_read(plan, keys, rows, None, request, state.store.repo_path)
     if state.serving_log is not None and response.read_time is not None:
         state.serving_log.record(
             response, response.read_time, features, feature_service, full_feature_names
@@ -175,8 +177,12 @@ async def online_features(state: ServingState, body: bytes) -> bytes:
     request = parse_body(OnlineFeaturesRequest, body)
     response = await read_online(
         state, request.features, request.entities, request.feature_service,
-        request.full_feature_names, "/get-online-features",
+        request.full_feature_names, "/get-online-features", request.request_data,
     )  # fmt: skip
+    if request.transformed:
+        response = state.store.transform_response(
+            response, request.feature_service, request.transforms_version
+        )
     return encode.feast_response(response)
 
 

@@ -28,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     model_validator,
@@ -48,6 +49,8 @@ def _integral(value: Any) -> Any:
 KeyValue = (
     Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX), BeforeValidator(_integral)] | StrictStr
 )
+# A request field's value: JSON's scalars (a timestamp is ISO 8601 text), or a list.
+RequestValue = StrictBool | StrictInt | float | StrictStr | list[Any] | None
 # Pushed columns: a list of values, or pandas' `to_dict()` shape {row label: value}
 # (what Feast's server accepts, as it builds a DataFrame from the body).
 Column = list[Any] | dict[str, Any]
@@ -85,10 +88,27 @@ class OnlineFeaturesRequest(_Request):
     )
     entities: dict[str, list[KeyValue]] = Field(
         min_length=1,
-        description="Join key columns: one list per join key, one value per entity.",
+        description=(
+            "Join key columns: one list per join key, one value per entity (text and "
+            "integer request fields of on-demand features may be given here too)."
+        ),
         examples=[{"user_id": ["8a2f", "b13c"]}],
     )
     full_feature_names: bool = Field(False, description="Name features 'view__feature'.")
+    request_data: dict[str, list[RequestValue] | RequestValue] | None = Field(
+        None,
+        description=(
+            "Request fields of on-demand features: one value per entity (a single value "
+            "is used for every entity). Timestamps as ISO 8601 text."
+        ),
+        examples=[{"amount": [129.0, 15.5]}],
+    )
+    transformed: bool = Field(
+        False, description="Apply the feature service's fitted transforms (scaling, encoding)."
+    )
+    transforms_version: int | None = Field(
+        None, ge=1, description="The fit to apply (default: the latest)."
+    )
 
     @model_validator(mode="after")
     def _one_selection(self) -> OnlineFeaturesRequest:

@@ -25,6 +25,7 @@ from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
 from almanac.offline.dialects import check_dialect
 from almanac.offline.duckdb.aggregations import aggregation_part, tiles_reader
+from almanac.offline.duckdb.expressions import evaluate_sql
 from almanac.offline.duckdb.point_in_time import (
     SPINE,
     JoinPart,
@@ -44,7 +45,7 @@ from almanac.offline.duckdb.transformations import scan_view
 from almanac.offline.frames import UTC_US
 from almanac.offline.spine import check_latest_columns, entity_key, prepare_spine, rows_schema
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
-from almanac.ports.offline import OfflineEngine
+from almanac.ports.offline import ExpressionEvaluator, OfflineEngine
 from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
 from almanac.semantics.times import time_range, to_utc
@@ -100,6 +101,10 @@ class DuckDBEngine(OfflineEngine):
     def check_dialect(self, catalog: Catalog, names: list[str]) -> None:
         check_dialect(catalog, names, "duckdb", "DuckDB")
 
+    def expression_evaluator(self) -> ExpressionEvaluator:
+        """On-demand expressions as DuckDB SQL over each batch of a training set."""
+        return partial(evaluate_sql, self._cursor())
+
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         # One connection per job: jobs may run from several threads.
         cursor = self._con.cursor()
@@ -119,7 +124,7 @@ class DuckDBEngine(OfflineEngine):
         table = to_arrow(entity_df, cursor)
         spine = prepare_spine(catalog, table, refs, timestamp_field, partial(parse_text, cursor))
         low, high, schema, by_view = spine.low, spine.high, spine.features, spine.refs_of
-        if table.num_rows == 0:
+        if table.num_rows == 0 or not refs:  # no stored feature: on-demand ones only
             return RetrievalJob(spine.entities, schema, None)
         parts: list[JoinPart | PointPart] = []
         for view in spine.views:

@@ -150,7 +150,7 @@ class SparkEngine(OfflineEngine):
         )
         entities, narrow, schema = prepared.entities, prepared.narrow, prepared.features
         views, by_view, low, high = prepared.views, prepared.refs_of, prepared.low, prepared.high
-        if table.num_rows == 0:
+        if table.num_rows == 0 or not refs:  # no stored feature: on-demand ones only
             return RetrievalJob(entities, schema, None)
 
         spine, folder = self._spine(narrow)

@@ -1,0 +1,64 @@
+"""A feature service's fitted transforms on an online response.
+
+`transformed` applies the same `almanac.transforms.fitted.apply` as a training set gets,
+to the rows of one request: a scaled feature keeps its name, a one-hot encoded one
+becomes one column per category (``plan=pro``, ``plan=__unknown__``). Each output keeps
+the status and event time of the feature it came from, so a NOT_FOUND feature stays
+visible as such even when an imputer filled it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from almanac.online.response import OnlineResponse
+from almanac.transforms.fitted import FittedTransforms, apply
+
+
+def transformed(
+    response: OnlineResponse, fitted: FittedTransforms, columns: Mapping[str, str]
+) -> OnlineResponse:
+    """`response` with the service's transforms applied to its features (`columns`:
+    each ``view:feature`` → its output name)."""
+    present = {ref: name for ref, name in columns.items() if name in response.values}
+    table = response.to_arrow().select(list(response.values))
+    result = apply(fitted, table, present)
+    origin = _origins(fitted, present, list(response.values))
+    values: dict[str, list[Any]] = {}
+    statuses: dict[str, Any] = {}
+    stamps: dict[str, Any] = {}
+    dtypes = {key: response.dtypes[key] for key in response.join_keys if key in response.dtypes}
+    times = response._event_timestamps
+    for name, column in zip(result.column_names, result.columns, strict=True):
+        source = origin[name]
+        values[name] = column.to_pylist()
+        statuses[name] = response.statuses[source]
+        stamps[name] = times[source]
+        dtypes[name] = _dtype(column.type)
+    out = OnlineResponse(response.join_keys, values, statuses, stamps, dtypes)
+    out.read_time = response.read_time
+    return out
+
+
+def _origins(fitted: FittedTransforms, columns: Mapping[str, str], names: list[str]) -> dict[str, str]:  # fmt: skip
+    """Each output column → the response column it comes from."""
+    origin = {name: name for name in names}
+    for ref, name in columns.items():
+        for output in fitted.output_columns(ref, name):
+            origin[output] = name
+    return origin
+
+
+def _dtype(kind: pa.DataType) -> str:
+    if pa.types.is_floating(kind):
+        return "float64"
+    if pa.types.is_integer(kind):
+        return "int64"
+    if pa.types.is_boolean(kind):
+        return "bool"
+    if pa.types.is_timestamp(kind):
+        return "timestamp"
+    return "string"
