@@ -77,6 +77,18 @@ def test_values_come_in_request_order(store: StoreStub) -> None:
     assert list(response.statuses) == ["affinity", "spend", "price", "clicks"]
 
 
+def test_one_entity_asked_for_several_times(store: StoreStub) -> None:
+    """Scoring several transactions of one customer asks for it once per row: every row
+    gets its values (a store that collapsed duplicates to one key once found none)."""
+    fill(store)
+    for rows in ([{"user_id": 1}] * 3, [{"user_id": 1}, {"user_id": 9}, {"user_id": 1}]):
+        response = get_online_features(store, ["user_stats:spend"], rows, now=T0)
+        expected = [1.5 if row["user_id"] == 1 else None for row in rows]
+        assert response.to_dict()["spend"] == expected
+    twice = get_online_features(store, ["user_item:affinity"], [{"user_id": 1, "item_id": "a"}] * 2, now=T0)  # fmt: skip
+    assert twice.to_dict()["affinity"] == [0.5, 0.5]
+
+
 def test_same_feature_name_in_two_views_needs_full_names(store: StoreStub) -> None:
     fill(store)
     rows = {"user_id": [1], "item_id": ["1"]}

@@ -60,27 +60,11 @@ SETTINGS = settings(
 
 INT, FLOAT, BOOL, STRING, TIMESTAMP = "int64", "float64", "bool", "string", "timestamp"
 KINDS = (INT, FLOAT, BOOL, STRING, TIMESTAMP)
-DTYPES = {
-    "i1": "int64",
-    "i2": "int64",
-    "i3": "int32",
-    "f1": "float64",
-    "f2": "float64",
-    "f3": "float32",
-    "b1": "bool",
-    "b2": "bool",
-    "s1": "string",
-    "s2": "string",
-    "t1": "timestamp",
-    "t2": "timestamp",
-}
-NAMES = {
-    INT: ["i1", "i2", "i3"],
-    FLOAT: ["f1", "f2", "f3"],
-    BOOL: ["b1", "b2"],
-    STRING: ["s1", "s2"],
-    TIMESTAMP: ["t1", "t2"],
-}
+NAMES = {INT: ["i1", "i2", "i3"], FLOAT: ["f1", "f2", "f3"], BOOL: ["b1", "b2"]}
+NAMES |= {STRING: ["s1", "s2"], TIMESTAMP: ["t1", "t2"]}
+DTYPES = {name: kind for kind, names in NAMES.items() for name in names}
+DTYPES |= {"i3": "int32", "f3": "float32"}  # read as int64 and float64
+PARTS = ["year", "month", "day", "hour", "minute", "second", "day_of_week", "day_of_year"]
 MIN_TS = -62_135_596_800_000_000  # 0001-01-01
 MAX_TS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999
 YEAR_1900, YEAR_2100 = -2_208_988_800_000_000, 4_102_444_800_000_000
@@ -88,21 +72,8 @@ YEAR_1900, YEAR_2100 = -2_208_988_800_000_000, 4_102_444_800_000_000
 INT_EDGES = [0, 1, -1, 2, -2, 3, 7, -7, 10, 2**31 - 1, -(2**31), 2**53 + 1, 3_037_000_500]
 INT_EDGES += [2**62, -(2**62), 2**63 - 1, -(2**63)]
 FLOAT_EDGES = [0.0, -0.0, 0.5, -0.5, 1.5, 2.5, -2.5, 0.1, 1e16, 1e308, -1e308, 5e-324, 2.0**63]
-STRING_EDGES = [
-    "",
-    "a",
-    "A",
-    "b",
-    "B",
-    "ab",
-    "Ab",
-    "é",
-    "É",
-    "ß",
-    "z",
-    "it's",
-    "'); DROP TABLE x; --",
-]
+STRING_EDGES = ["", "a", "A", "b", "B", "ab", "Ab", "é", "É", "ß", "z", "it's"]
+STRING_EDGES += ["'); DROP TABLE x; --"]
 
 
 # -- random rows ------------------------------------------------------------------------
@@ -131,15 +102,13 @@ def _values(dtype: str) -> st.SearchStrategy[Any]:
     return st.one_of(st.none(), strategies[dtype], strategies[dtype])
 
 
-def _arrow(dtype: str) -> pa.DataType:
-    return pa.timestamp("us", tz="UTC") if dtype == TIMESTAMP else arrow_type(dtype)
-
-
 @st.composite
 def tables(draw: st.DrawFn, max_rows: int = 6) -> pa.Table:
     rows = draw(st.integers(1, max_rows))
     data = {
-        name: pa.array(draw(st.lists(_values(dtype), min_size=rows, max_size=rows)), _arrow(dtype))
+        name: pa.array(
+            draw(st.lists(_values(dtype), min_size=rows, max_size=rows)), arrow_type(dtype)
+        )
         for name, dtype in DTYPES.items()
     }
     return pa.table(data)
@@ -208,7 +177,7 @@ def trees(kind: str, depth: int) -> st.SearchStrategy[Expr]:
             ),
             _call("sign", number),
             _call("length", sub(STRING)),
-            st.builds(Call, st.sampled_from(sorted(PARTS)), _tuples(sub(TIMESTAMP), 1, 1)),
+            st.builds(Call, st.sampled_from(PARTS), _tuples(sub(TIMESTAMP), 1, 1)),
             st.builds(Cast, st.one_of(sub(FLOAT), sub(BOOL)), st.just(INT)),
         ]
     elif kind == FLOAT:
@@ -239,13 +208,7 @@ def trees(kind: str, depth: int) -> st.SearchStrategy[Expr]:
             st.sampled_from([INT, FLOAT, STRING, BOOL, TIMESTAMP]).flatmap(
                 lambda k: st.builds(InList, sub(k), _tuples(sub(k), 1, 3), st.booleans())
             ),
-            st.builds(
-                lambda x, lo, hi, neg: Between(x, lo, hi, neg),
-                number,
-                number,
-                number,
-                st.booleans(),
-            ),
+            st.builds(Between, number, number, number, st.booleans()),
             st.sampled_from([STRING, TIMESTAMP]).flatmap(
                 lambda k: st.builds(Between, sub(k), sub(k), sub(k), st.booleans())
             ),
@@ -258,9 +221,6 @@ def trees(kind: str, depth: int) -> st.SearchStrategy[Expr]:
             st.builds(Cast, st.one_of(sub(INT), sub(BOOL)), st.just(STRING)),
         ]
     return st.one_of(*options)
-
-
-PARTS = {"year", "month", "day", "hour", "minute", "second", "day_of_week", "day_of_year"}
 
 
 expressions = st.sampled_from(KINDS).flatmap(lambda kind: trees(kind, 3))
@@ -386,10 +346,15 @@ def test_every_literal_is_a_parameter(expr: Expr, table: pa.Table) -> None:
         reject()
     literals = [node.value for node in _nodes(expr) if isinstance(node, Literal)]
     assert sql.count("?") == len(params)
-    # in tree order; a sub-expression of nulls only (null + null) is one null parameter
-    assert [repr(v) for v in params if v is not None] == [
-        repr(v) for v in literals if v is not None
-    ]
+    # in tree order, each case condition compared with a true (a sub-expression of
+    # nulls only, such as null + null, is one null parameter)
+    conditions = sum(len(n.branches) for n in _nodes(expr) if isinstance(n, Case))
+    conditions += sum(1 for n in _nodes(expr) if isinstance(n, Call) and n.name == "if")
+    sent = [repr(v) for v in params if v is not None]
+    expected = [repr(v) for v in literals if v is not None]
+    assert len(sent) == len(expected) + conditions
+    remaining = iter(sent)
+    assert all(any(v == g for g in remaining) for v in expected)  # a subsequence
     for value in literals:
         if isinstance(value, str) and len(value) > 2:
             assert value not in sql
@@ -466,6 +431,8 @@ CASES = [
     "power(2, -1074)",
     "least(i2, i3, null)",
     "greatest(f1, f2)",
+    "least(f1, 0)",  # of tied zeros (0.0, -0.0), the first argument wins
+    "greatest(0.0, f1, null)",
     "least(s1, s2)",
     "greatest(t1, t2)",
     "lower(s1)",
@@ -490,13 +457,18 @@ CASES = [
 @pytest.mark.parametrize("text", CASES)
 def test_every_operator_and_function(con: duckdb.DuckDBPyConnection, text: str) -> None:
     expr = parse(text)
-    transcendental = {n.name for n in _nodes(expr) if isinstance(n, Call)} & {
-        *TRANSCENDENTAL,
-        "power",
-    }
+    calls = {n.name for n in _nodes(expr) if isinstance(n, Call)}
+    ulps = 1 if calls & {*TRANSCENDENTAL, "power"} else 0
     ours = _arrow_eval(expr, EDGE_ROWS)
     assert not isinstance(ours, Exception), ours
-    check_agree(con, expr, EDGE_ROWS, ulps=1 if transcendental else 0)
+    check_agree(con, expr, EDGE_ROWS, ulps=ulps)
+    # to_sql's SQL, with its ? parameters, runs as it is (its optimizer caveat aside)
+    sql, params = to_sql(expr, DTYPES)
+    con.register("edge_rows", EDGE_ROWS)
+    theirs = con.sql(f"SELECT {sql} AS out FROM edge_rows", params=params).to_arrow_table()
+    con.unregister("edge_rows")
+    values = theirs.column("out").cast(ours.type)  # a TIMESTAMPTZ is in the session's zone
+    assert _agree(ours.to_pylist(), values.to_pylist(), ulps=ulps)
 
 
 def test_the_cases_cover_every_function() -> None:
@@ -530,7 +502,15 @@ def test_nulls_propagate(con: duckdb.DuckDBPyConnection) -> None:
     assert _both(con, "f1 + 0")[5] is None  # a NaN input reads as null
     assert _both(con, "null is null") == [True] * 7
     assert _both(con, "concat(null, s2)")[4] == ""  # concat skips nulls, as DuckDB's
-    assert _both(con, "least(null, i2, null)") == EDGE_ROWS.column("i2").to_pylist()
+
+
+def test_least_and_greatest_skip_nulls_and_keep_the_first_of_ties(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    assert [math.copysign(1, v) for v in _both(con, "least(f1, 0)")[:2]] == [1, -1]
+    assert [math.copysign(1, v) for v in _both(con, "greatest(0, f1)")[:2]] == [1, 1]
+    assert _both(con, "greatest(i2, null)") == EDGE_ROWS.column("i2").to_pylist()
+    assert _both(con, "least(cast(null as int64), null)") == [None] * 7
 
 
 def test_and_or_not_are_kleene(con: duckdb.DuckDBPyConnection) -> None:
@@ -588,8 +568,7 @@ def test_domain_errors_give_null(con: duckdb.DuckDBPyConnection) -> None:
 
 def test_time_functions_read_utc(con: duckdb.DuckDBPyConnection) -> None:
     # 2023-11-14T22:13:20.123456Z, a Tuesday; the DuckDB session is in New York
-    parts = ["year", "month", "day", "hour", "minute", "second", "day_of_week", "day_of_year"]
-    got = [_both(con, f"{part}(t1)")[5] for part in parts]
+    got = [_both(con, f"{part}(t1)")[5] for part in PARTS]
     assert got == [2023, 11, 14, 22, 13, 20, 1, 318]
     assert _both(con, "epoch_seconds(t1)")[5] == 1_700_000_000.123456
     assert _both(con, "day_of_week(t1)")[0] == 3  # 1970-01-01, a Thursday; 0 = Monday
@@ -727,6 +706,8 @@ def test_inputs_are_normalized() -> None:
         evaluate(parse("n + 1"), inputs, 2, dtypes)
     with pytest.raises(InputError, match="no input column 'n'"):
         evaluate(parse("n + 1"), {}, 1, dtypes)
+    with pytest.raises(InputError, match="a string array cannot be read as int64"):
+        evaluate(parse("n + 1"), {"n": pa.array(["1"])}, 1, dtypes)
 
 
 def test_evaluate_sql_casts_to_the_declared_dtype_and_keeps_order(
@@ -760,6 +741,12 @@ def test_evaluate_sql_casts_to_the_declared_dtype_and_keeps_order(
     assert result.column("same").to_pylist() == list(range(rows))
     assert result.column("later") == table.column("t")
     assert evaluate_sql(con, table, {}).num_rows == rows
+    with pytest.raises(
+        ExpressionError, match="its value is int64, which cannot be declared string"
+    ):
+        evaluate_sql(con, table, {"n": (parse("n"), "string")})
+    with pytest.raises(ExpressionError, match="'bad name' is not an identifier"):
+        evaluate_sql(con, table, {"bad name": (parse("n"), "int64")})
 
 
 def test_compiled_expressions_are_reused() -> None:

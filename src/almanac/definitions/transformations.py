@@ -113,12 +113,14 @@ class PythonTransformation(Definition):
 
     def load(self, repo_path: Path | None = None) -> Callable[..., Any]:
         """The function this refers to, checked against the hash recorded at apply."""
-        function = self._function or _known.get(self.function)
-        if function is None:
-            module, _, qualname = self.function.partition(":")
-            loaded = _import_module(module, repo_path)
-            function = _known.get(self.function) or _attribute(loaded, qualname, self.function)
-            _known[self.function] = function
+        for known in (self._function, _known.get(self.function)):
+            if known is not None and source_hash(known) == self.source_hash:
+                return known
+        # Not seen by this process yet, or seen in another repo (two repos may both have
+        # `features:f`) or before an edit: import it from the repo as it is now.
+        module, _, qualname = self.function.partition(":")
+        function = _attribute(_import_module(module, repo_path), qualname, self.function)
+        _known[self.function] = function
         if source_hash(function) != self.source_hash:
             raise DefinitionError(
                 f"transformation {self.function}: the function changed since its view was "

@@ -96,9 +96,11 @@ def _compare(
     spine = pa.Table.from_pylist(entities).append_column(
         "event_timestamp", pa.array(times, SCHEMA.field("read_time").type)
     )
-    offline = store.offline.get_historical_features(
-        store.catalog, spine, store.catalog.resolve(None, service, full)
-    ).to_arrow()
+    # Stored features only: the log keeps no request data, and an on-demand feature is
+    # computed by the same code from these on both paths.
+    catalog = store.catalog
+    refs = [r for r in catalog.resolve(None, service, full) if r.view not in catalog.on_demand_views]  # fmt: skip
+    offline = store.offline.get_historical_features(catalog, spine, refs).to_arrow()
     for name in served[0] if served else []:
         if name not in offline.column_names:  # no longer in the service: nothing to compare
             continue

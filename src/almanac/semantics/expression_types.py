@@ -64,6 +64,26 @@ class ExpressionValueError(InputError):
     int64 range in a cast. Both evaluators raise it, for the same rows."""
 
 
+# The dtypes a definition may declare for an expression's value, by the value's type.
+_DECLARABLE = {INT: ("int32", INT, "float32", FLOAT), FLOAT: ("float32", FLOAT)}
+_DECLARABLE |= {kind: (kind,) for kind in (BOOL, STRING, TIMESTAMP)}
+
+
+def check_declared(result: str, declared: str, label: str = "expression") -> str:
+    """The canonical form of `declared`, the dtype a definition gives an expression whose
+    value is of type `result`; ExpressionError unless that value converts to it (an int64
+    narrows to int32 or widens to a float, a float64 narrows to float32)."""
+    try:
+        canonical = parse_dtype(declared)
+    except ValueError as error:
+        raise ExpressionError(f"{label}: {error}") from None
+    if canonical not in _DECLARABLE.get(result, ()):
+        raise ExpressionError(
+            f"{label}: its value is {result}, which cannot be declared {canonical}"
+        )
+    return canonical
+
+
 def input_type(name: str, dtype: str) -> str:
     """The expression type a column of Almanac dtype `dtype` is read as."""
     try:
@@ -94,10 +114,10 @@ def unify(types: Sequence[str]) -> str | None:
 
 @dataclass(frozen=True)
 class Function:
-    """A function's arity and typing. `params` is what each argument must be: "number",
-    "string", "timestamp", "bool", or "same" (all of one unified type, which `comparable`
-    further restricts to ordered types); `result` is a type, "same" (the unified type) or
-    "arg" (the first argument's type)."""
+    """A function's arity and typing. `params` says what the arguments must be: each a
+    "number", "string" or "timestamp"; "same" (all of one type, which `ordered` restricts
+    to numbers, strings and timestamps); or "if" (a bool, then two of one type).
+    `result` is a type, "same" (that one type) or "arg" (the first argument's type)."""
 
     name: str
     min_args: int

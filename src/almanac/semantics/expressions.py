@@ -101,20 +101,18 @@ _COMPARE = {"=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal
 _COMPARE |= {">": pc.greater, ">=": pc.greater_equal}
 _INT_OPS = {"+": pc.add_checked, "-": pc.subtract_checked, "*": pc.multiply_checked}
 _FLOAT_OPS = {"+": pc.add, "-": pc.subtract, "*": pc.multiply}
-_PARTS: dict[str, Callable[[Value], Value]] = {
-    "year": pc.year,
-    "month": pc.month,
-    "day": pc.day,
-    "hour": pc.hour,
-    "minute": pc.minute,
-    "second": pc.second,
-    "day_of_year": pc.day_of_year,
+_PARTS = ("year", "month", "day", "hour", "minute", "second", "day_of_year")
+_KERNELS: dict[str, Callable[[Value], Value]] = {
+    name: getattr(pc, name) for name in (*_PARTS, "sqrt", "ln", "log10", "exp")
 }
-_MATH: dict[str, Callable[[Value], Value]] = {
-    "sqrt": pc.sqrt,
-    "ln": pc.ln,
-    "log10": pc.log10,
-    "exp": pc.exp,
+_FAMILY: dict[str, Callable[[pa.DataType], bool]] = {
+    INT: pa.types.is_integer,
+    FLOAT: lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+    BOOL: pa.types.is_boolean,
+    STRING: lambda t: (
+        pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view"
+    ),
+    TIMESTAMP: pa.types.is_timestamp,
 }
 
 
@@ -369,8 +367,7 @@ class _Compiler:
                 value = _on_rows(then, env, n, chosen, hits)
                 if hits == left and not masks:  # this branch takes every row
                     return value
-                if chosen is None:
-                    chosen = pa.repeat(pa.scalar(True), n)
+                assert chosen is not None  # None (every row) was returned just above
                 masks.append(chosen)
                 values.append(value)
                 taken = chosen if taken is None else pc.or_(taken, chosen)
@@ -418,7 +415,7 @@ class _Compiler:
         target = node.dtype
         if source in (target, NULL):
             return operand
-        if target == INT and source == FLOAT:  # DuckDB rounds half to even, raises if out of range
+        if target == INT and source == FLOAT:  # as DuckDB: half to even, out of range raises
             to_int = self.checked(node, pc.cast, "float64 value out of the int64 range")
             return self.map(operand, lambda v: to_int(pc.round(v, options=_ROUND_EVEN), pa.int64()))
         arrow = _ARROW[target]
@@ -451,6 +448,14 @@ class _Compiler:
                     return pc.cast(chosen, timestamp)
 
                 return self.combine(args, pick_time)
+            if operands == FLOAT:  # ties of 0.0 and -0.0: the first argument wins, as in
+                # DuckDB, only if scalars are arrays (Arrow takes scalars first)
+
+                def pick_float(v: list[Value], n: int) -> Value:
+                    parts = [p if isinstance(p, pa.Array) else pa.repeat(p, n) for p in v]
+                    return pick(*parts, skip_nulls=True)
+
+                return self.combine(args, pick_float)
             return self.combine(args, lambda v, n: pick(*v, skip_nulls=True))
         if name == "concat":  # nulls are skipped, as in DuckDB (concat(null) is '')
 
@@ -485,9 +490,9 @@ class _Compiler:
         }
         if name in simple:
             return simple[name]
+        kernel = _KERNELS[name]
         if name in _PARTS:
-            return _PARTS[name]
-        kernel = _MATH[name]
+            return kernel
         if name == "sqrt":  # sqrt(-1) is NaN, so null
             return lambda v: _nan_to_null(kernel(v), len(v) if isinstance(v, pa.Array) else 1)
         if name in ("ln", "log10"):  # null for 0 (not -inf) and below
@@ -511,6 +516,8 @@ def input_array(values: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
     target = _ARROW[kind]
     if values.type == target:
         return values
+    if not _FAMILY[kind](values.type):  # a cast would parse text, or read bools as 0/1
+        raise InputError(f"a {values.type} array cannot be read as {kind}")
     if kind == TIMESTAMP and pa.types.is_timestamp(values.type) and values.type.tz is None:
         values = values.cast(pa.timestamp(values.type.unit, tz="UTC"))
     return values.cast(target)
@@ -523,8 +530,8 @@ def _read(
         raise InputError(f"expression '{text}': no input column '{name}'")
     try:
         values = input_array(inputs[name], kind)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-        raise InputError(f"expression '{text}': column '{name}' is not {kind}: {error}") from None
+    except (InputError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise InputError(f"expression '{text}': column '{name}': {error}") from None
     if len(values) != rows:
         raise InputError(
             f"expression '{text}': column '{name}' has {len(values)} rows, expected {rows}"
@@ -577,7 +584,9 @@ def compile_arrow(expr: Expr, dtypes: Mapping[str, str]) -> Evaluator:
     Inputs are Arrow arrays (or chunked arrays) of `num_rows` values; an overflow raises
     `ExpressionValueError`."""
     names = sorted(columns(expr))
-    return _compile(expr, tuple((name, dtypes[name]) for name in names if name in dtypes))
+    if not set(names) <= dtypes.keys():
+        typecheck(expr, dtypes)  # names the unknown column, and the known ones
+    return _compile(expr, tuple((name, dtypes[name]) for name in names))
 
 
 def evaluate(

@@ -7,8 +7,10 @@ checks them as properties). DuckDB's own defaults differ in places, so the SQL s
 the pinned behaviour out: operands cast to BIGINT/DOUBLE, `x / NULLIF(y, 0)`, NaN turned
 into null with `NULLIF(v, 'NaN')` (DuckDB orders NaN above every number and equal to
 itself), logs of non-positive numbers null, times read in UTC whatever the session's
-TimeZone. User text never enters the SQL: names are validated identifiers, quoted, and
-every literal is a `?` parameter (`to_sql`) or a column of its own (`evaluate_sql`).
+TimeZone, `case` conditions evaluated as values (see `_Sql.condition`). User text never
+enters the SQL: names are validated identifiers, quoted, and every literal is a `?`
+parameter (`to_sql`) or, in `evaluate_sql`, a column of its own, so that DuckDB's
+optimizer cannot rewrite around its value (see `to_sql`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from almanac.semantics.expression_types import (
     TIMESTAMP,
     ExpressionValueError,
     Typed,
+    check_declared,
     function,
     input_type,
     typecheck,
@@ -63,15 +66,8 @@ _OPS |= {"+": "+", "-": "-", "*": "*", "and": "AND", "or": "OR"}
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # ASCII only, as Arrow's ascii_lower/ascii_upper: the engines' Unicode tables differ
 _CASE_MAP = {"lower": (_UPPER, _UPPER.lower()), "upper": (_UPPER.lower(), _UPPER)}
-_PARTS = {
-    "year": "year",
-    "month": "month",
-    "day": "day",
-    "hour": "hour",
-    "minute": "minute",
-    "second": "second",
-    "day_of_year": "dayofyear",
-}
+_PARTS = {name: name for name in ("year", "month", "day", "hour", "minute", "second")}
+_PARTS["day_of_year"] = "dayofyear"
 _ROW = "__almanac_row"
 _LITERAL = "__almanac_literal_"
 _ARROW = {INT: pa.int64(), FLOAT: pa.float64(), BOOL: pa.bool_(), STRING: pa.string()}
@@ -99,13 +95,20 @@ class _Sql:
 
     def value(self, node: Expr, want: str | None = None) -> str:
         """`node` as SQL, of type `want` (default: its own). Children are rendered in the
-        order their text appears, so the `?` parameters are in `self.params`' order."""
+        order of the text, so the literals (the `?` parameters) come in that order."""
         kind = self.typed.of(node)
         want = want or kind
         if kind == NULL:
             return self.param(None, want)
         sql = self.compile(node, kind)
         return f"CAST({sql} AS DOUBLE)" if kind == INT and want == FLOAT else sql
+
+    def condition(self, node: Expr) -> str:
+        """A `case when` condition. DuckDB evaluates a bare one in "select" mode, where
+        `and`, `or` and `between` skip rows already decided, in an order it adapts at run
+        time; compared with a true that is not a constant, it is evaluated like any other
+        value, on every row still open, as the Arrow evaluator does."""
+        return f"({self.value(node, BOOL)} = {self.param(True, BOOL)})"
 
     def compile(self, node: Expr, kind: str) -> str:
         if isinstance(node, Literal):
@@ -137,7 +140,7 @@ class _Sql:
         if isinstance(node, Case):
             parts = ["CASE"]
             for condition, then in node.branches:
-                parts += ["WHEN", self.value(condition, BOOL), "THEN", self.value(then, kind)]
+                parts += ["WHEN", self.condition(condition), "THEN", self.value(then, kind)]
             if node.otherwise is not None:
                 parts += ["ELSE", self.value(node.otherwise, kind)]
             return "(" + " ".join([*parts, "END"]) + ")"
@@ -162,7 +165,7 @@ class _Sql:
         assert spec is not None
         name = spec.name
         if name == "if":
-            condition = self.value(node.args[0], BOOL)
+            condition = self.condition(node.args[0])
             then, otherwise = (self.value(arg, kind) for arg in node.args[1:])
             return f"(CASE WHEN {condition} THEN {then} ELSE {otherwise} END)"
         args = [self.value(arg, operands) for arg in node.args]
@@ -192,10 +195,13 @@ class _Sql:
         return f"CAST({_PARTS[name]}({utc}) AS BIGINT)"
 
 
-def _render(expr: Expr, dtypes: Mapping[str, str], literal: Callable[[Any, str], str]) -> str:
+def _render(
+    expr: Expr, dtypes: Mapping[str, str], literal: Callable[[Any, str], str]
+) -> tuple[str, str]:
+    """`expr`'s SQL, cast to its type, and that type."""
     typed = typecheck(expr, dtypes)
     sql = _Sql(typed, dtypes, literal).value(expr)
-    return f"CAST({sql} AS {_TYPE[typed.result]})"
+    return f"CAST({sql} AS {_TYPE[typed.result]})", typed.result
 
 
 def to_sql(expr: Expr, dtypes: Mapping[str, str]) -> tuple[str, list[Any]]:
@@ -215,7 +221,7 @@ def to_sql(expr: Expr, dtypes: Mapping[str, str]) -> tuple[str, list[Any]]:
         params.append(value)
         return f"CAST(? AS {_TYPE[kind]})"
 
-    return _render(expr, dtypes, parameter), params
+    return _render(expr, dtypes, parameter)[0], params
 
 
 def _dtype(arrow: pa.DataType) -> str | None:
@@ -265,8 +271,10 @@ def evaluate_sql(
         return quote(name)
 
     selects, used = [], set()
-    for name, (expr, _declared) in expressions.items():
-        selects.append(f"{_render(expr, dtypes, literal)} AS {quote(name)}")
+    for name, (expr, declared) in expressions.items():
+        sql, kind = _render(expr, dtypes, literal)
+        check_declared(kind, declared, f"expression '{name}'")
+        selects.append(f"{sql} AS {quote(name)}")
         used |= columns(expr)
     if not selects:
         return table.select([])

@@ -390,15 +390,15 @@ class SqliteOnlineStore(OnlineStore):
         layout = self._layout(project, request)
         if not layout.exists:
             return ViewRows([None] * count, [[None] * count for _ in request.features])
-        if count == 1:
+        key_width = len(columns)
+        entity_keys = list(zip(*columns, strict=True)) if key_width > 1 else columns[0]
+        unique = list(dict.fromkeys(entity_keys)) if count > 1 else entity_keys
+        if len(unique) == 1:  # one entity (maybe asked for several times): a point lookup
             found = connection.execute(layout.sql(1), [column[0] for column in columns]).fetchone()
-            return _to_view_rows([found], 0, layout)
+            return _to_view_rows([found] * count, 0, layout)
         # Many entities: SELECT ... IN (...) per chunk of distinct keys, then put rows
         # back in request order (duplicates in the request get the same row). Chunks are
         # padded to a power of two so that few distinct statements get prepared.
-        key_width = len(columns)
-        entity_keys = list(zip(*columns, strict=True)) if key_width > 1 else columns[0]
-        unique = list(dict.fromkeys(entity_keys))
         by_key: dict[Any, tuple[Any, ...]] = {}
         for start in range(0, len(unique), _KEYS_PER_QUERY):
             chunk = unique[start : start + _KEYS_PER_QUERY]
