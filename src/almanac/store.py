@@ -10,7 +10,6 @@ so a command only connects to what it uses.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -24,8 +23,6 @@ from almanac.errors import ConcurrentApplyError, InputError, NotFoundError, reda
 from almanac.registry.catalog import KINDS, Catalog, FeatureRef
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from almanac.materialize.history import RunRecord
     from almanac.materialize.jobs import MaterializeResult
     from almanac.offline.compaction import Compaction
@@ -47,7 +44,7 @@ if TYPE_CHECKING:
     from almanac.registry.store import CachedRegistry
     from almanac.security.access import AccessPolicy, Target
     from almanac.security.operations import OperationGuard
-    from almanac.transforms.artifacts import FittedVersion
+    from almanac.transforms.artifacts import FittedCache, FittedVersion
     from almanac.transforms.ondemand import OnDemandPlan
 
 
@@ -186,6 +183,8 @@ class FeatureStore:
         fitted transforms (`fit_transforms`; the latest fit, or `transforms_version`):
         on the very rows they were fitted on, target encoders give out-of-fold values.
         """
+        from almanac.transforms import training_sets
+
         catalog = self.catalog
         refs = catalog.resolve(features, feature_service, full_feature_names)
         on_demand = _on_demand_plan(catalog, refs)
@@ -195,9 +194,10 @@ class FeatureStore:
         with self._guard.operation(catalog, "get_historical_features", ["read_offline"], lambda policy: policy.feature_targets(pairs), features=[r.ref for r in refs]):  # fmt: skip
             job = self.offline.get_historical_features(catalog, entity_df, stored, timestamp_field)
             if on_demand is not None:
-                job = self._with_on_demand(job, on_demand)
+                job = training_sets.with_on_demand(job, on_demand, self.offline.expression_evaluator(), self.repo_path)  # fmt: skip
             if transformed:
-                job = self._transformed(job, feature_service, transforms_version, timestamp_field)  # fmt: skip
+                chosen, columns = self._fitted_entry(_service_of(feature_service), transforms_version)  # fmt: skip
+                job = training_sets.transformed(job, chosen, columns, timestamp_field)
         if save_as is None:
             return job
         from almanac.quality.datasets import save
@@ -208,39 +208,6 @@ class FeatureStore:
             feature_service=feature_service, timestamp_field=timestamp_field,
         )  # fmt: skip
         return saved
-
-    def _with_on_demand(self, job: RetrievalJob, plan: OnDemandPlan) -> RetrievalJob:
-        """`job` (stored features under working names) with the on-demand features
-        computed on its rows: the requested features, in order."""
-        from almanac.ports.retrieval import DerivedJob
-        from almanac.transforms.ondemand import offline_derivation
-
-        entity_columns = [f.name for f in job.schema][: -len(job.feature_schema) or None]
-        schema, derive = offline_derivation(
-            plan, entity_columns, self.offline.expression_evaluator(), self.repo_path
-        )
-        return DerivedJob(job, schema, derive)
-
-    def _transformed(self, job: RetrievalJob, service: str | None, version: int | None, timestamp_field: str) -> RetrievalJob:  # fmt: skip
-        from almanac.ports.retrieval import DerivedJob
-        from almanac.transforms.artifacts import feature_columns, fingerprint
-        from almanac.transforms.fitted import apply
-
-        if service is None:
-            raise InputError("transformed=True applies a feature service's transforms: pass feature_service=")  # fmt: skip
-        chosen = self.fitted_transforms(service, version)
-        columns = feature_columns(self.catalog, service)
-        entities = job.schema.names[: len(job.schema) - len(job.feature_schema)]
-        identity = list(chosen.identity)
-        # The rows the transforms were fitted on: out-of-fold target encodings for them.
-        same_rows = all(c in entities for c in identity) and fingerprint(job.entity_table, identity, timestamp_field) == chosen.fingerprint  # fmt: skip
-        features = job.feature_schema
-        schema = apply(chosen.fitted, features.empty_table(), columns).schema
-
-        def derive(table: pa.Table, offset: int) -> pa.Table:
-            return apply(chosen.fitted, table.select(features.names), columns, out_of_fold=same_rows)  # fmt: skip
-
-        return DerivedJob(job, schema, derive, whole=same_rows)
 
     def fit_transforms(
         self, feature_service: str, training_df: Any, *, timestamp_field: str = "event_timestamp"
@@ -262,19 +229,16 @@ class FeatureStore:
     def fitted_transforms(self, feature_service: str, version: int | None = None) -> FittedVersion:
         """A service's fitted transforms (the latest fit, or `version`), kept in memory for
         as long as the registry view (`registry.refresh_seconds`)."""
-        from almanac.transforms.artifacts import load
+        return self._fitted_entry(feature_service, version)[0]
 
-        catalog = self.catalog
-        key = (feature_service, version, catalog.version)
-        found = self._fitted.get(key)
-        now = time.monotonic()
-        if found is None or now - found[0] > self.config.registry.refresh_seconds:
-            found = self._fitted[key] = (now, load(catalog, self.registry.state, feature_service, version))  # fmt: skip
-        return found[1]
+    def _fitted_entry(self, service: str, version: int | None) -> tuple[FittedVersion, dict[str, str]]:  # fmt: skip
+        return self._fitted.get(self.catalog, service, version)
 
     @cached_property
-    def _fitted(self) -> dict[tuple[str, int | None, int], tuple[float, FittedVersion]]:
-        return {}
+    def _fitted(self) -> FittedCache:
+        from almanac.transforms.artifacts import FittedCache
+
+        return FittedCache(lambda: self.registry.state, self.config.registry.refresh_seconds)
 
     def write_to_offline_store(self, view: str, df: Any) -> int:
         """Append rows to a view's offline dataset (atomic; columns, types and the
@@ -454,12 +418,9 @@ class FeatureStore:
     def transform_response(self, response: OnlineResponse, feature_service: str | None, version: int | None = None) -> OnlineResponse:  # fmt: skip
         """An online response with the feature service's fitted transforms applied."""
         from almanac.online.fitted import transformed
-        from almanac.transforms.artifacts import feature_columns
 
-        if feature_service is None:
-            raise InputError("transformed=True applies a feature service's transforms: pass feature_service=")  # fmt: skip
-        chosen = self.fitted_transforms(feature_service, version)
-        return transformed(response, chosen.fitted, feature_columns(self.catalog, feature_service))
+        chosen, columns = self._fitted_entry(_service_of(feature_service), version)
+        return transformed(response, chosen.fitted, columns)
 
     @cached_property
     def _serving_log(self) -> ServingLog | None:
@@ -644,6 +605,12 @@ def _on_demand_plan(catalog: Catalog, refs: list[FeatureRef]) -> OnDemandPlan | 
     from almanac.transforms.ondemand import plan_on_demand
 
     return plan_on_demand(catalog, refs)
+
+
+def _service_of(feature_service: str | None) -> str:
+    if feature_service is None:
+        raise InputError("transformed=True applies a feature service's transforms: pass feature_service=")  # fmt: skip
+    return feature_service
 
 
 def _source_targets(policy: AccessPolicy, name: str) -> list[Target]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from almanac.definitions.types import arrow_type
 from almanac.online.response import OnlineResponse
 from almanac.transforms.fitted import FittedTransforms, apply
 
@@ -24,20 +25,25 @@ def transformed(
     """`response` with the service's transforms applied to its features (`columns`:
     each ``view:feature`` → its output name)."""
     present = {ref: name for ref, name in columns.items() if name in response.values}
-    table = response.to_arrow().select(list(response.values))
+    touched = [name for name in response.values if name in set(present.values())]
+    # Only the transformed features become Arrow columns; the others pass through as is.
+    table = pa.table({name: pa.array(response.values[name], type=arrow_type(response.dtypes[name])) for name in touched})  # fmt: skip
     result = apply(fitted, table, present)
-    origin = _origins(fitted, present, list(response.values))
+    outputs: dict[str, list[tuple[str, pa.ChunkedArray]]] = {}
+    origin = _origins(fitted, present, touched)
+    for name, column in zip(result.column_names, result.columns, strict=True):
+        outputs.setdefault(origin[name], []).append((name, column))
     values: dict[str, list[Any]] = {}
     statuses: dict[str, Any] = {}
     stamps: dict[str, Any] = {}
     dtypes = {key: response.dtypes[key] for key in response.join_keys if key in response.dtypes}
     times = response._event_timestamps
-    for name, column in zip(result.column_names, result.columns, strict=True):
-        source = origin[name]
-        values[name] = column.to_pylist()
-        statuses[name] = response.statuses[source]
-        stamps[name] = times[source]
-        dtypes[name] = _dtype(column.type)
+    for source, column in response.values.items():
+        for name, output in outputs.get(source, [(source, None)]):
+            values[name] = column if output is None else output.to_pylist()
+            statuses[name] = response.statuses[source]
+            stamps[name] = times[source]
+            dtypes[name] = response.dtypes[source] if output is None else _dtype(output.type)
     out = OnlineResponse(response.join_keys, values, statuses, stamps, dtypes)
     out.read_time = response.read_time
     return out

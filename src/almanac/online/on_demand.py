@@ -25,7 +25,14 @@ from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
 from almanac.online.response import NULL_VALUE, PRESENT, FeatureStatus, OnlineResponse
 from almanac.semantics.times import to_utc
-from almanac.transforms.ondemand import REQUEST, OnDemandPlan, compute, working_name
+from almanac.transforms.ondemand import (
+    REQUEST,
+    ROWS_AS_LISTS,
+    OnDemandPlan,
+    compute,
+    compute_rows,
+    working_name,
+)
 
 _INTS = ("int32", "int64")
 _FLOATS = ("float32", "float64")
@@ -61,9 +68,10 @@ def request_columns(
     entity_columns: Mapping[str, Sequence[Any]] | None,
     request_data: Mapping[str, Any] | None,
     rows: int,
-) -> dict[str, pa.Array]:
-    """The request fields the plan needs, typed, by working name."""
-    out: dict[str, pa.Array] = {}
+) -> dict[str, list[Any]]:
+    """The request fields the plan needs, checked and typed as Arrow would give them back
+    (`to_pylist`), by working name."""
+    out: dict[str, list[Any]] = {}
     for field, dtype in plan.request.items():
         if request_data is not None and field in request_data:
             values = request_data[field]
@@ -93,20 +101,24 @@ def _aligned(field: str, values: Any, rows: int) -> list[Any]:
     return list(values)
 
 
-def _typed(field: str, dtype: str, values: list[Any]) -> pa.Array:
+def _typed(field: str, dtype: str, values: list[Any]) -> list[Any]:
     """Values of `dtype`, checked one by one (a request has a handful): no silent
     coercion of text to numbers or of floats to integers."""
     if dtype == "timestamp":
-        values = [None if v is None else to_utc(v, f"request field '{field}'") for v in values]
-    else:
-        for row, value in enumerate(values):
-            if value is not None and not _fits(dtype, value):
-                raise InputError(
-                    f"request field '{field}' must be {dtype}, got {type(value).__name__} "
-                    f"{value!r} in row {row}"
-                )
-    try:
-        return pa.array(values, type=arrow_type(dtype))
+        return [None if v is None else to_utc(v, f"request field '{field}'") for v in values]
+    for row, value in enumerate(values):
+        if value is not None and not _fits(dtype, value):
+            raise InputError(
+                f"request field '{field}' must be {dtype}, got {type(value).__name__} "
+                f"{value!r} in row {row}"
+            )
+    if dtype == "float64":
+        return [None if v is None else float(v) for v in values]
+    if dtype in ("bool", "string", "bytes"):
+        return values
+    try:  # integers (range), float32 (rounding), lists: as Arrow stores them
+        typed: list[Any] = pa.array(values, type=arrow_type(dtype)).to_pylist()
+        return typed
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
         raise InputError(f"request field '{field}' must be {dtype}: {error}") from None
 
@@ -128,18 +140,23 @@ def _fits(dtype: str, value: Any) -> bool:
 def finish(
     plan: OnDemandPlan,
     base: OnlineResponse,
-    request: dict[str, pa.Array],
+    request: dict[str, list[Any]],
     repo_path: Path | None,
 ) -> OnlineResponse:
     """The response the caller asked for, from the stored features read under working
-    names (`base`) and the request fields."""
+    names (`base`) and the request fields. A few rows are computed on Python lists
+    (`compute_rows`: no Arrow array to build per request), more on Arrow columns."""
     rows = len(request[next(iter(request))]) if request else len(base)
     columns: dict[str, Any] = dict(request)
     dtypes = {working_name(REQUEST, name): dtype for name, dtype in plan.request.items()}
-    for ref in plan.inputs:  # only what a step reads: each column costs a conversion
-        columns[ref.output_name] = pa.array(base.values[ref.output_name], type=arrow_type(ref.field.dtype))  # fmt: skip
+    for ref in plan.inputs:  # only what a step reads
+        columns[ref.output_name] = base.values[ref.output_name]
         dtypes[ref.output_name] = ref.field.dtype
-    compute(plan, columns, rows, repo_path=repo_path, dtypes=dtypes)
+    if rows <= ROWS_AS_LISTS and plan.row_wise:
+        compute_rows(plan, columns, rows, repo_path=repo_path, dtypes=dtypes)
+    else:
+        arrays = {name: pa.array(column, type=arrow_type(dtypes[name])) for name, column in columns.items()}  # fmt: skip
+        columns = compute(plan, arrays, rows, repo_path=repo_path, dtypes=dtypes)
     values: dict[str, list[Any]] = {}
     statuses: dict[str, list[FeatureStatus]] = {}
     stamps: dict[str, Sequence[datetime | int | None]] = {}
@@ -151,7 +168,8 @@ def finish(
             statuses[output] = base.statuses[work]
             stamps[output] = base._event_timestamps[work]
         else:
-            column = columns[work].to_pylist()
+            found = columns[work]
+            column = found if isinstance(found, list) else found.to_pylist()
             values[output] = column
             statuses[output] = [NULL_VALUE if v is None else PRESENT for v in column]
             stamps[output] = no_times

@@ -28,8 +28,6 @@ from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import pyarrow as pa
-
     from almanac.transforms.ondemand import OnDemandPlan
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -215,7 +213,7 @@ def prepare_read(
     feature_service: str | None,
     full_feature_names: bool,
     request_data: Mapping[str, Any] | None = None,
-) -> tuple[_Plan, dict[str, list[Any]], list[ViewRead], dict[str, pa.Array] | None]:
+) -> tuple[_Plan, dict[str, list[Any]], list[ViewRead], dict[str, list[Any]] | None]:
     """Resolve the request (cached plan), check its keys and request fields, and say
     what to read."""
     plan = _plan(catalog, features, feature_service, full_feature_names)
@@ -243,7 +241,7 @@ def finish_read(
     keys: dict[str, list[Any]],
     rows: list[ViewRows],
     now: datetime | None,
-    request: dict[str, pa.Array] | None = None,
+    request: dict[str, list[Any]] | None = None,
     repo_path: Path | None = None,
 ) -> OnlineResponse:
     now_micros = _read_time(plan, keys, rows, now)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -143,3 +145,25 @@ def load(
             f"{chosen.version} was fitted; fit them again (store.fit_transforms)"
         )
     return chosen
+
+
+class FittedCache:
+    """Fits and their services' feature columns in memory, for as long as the registry
+    view is trusted (`registry.refresh_seconds`): an online read looks one up in a dict."""
+
+    def __init__(self, state: Callable[[], StatusStore], seconds: float) -> None:
+        self._state = state
+        self._seconds = seconds
+        self._entries: dict[tuple[str, int | None, int], tuple[float, FittedVersion, dict[str, str]]] = {}  # fmt: skip
+
+    def get(self, catalog: Catalog, service: str, version: int | None) -> tuple[FittedVersion, dict[str, str]]:  # fmt: skip
+        key = (service, version, catalog.version)
+        found = self._entries.get(key)
+        now = time.monotonic()
+        if found is None or now - found[0] > self._seconds:
+            chosen = load(catalog, self._state(), service, version)
+            found = self._entries[key] = (now, chosen, feature_columns(catalog, service))
+        return found[1], found[2]
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 # a table of the features, in that order, typed as given.
 ExpressionEvaluator = Callable[[pa.Table, dict[str, tuple["Expr", str]]], pa.Table]
 REQUEST = "request"  # the working names of request fields: "request:<field>"
+# Up to this many rows, an online request's expressions and plain-Python functions run on
+# Python lists (`compute_rows`): building Arrow arrays would cost more than the work.
+ROWS_AS_LISTS = 16
 
 
 def working_name(view: str, feature: str) -> str:
@@ -55,8 +58,10 @@ class Step:
     inputs: dict[str, str]  # input column name → working name
     outputs: list[Field]
     expressions: dict[str, tuple[Expr, str]] = field(default_factory=dict)
-    # Arrow closures compiled once per plan (the online path reuses cached plans).
+    # Closures compiled once per plan (the online path reuses cached plans): Arrow ones,
+    # and row-wise ones with the dtype each computes.
     _compiled: dict[str, Callable[..., pa.Array]] = field(default_factory=dict)
+    _rows: dict[str, tuple[Callable[..., list[Any]], str]] = field(default_factory=dict)
     _function: Callable[..., Any] | None = None
 
     def working(self, feature: str) -> str:
@@ -70,6 +75,12 @@ class OnDemandPlan:
     steps: list[Step]  # inputs first
     outputs: list[tuple[str, str, str]]  # (output name, working name, dtype), as requested
     request_users: dict[str, str]  # request field → the on-demand view that needs it
+
+    @cached_property
+    def row_wise(self) -> bool:
+        """Whether `compute_rows` can run every step (expressions and plain-Python
+        functions; a pandas, Arrow or Polars function needs its frame)."""
+        return all(s.expressions or (s.view.function and s.view.function.mode == "python") for s in self.steps)  # fmt: skip
 
     @cached_property
     def inputs(self) -> list[FeatureRef]:
@@ -168,6 +179,43 @@ def compute(
     return columns
 
 
+def compute_rows(
+    plan: OnDemandPlan,
+    columns: dict[str, Any],
+    num_rows: int,
+    *,
+    repo_path: Path | None = None,
+    dtypes: Mapping[str, str],
+) -> dict[str, Any]:
+    """`compute` on Python lists (the values `to_pylist` gives): the same results, for a
+    request of a few rows (`OnDemandPlan.row_wise` plans only)."""
+    from almanac.semantics.expression_rows import compile_rows
+    from almanac.semantics.expressions import infer_dtype
+
+    types = dict(dtypes)
+    for step in plan.steps:
+        inputs = {name: columns[work] for name, work in step.inputs.items()}
+        if step.expressions:
+            for name, (expr, dtype) in step.expressions.items():
+                compiled = step._rows.get(name)
+                if compiled is None:
+                    step_types = {n: types[w] for n, w in step.inputs.items()}
+                    compiled = step._rows[name] = (compile_rows(expr, step_types), infer_dtype(expr, step_types))  # fmt: skip
+                run, computed = compiled
+                values = run(inputs, num_rows)
+                if computed != dtype:  # a declared wider type: Arrow's cast, as `compute`
+                    values = pa.array(values, arrow_type(computed)).cast(arrow_type(dtype)).to_pylist()  # fmt: skip
+                columns[step.working(name)] = values
+        else:
+            # Copies: the function must not change the lists the response is built from.
+            produced = _call(step, {n: list(v) for n, v in inputs.items()}, num_rows, repo_path)
+            for output in step.outputs:
+                columns[step.working(output.name)] = produced[output.name].to_pylist()
+        for output in step.outputs:
+            types[step.working(output.name)] = output.dtype
+    return columns
+
+
 def _evaluate_compiled(
     step: Step, columns: Mapping[str, Any], num_rows: int, dtypes: dict[str, str]
 ) -> dict[str, pa.Array]:
@@ -207,21 +255,25 @@ def _dtype_of(kind: pa.DataType) -> str:
 
 def call_function(step: Step, table: pa.Table, repo_path: Path | None) -> dict[str, pa.Array]:
     """The step's function over `table`, its result checked against the declared schema."""
+    assert step.view.function is not None  # a step without expressions is a function view
+    return _call(step, _as_mode(table, step.view.function.mode), table.num_rows, repo_path)
+
+
+def _call(step: Step, batch: Any, rows: int, repo_path: Path | None) -> dict[str, pa.Array]:
     view = step.view
     reference = view.function
-    assert reference is not None  # a step without expressions is a function view
+    assert reference is not None
     if step._function is None:
         step._function = reference.load(repo_path)
     function = step._function
-    mode = reference.mode
     try:
-        result = function(_as_mode(table, mode))
+        result = function(batch)
     except Exception as error:
         raise TransformationError(
             f"on-demand view '{view.name}': its function {reference.function} raised "
             f"{type(error).__name__}: {error}"
         ) from error
-    return _checked(view, step.outputs, result, table.num_rows)
+    return _checked(view, step.outputs, result, rows)
 
 
 def _as_mode(table: pa.Table, mode: str) -> Any:
