@@ -144,15 +144,17 @@ def finish(
     repo_path: Path | None,
 ) -> OnlineResponse:
     """The response the caller asked for, from the stored features read under working
-    names (`base`) and the request fields. A few rows are computed on Python lists
-    (`compute_rows`: no Arrow array to build per request), more on Arrow columns."""
+    names (`base`) and the request fields. A few rows, or any number when only
+    plain-Python functions run, are computed on Python lists (`compute_rows`: no Arrow
+    array to build per request); more on Arrow columns."""
     rows = len(request[next(iter(request))]) if request else len(base)
     columns: dict[str, Any] = dict(request)
     dtypes = {working_name(REQUEST, name): dtype for name, dtype in plan.request.items()}
     for ref in plan.inputs:  # only what a step reads
         columns[ref.output_name] = base.values[ref.output_name]
         dtypes[ref.output_name] = ref.field.dtype
-    if rows <= ROWS_AS_LISTS and plan.row_wise:
+    # Lists for a few rows, or when only plain-Python functions run (they take lists).
+    if plan.row_wise and (rows <= ROWS_AS_LISTS or not any(s.expressions for s in plan.steps)):
         compute_rows(plan, columns, rows, repo_path=repo_path, dtypes=dtypes)
     else:
         arrays = {name: pa.array(column, type=arrow_type(dtypes[name])) for name, column in columns.items()}  # fmt: skip
