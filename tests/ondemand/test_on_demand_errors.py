@@ -168,3 +168,16 @@ def test_an_edited_function_is_a_change_and_refused_until_applied(tmp_path: Path
             )
         store.apply()
         assert store.get_online_features(["doubled:double"], [{}], request_data={"amount": 2.0, "channel": "web"}).to_dict()["double"] == [6.0]  # fmt: skip
+
+
+def test_a_service_with_on_demand_features_may_render_them_as_context(tmp_path: Path) -> None:
+    extra = """
+    ratio = OnDemandView(name="ratio", sources=[txn, stats], expressions={"r": "amount / nullif(avg_amount, 0)"})
+    s = FeatureService(name="s", features=[stats, ratio], prompt_template="{{ customer_id }}: {{ tier }}, {{ r }}")
+    """
+    with FeatureStore(write_repo(tmp_path / "repo", extra)) as store:
+        store.apply()
+        store.push("events", {"customer_id": [1], "event_timestamp": [T0], "avg_amount": [2.0], "tier": ["gold"]})  # fmt: skip
+        # The context of such a service needs the request, which `get_context` does not take.
+        with pytest.raises(InputError, match="request field 'amount' is missing"):
+            store.get_context("s", {"customer_id": 1})

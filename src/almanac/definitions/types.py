@@ -80,3 +80,21 @@ def arrow_type(dtype: str) -> pa.DataType:
         Bytes: pa.binary(),
         Timestamp: pa.timestamp("us", tz="UTC"),
     }[dtype]
+
+
+def widest_dtype(kind: pa.DataType) -> str:
+    """The Almanac dtype of a computed Arrow column of scalars, integers and floats widened
+    to 64 bits (what a transform or an untyped column is read as)."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(kind):
+        return Int64
+    if pa.types.is_floating(kind):
+        return Float64
+    if pa.types.is_boolean(kind):
+        return Bool
+    if pa.types.is_timestamp(kind):
+        return Timestamp
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return Bytes
+    return String

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from almanac.definitions.types import arrow_type
+from almanac.definitions.types import arrow_type, widest_dtype
 from almanac.online.response import OnlineResponse
 from almanac.transforms.fitted import FittedTransforms, apply
 
@@ -43,7 +43,7 @@ def transformed(
             values[name] = column if output is None else output.to_pylist()
             statuses[name] = response.statuses[source]
             stamps[name] = times[source]
-            dtypes[name] = response.dtypes[source] if output is None else _dtype(output.type)
+            dtypes[name] = response.dtypes[source] if output is None else widest_dtype(output.type)
     out = OnlineResponse(response.join_keys, values, statuses, stamps, dtypes)
     out.read_time = response.read_time
     return out
@@ -56,15 +56,3 @@ def _origins(fitted: FittedTransforms, columns: Mapping[str, str], names: list[s
         for output in fitted.output_columns(ref, name):
             origin[output] = name
     return origin
-
-
-def _dtype(kind: pa.DataType) -> str:
-    if pa.types.is_floating(kind):
-        return "float64"
-    if pa.types.is_integer(kind):
-        return "int64"
-    if pa.types.is_boolean(kind):
-        return "bool"
-    if pa.types.is_timestamp(kind):
-        return "timestamp"
-    return "string"

@@ -253,7 +253,8 @@ class Catalog:
             ) from None
         known = {ref.output_name for ref in self.resolve(service=service.name)}
         for view in service.views:
-            known.update(self.join_keys(view))
+            if view not in self.on_demand_views:  # computed per request: no keys of its own
+                known.update(self.join_keys(view))
         unknown = sorted(names - known)
         if unknown:
             raise DefinitionError(f"{label}: {NotFoundError('variable', unknown[0], known)}")

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from almanac.definitions.feature_view import Field
 from almanac.definitions.on_demand import OnDemandView
-from almanac.definitions.types import arrow_type
+from almanac.definitions.types import arrow_type, widest_dtype
 from almanac.errors import InputError, TransformationError
 from almanac.registry.catalog import Catalog, FeatureRef
 from almanac.registry.on_demand import inputs, order
@@ -159,7 +159,7 @@ def compute(
     types = dict(dtypes or {})
     for step in plan.steps:
         names = list(step.inputs)
-        step_types = {name: types.get(step.inputs[name]) or _dtype_of(columns[step.inputs[name]].type) for name in names}  # fmt: skip
+        step_types = {name: types.get(step.inputs[name]) or widest_dtype(columns[step.inputs[name]].type) for name in names}  # fmt: skip
         if step.expressions:
             if evaluator is None:
                 produced = _evaluate_compiled(step, columns, num_rows, step_types)
@@ -234,23 +234,6 @@ def _evaluate_compiled(
 def _cast(array: pa.Array | pa.ChunkedArray, dtype: str) -> pa.Array | pa.ChunkedArray:
     wanted = arrow_type(dtype)
     return array if array.type == wanted else array.cast(wanted)
-
-
-def _dtype_of(kind: pa.DataType) -> str:
-    if pa.types.is_integer(kind):
-        return "int64"
-    if pa.types.is_floating(kind):
-        return "float64"
-    if pa.types.is_boolean(kind):
-        return "bool"
-    if pa.types.is_timestamp(kind):
-        return "timestamp"
-    if pa.types.is_binary(kind):
-        return "bytes"
-    return "string"
-
-
-# ---- Python functions ------------------------------------------------------------------
 
 
 def call_function(step: Step, table: pa.Table, repo_path: Path | None) -> dict[str, pa.Array]:
