@@ -440,15 +440,17 @@ class FeatureStore:
         entity: dict[str, Any],
         *,
         placeholder: str | None = None,
+        request_data: dict[str, Any] | None = None,
     ) -> Context:
         """One entity's features rendered by the service's prompt template (or a plain
-        `name: value` list when it has none), for an LLM."""
+        `name: value` list when it has none), for an LLM; `request_data` gives the request
+        fields of its on-demand features."""
         from almanac.online.context import check_entity, render_context
 
         check_entity(entity)
         service = self.catalog.service(feature_service)
         response = self.get_online_features(
-            entity_rows=[dict(entity)], feature_service=feature_service
+            entity_rows=[dict(entity)], feature_service=feature_service, request_data=request_data
         )
         missing = self.config.server.missing_placeholder if placeholder is None else placeholder
         return render_context(service, entity, response, missing)

@@ -178,6 +178,11 @@ def test_a_service_with_on_demand_features_may_render_them_as_context(tmp_path: 
     with FeatureStore(write_repo(tmp_path / "repo", extra)) as store:
         store.apply()
         store.push("events", {"customer_id": [1], "event_timestamp": [T0], "avg_amount": [2.0], "tier": ["gold"]})  # fmt: skip
-        # The context of such a service needs the request, which `get_context` does not take.
         with pytest.raises(InputError, match="request field 'amount' is missing"):
             store.get_context("s", {"customer_id": 1})
+        context = store.get_context("s", {"customer_id": 1}, request_data={"amount": 3.0, "channel": "web"})  # fmt: skip
+        assert context.text == "1: gold, 1.5"
+        with TestClient(create_app(store.repo_path)) as client:
+            answer = client.post("/context", json={"feature_service": "s", "entity": {"customer_id": 1}, "request_data": {"amount": 3.0, "channel": "web"}})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["text"] == "1: gold, 1.5"

@@ -79,14 +79,21 @@ class Client:
         return online_response(self._post("/get-online-features", body))
 
     def get_context(
-        self, feature_service: str, entity: Mapping[str, Any], *, placeholder: str | None = None
+        self,
+        feature_service: str,
+        entity: Mapping[str, Any],
+        *,
+        placeholder: str | None = None,
+        request_data: Mapping[str, Any] | None = None,
     ) -> Context:
         """One entity's context, as `FeatureStore.get_context` (values as JSON gives them)."""
-        body = {
+        body: dict[str, Any] = {
             "feature_service": feature_service,
             "entity": dict(entity),
             "placeholder": placeholder,
         }
+        if request_data is not None:
+            body["request_data"] = {name: _json_value(v) for name, v in request_data.items()}
         data = self._post("/context", body)
         stamps = {k: _timestamp(v) for k, v in data["event_timestamps"].items()}
         return Context(

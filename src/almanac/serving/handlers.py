@@ -276,7 +276,7 @@ async def context(state: ServingState, body: bytes) -> bytes:
     check_entity(request.entity)
     service = state.catalog.service(request.feature_service)
     rows = {key: [value] for key, value in request.entity.items()}
-    response = await read_online(state, None, rows, service.name, False, "/context")
+    response = await read_online(state, None, rows, service.name, False, "/context", request.request_data)  # fmt: skip
     placeholder = (
         state.config.missing_placeholder if request.placeholder is None else request.placeholder
     )

@@ -159,6 +159,9 @@ class ContextRequest(_Request):
         None,
         description="Rendered for missing or stale values (default: server.missing_placeholder).",
     )
+    request_data: dict[str, RequestValue] | None = Field(
+        None, description="Request fields of the service's on-demand features, one value each."
+    )
 
 
 class ContextResponse(BaseModel):
