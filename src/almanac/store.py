@@ -394,15 +394,13 @@ class FeatureStore:
         [129.0]}``: one value per entity row; or put them in the entity rows).
         `transformed=True` applies the feature service's fitted transforms, as
         `get_historical_features` does."""
-        from almanac.online.retrieval import get_online_features
+        from almanac.online.retrieval import get_online_features, read_features
 
         if self._guard.principal is not None:
+            # What the read's cached plan reads and computes (as the server checks it).
             catalog = self.catalog
-            refs = catalog.resolve(features, feature_service, full_feature_names)
-            on_demand = _on_demand_plan(catalog, refs)
-            stored = [] if on_demand is None else on_demand.base
-            pairs = list(dict.fromkeys((r.view, r.field.name) for r in [*refs, *stored]))
-            self._guard.require_features(catalog, "read_online", pairs)
+            pairs = read_features(catalog, features, feature_service, full_feature_names)
+            self._guard.require_features(catalog, "read_online", list(pairs))
         response = get_online_features(
             self, features, entity_rows, feature_service=feature_service,
             full_feature_names=full_feature_names, now=now, request_data=request_data,

@@ -141,14 +141,7 @@ class FeatureView(Definition):
     @field_validator("schema_")
     @classmethod
     def _schema(cls, schema: list[Field]) -> list[Field]:
-        if not schema:
-            raise ValueError("a feature view needs at least one feature")
-        seen: set[str] = set()
-        for field in schema:
-            if field.name in seen:
-                raise ValueError(f"duplicate feature name '{field.name}'")
-            seen.add(field.name)
-        return schema
+        return distinct_fields(schema, "a feature view", "feature")
 
     @field_validator("ttl", "materialize_every", "freshness")
     @classmethod
@@ -156,6 +149,18 @@ class FeatureView(Definition):
         if value is not None and value <= timedelta(0):
             raise ValueError(f"must be a positive duration, got {format_duration(value)}")
         return value
+
+
+def distinct_fields(schema: list[Field], owner: str, item: str) -> list[Field]:
+    """`schema` when it has at least one field and no name twice (a ValueError else)."""
+    if not schema:
+        raise ValueError(f"{owner} needs at least one {item}")
+    seen: set[str] = set()
+    for field in schema:
+        if field.name in seen:
+            raise ValueError(f"duplicate {item} name '{field.name}'")
+        seen.add(field.name)
+    return schema
 
 
 def check_join_keys_not_features(view: FeatureView, entities: list[Entity]) -> None:

@@ -31,7 +31,7 @@ from pydantic import Field as PydanticField
 from pydantic import PrivateAttr, field_validator, model_serializer, model_validator
 
 from almanac.definitions.base import Definition, Name, check_name, drop_defaults
-from almanac.definitions.feature_view import Field
+from almanac.definitions.feature_view import Field, distinct_fields
 from almanac.definitions.transformations import PythonTransformation
 from almanac.errors import DefinitionError
 
@@ -62,13 +62,7 @@ class RequestSource(Definition):
     @field_validator("schema_")
     @classmethod
     def _schema(cls, schema: list[Field]) -> list[Field]:
-        if not schema:
-            raise ValueError("a request source needs at least one field")
-        names = [f.name for f in schema]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"duplicate field name '{name}'")
-        return schema
+        return distinct_fields(schema, "a request source", "field")
 
 
 class OnDemandView(Definition):

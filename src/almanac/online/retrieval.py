@@ -157,6 +157,17 @@ def _plan(
     return plan
 
 
+def read_features(
+    catalog: Catalog,
+    features: Sequence[str] | None,
+    feature_service: str | None,
+    full_feature_names: bool,
+) -> tuple[tuple[str, str], ...]:
+    """(view, feature) of every feature a read of `features` reads or computes: what
+    access control checks (from the cached plan of that request shape)."""
+    return _plan(catalog, features, feature_service, full_feature_names).features
+
+
 def get_online_features(
     store: OnlineHandle,
     features: Sequence[str] | None = None,
