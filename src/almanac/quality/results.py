@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from almanac.config import RepoConfig
 from almanac.definitions.feature_view import FeatureView
@@ -112,6 +111,10 @@ def read(
     files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         return Results(SCHEMA.empty_table())
+    # Here, not at the top: pyarrow.dataset imports pandas (0.3-0.4 s of a cold start),
+    # and every materialization imports this module (admission records breaches).
+    import pyarrow.dataset as ds
+
     condition = None
     for term in (
         None if view is None else ds.field("view") == view,

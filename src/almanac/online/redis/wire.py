@@ -32,7 +32,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from almanac.online.batch import KeyColumn, PreparedBatch
-from almanac.online.codec import redis_values
+from almanac.online.codec import binary_scalar, redis_values
 
 KEY_PREFIX = "alm"
 # Rows per EVALSHA: small enough that one call blocks Redis for well under a
@@ -100,7 +100,8 @@ class Pieces:
         self.add(b"\r\n")
 
     def join(self) -> pa.Array:
-        return pc.binary_join_element_wise(*self.items, b"")
+        items = [binary_scalar(i) if isinstance(i, bytes) else i for i in self.items]
+        return pc.binary_join_element_wise(*items, binary_scalar(b""))
 
 
 def entity_keys(project: str, keys: list[KeyColumn], prefix: bytes | None = None) -> pa.Array:
@@ -190,7 +191,7 @@ def write_payload(
         row_pieces.add(b"$0\r\n\r\n")  # no created time: an empty argument
     else:
         created = part.created_times.cast(pa.string()).cast(pa.binary())
-        row_pieces.bulk(created.fill_null(b""))
+        row_pieces.bulk(created.fill_null(binary_scalar(b"")))
     for feature in part.features:
         row_pieces.bulk(*redis_values(feature))
     rows = row_pieces.join()
