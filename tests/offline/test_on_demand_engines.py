@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from offline_repo import offline_section
 
@@ -70,3 +71,39 @@ def test_every_engine_computes_what_is_served(tmp_path: Path, engine_name: str) 
             request_data={"amount": amounts[:-1]}, now=T0 + timedelta(hours=1), transformed=True,
         )  # fmt: skip
         assert np.array_equal(offline[:-1], served.to_numpy(), equal_nan=True)
+
+
+WRITE_TIME_PY = """
+from almanac import Entity, FeatureView, Field, FileSource, Float64, Int64, OnDemandView
+
+customer = Entity(name="customer", join_keys=["customer_id"], dtype=Int64)
+stats = FeatureView(name="stats", entities=[customer], ttl="1d",
+                    source=FileSource(path="data/stats.parquet", timestamp_field="ts"),
+                    schema=[Field("avg", Float64), Field("count", Int64)])
+scored = OnDemandView(name="scored", sources=[stats], write_to_online=True, expressions={
+    "score": "coalesce(avg, -1) * 2", "seen": "count is not null"})
+"""
+
+
+def test_every_engine_materializes_write_time_views_as_trained(tmp_path: Path, engine_name: str) -> None:  # fmt: skip
+    """A write-time view materialized from each engine's latest rows serves what that
+    engine's training set computes, an expired entity (its value for no row) included."""
+    (tmp_path / "almanac.yaml").write_text(yaml.safe_dump({"project": "wt", "offline": offline_section(engine_name)}))  # fmt: skip
+    (tmp_path / "features.py").write_text(WRITE_TIME_PY)
+    (tmp_path / "data").mkdir()
+    end = T0 + timedelta(days=3)
+    rows = pa.table({
+        "customer_id": [1, 1, 2, 3, 3], "avg": [1.5, None, 4.0, 2.0, 8.0], "count": [1, 2, None, 5, 6],
+        "ts": [end - timedelta(hours=5), end - timedelta(hours=2), end - timedelta(days=2), end, end - timedelta(hours=1)],
+    })  # fmt: skip
+    pq.write_table(rows, tmp_path / "data" / "stats.parquet")
+    with FeatureStore(tmp_path) as store:
+        store.apply()
+        runs = store.materialize_incremental(end).runs
+        assert {run.view: run.rows for run in runs} == {"stats": 3, "scored": 3}
+        ids = [1, 2, 3, 4]
+        labels = pa.table({"customer_id": ids, "event_timestamp": [end] * 4})
+        training = store.get_historical_features(labels, ["scored:score", "scored:seen"]).to_arrow()  # fmt: skip
+        online = store.get_online_features(["scored:score", "scored:seen"], [{"customer_id": c} for c in ids], now=end)  # fmt: skip
+        assert online.to_dict()["score"] == training.column("score").to_pylist() == [-2.0, -2.0, 4.0, -2.0]  # fmt: skip
+        assert online.to_dict()["seen"] == training.column("seen").to_pylist() == [True, False, True, False]  # fmt: skip

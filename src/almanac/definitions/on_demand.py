@@ -17,6 +17,12 @@ the point-in-time join, on the joined rows) and online (after the one-round-trip
   the definition, so an edit shows in `plan` and running an edited function unapplied
   is refused.
 
+By default a view is computed whenever it is read. ``write_to_online=True`` computes it
+once, when its one source feature view's rows are written online (materialization,
+push, stream, write-to-online-store), and stores the result under the view's name, keyed
+and timed like that view's rows; training sets still compute it after the join, with the
+same code. For functions too slow to run per request.
+
 `sources` lists request sources, feature views (every feature of the view becomes an
 input column named by the feature), aggregation views and other on-demand views: a DAG
 checked by the catalog.
@@ -78,6 +84,8 @@ class OnDemandView(Definition):
     schema_: list[Field] = PydanticField([], alias="schema")
     expressions: dict[str, str] = {}
     function: PythonTransformation | None = None
+    # Computed when its source view's rows are written online, and stored (see above).
+    write_to_online: bool = False
     description: str = ""
     owner: str = ""
     tags: dict[str, str] = {}
@@ -98,7 +106,12 @@ class OnDemandView(Definition):
 
     @model_serializer(mode="wrap")
     def _spec(self, handler: Any) -> Any:
-        defaults: dict[str, Any] = {"expressions": {}, "function": None, "schema": []}
+        defaults: dict[str, Any] = {
+            "expressions": {},
+            "function": None,
+            "schema": [],
+            "write_to_online": False,
+        }
         return drop_defaults(handler(self), defaults)
 
     @property  # shadows pydantic's deprecated `BaseModel.schema()` classmethod, on purpose
@@ -162,6 +175,7 @@ def on_demand_view(
     schema: Sequence[Field],
     mode: OnDemandMode = "pandas",
     name: str | None = None,
+    write_to_online: bool = False,
     description: str = "",
     owner: str = "",
     tags: dict[str, str] | None = None,
@@ -183,7 +197,7 @@ def on_demand_view(
         reference = PythonTransformation.of(function, mode)
         return OnDemandView(
             name=name or function.__name__, sources=list(sources), schema=list(schema),
-            function=reference, description=description,
+            function=reference, write_to_online=write_to_online, description=description,
             owner=owner, tags=tags or {},
         )  # fmt: skip
 

@@ -15,7 +15,9 @@ Then, all or nothing across both stores:
    dataset gets one new file with the union of the views' columns, *staged* by the
    offline engine (checked again and written under a hidden name: a full disk fails
    here, with `StorageFullError`);
-2. online (``online`` or ``online_and_offline``): one `write_batch` per online view.
+2. online (``online`` or ``online_and_offline``): one `write_batch` per online view,
+   and one per write-time on-demand view of it (`write_to_online=True`), computed from
+   the same rows before anything is written.
    Writes are monotonic (rule 3), so rows older than what is stored are skipped. An
    aggregation view gets the tiles of the pushed rows (built in process by
    `almanac.semantics.tile_build`: no engine query; the blobs materialization writes)
@@ -47,6 +49,7 @@ import pyarrow.compute as pc
 
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
+from almanac.definitions.on_demand import OnDemandView
 from almanac.definitions.sources import PushSource, SourceBase, StreamSource
 from almanac.errors import InputError, NotFoundError
 from almanac.ingest.exactly_once import (
@@ -65,11 +68,13 @@ from almanac.online.layouts import claim
 from almanac.ports.online import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from almanac.quality.admission import admit, check_columns, check_empty
 from almanac.registry.diff import values_fingerprint
+from almanac.registry.on_demand import write_time_views
 from almanac.semantics.rows import ViewRows
 from almanac.semantics.tile_build import build_tiles
 from almanac.semantics.tiles import MERGED_AT, TILES_FEATURE, merge_blobs, reach_micros
 from almanac.semantics.times import datetime_to_micros
 from almanac.semantics.validate import Declared, check_batch
+from almanac.transforms.ondemand import write_time_rows
 
 if TYPE_CHECKING:
     from almanac.ports.handles import StoreHandle
@@ -152,7 +157,7 @@ def push(
     batch = _with_created_time(admission.rows, source)
     # Every check happens before the first write: the online batches are prepared (and
     # so validated) by the same code that `write_batch` runs.
-    online_writes: list[tuple[FeatureView, list[str], list[str], pa.Table]] = []
+    online_writes: list[tuple[FeatureView | OnDemandView, list[str], list[str], pa.Table]] = []
     for view in online_views:
         keys = list(catalog.join_keys(view))
         if isinstance(view, AggregationView):
@@ -171,6 +176,11 @@ def push(
         rows = _online_rows(batch, source, keys, features)
         prepare_batch(view.name, rows, keys, features)
         online_writes.append((view, keys, features, rows))
+        for derived in write_time_views(catalog, view.name):  # computed now, and stored
+            computed = write_time_rows(catalog, derived, rows, getattr(store, "repo_path", None))
+            names = [f.name for f in catalog.on_demand_fields(derived.name)]
+            prepare_batch(derived.name, computed, keys, names)
+            online_writes.append((derived, keys, names, computed))
     # All or nothing across both stores: the offline file is staged (where a full disk
     # fails), the online store written, and only then the file committed (a rename).
     staged = (
@@ -185,18 +195,20 @@ def push(
         # apply could not clear it): see `almanac.online.layouts`.
         layouts = {view.name: values_fingerprint(catalog, view.name) for view, *_ in online_writes}
         claim(store.online, store.project, layouts)
-        for view, keys, features, rows in online_writes:
-            if isinstance(view, AggregationView):
+        for written, keys, features, rows in online_writes:
+            if isinstance(written, AggregationView):
                 now = datetime_to_micros(datetime.now(UTC))
                 if APPLIED in features:
-                    tiles, merge = once_per_event(view, catalog.join_keys(view), source.timestamp_field, rows, now)  # fmt: skip
-                    store.online.merge_batch(store.project, view.name, keys, features, tiles, merge)  # fmt: skip
+                    tiles, merge = once_per_event(written, catalog.join_keys(written), source.timestamp_field, rows, now)  # fmt: skip
+                    store.online.merge_batch(store.project, written.name, keys, features, tiles, merge)  # fmt: skip
                     continue
-                merge = partial(_merge_pushed, reach=reach_micros(view), now=now)
+                merge = partial(_merge_pushed, reach=reach_micros(written), now=now)
                 stamped = rows.append_column(MERGED_AT, pa.repeat(pa.scalar(now, pa.int64()), rows.num_rows))  # fmt: skip
-                store.online.merge_batch(store.project, view.name, keys, features, stamped, merge)
+                store.online.merge_batch(
+                    store.project, written.name, keys, features, stamped, merge
+                )
             else:
-                store.online.write_batch(store.project, view.name, keys, features, rows)
+                store.online.write_batch(store.project, written.name, keys, features, rows)
     except BaseException:
         if staged is not None:
             staged.discard()

@@ -16,6 +16,11 @@ or running windows out of order, can never put an older value over a newer one. 
 dies half-way (the online store goes away), the watermark has not moved and the next run
 writes the same rows again.
 
+A write-time on-demand view (`write_to_online=True`) is materialized like a view: the
+latest rows of its source view, its features computed from them by the steps a training
+set runs (`almanac.transforms.ondemand.write_time_rows`), under its own watermark, so
+that a new or changed definition is computed from the first row.
+
 A view with expectations has its rows admitted as at the door
 (`almanac.quality.admission`), the whole run's rows as one batch: `reject` writes
 nothing of the view and keeps its watermark (the run is reported `refused`), `warn`
@@ -25,7 +30,7 @@ writes them and records the breach, `quarantine` writes the rows that pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -34,12 +39,15 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from almanac.definitions.aggregation import AggregationView
+from almanac.definitions.feature_view import FeatureView
+from almanac.definitions.on_demand import OnDemandView
 from almanac.definitions.sources import PushSource
 from almanac.errors import InputError
 from almanac.online.layouts import claim
 from almanac.ports.offline import OnlineTarget, write_online
 from almanac.quality.admission import admit, check_empty
 from almanac.registry.diff import values_fingerprint
+from almanac.registry.on_demand import write_time_views, written_from
 from almanac.semantics.rows import EVENT_TIMESTAMP, ViewRows
 from almanac.semantics.tiles import MERGED_AT, TILES_FEATURE
 from almanac.semantics.times import FUTURE_TOLERANCE, datetime_to_micros, to_utc
@@ -49,7 +57,6 @@ from almanac.semantics.times import FUTURE_TOLERANCE, datetime_to_micros, to_utc
 PUSH_GRACE = timedelta(seconds=30)
 
 if TYPE_CHECKING:
-    from almanac.definitions import FeatureView
     from almanac.materialize.late import LateRows
     from almanac.ports.handles import StoreHandle
     from almanac.ports.online import OnlineStore
@@ -106,26 +113,46 @@ def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) ->
     them answer NOT_FOUND (or the old values) until `materialize-incremental` runs."""
     marks = online.watermarks(project)
     out = {}
-    for name, view in catalog.all_views().items():
-        if not view.online:
-            continue
+    for view in _all(catalog):
+        name = view.name
         mark = marks.get(name)
         if mark is not None and mark.layout != values_fingerprint(catalog, name):
             out[name] = "its values were written under an earlier definition"
-        elif isinstance(catalog.source_of(view), PushSource):
+        elif isinstance(catalog.source_of(_stored_from(catalog, view)), PushSource):
             continue  # written by pushes: materialized or not, it has what was pushed
         elif mark is None or mark.time is None:
             out[name] = "never materialized into this online store (new, or emptied)"
     return out
 
 
-def _views(store: StoreHandle, names: Sequence[str] | None) -> list[FeatureView]:
+def _all(catalog: Catalog) -> list[FeatureView | OnDemandView]:
+    """Everything materialization writes: online views, then write-time views."""
+    views: list[FeatureView | OnDemandView] = [v for v in catalog.all_views().values() if v.online]  # fmt: skip
+    return views + list(write_time_views(catalog))
+
+
+def _stored_from(catalog: Catalog, view: FeatureView | OnDemandView) -> FeatureView:
+    return written_from(catalog, view) if isinstance(view, OnDemandView) else view
+
+
+def _views(store: StoreHandle, names: Sequence[str] | None) -> list[FeatureView | OnDemandView]:
     catalog = store.catalog
     if not names:
-        return [view for view in catalog.all_views().values() if view.online]
-    views = [catalog.view(name) for name in names]
+        return _all(catalog)
+    views: list[FeatureView | OnDemandView] = []
+    for name in names:
+        on_demand = catalog.on_demand_views.get(name)
+        if on_demand is None:
+            views.append(catalog.view(name))
+        elif on_demand.write_to_online:
+            views.append(on_demand)
+        else:
+            raise InputError(
+                f"on-demand view '{name}' is computed at read time, so it is not materialized "
+                "(write_to_online=True stores it)"
+            )
     for view in views:
-        if not view.online:
+        if isinstance(view, FeatureView) and not view.online:
             raise InputError(f"feature view '{view.name}' has online=False; it is not materialized")
     return views
 
@@ -140,8 +167,8 @@ def _check_end(end: datetime) -> None:
 
 
 def _run_view(
-    store: StoreHandle, view: FeatureView, start: datetime | None, end: datetime,
-    progress: ProgressCallback | None,
+    store: StoreHandle, view: FeatureView | OnDemandView, start: datetime | None,
+    end: datetime, progress: ProgressCallback | None,
 ) -> ViewRun:  # fmt: skip
     run = ViewRun(view=view.name, start=start, end=end)
     catalog = store.catalog
@@ -149,13 +176,21 @@ def _run_view(
     # Values of an earlier definition (changed while another store was configured) are
     # cleared first; only a run from the first row then sets a watermark again.
     claim(store.online, store.project, {view.name: layout})
-    features = [TILES_FEATURE] if isinstance(view, AggregationView) else view.feature_names
-    target = OnlineTarget(
-        store.config, store.project, view.name, list(catalog.join_keys(view)), features
-    )
+    if isinstance(view, OnDemandView):
+        features = [f.name for f in catalog.on_demand_fields(view.name)]
+    else:
+        features = [TILES_FEATURE] if isinstance(view, AggregationView) else view.feature_names
+    keys = list(catalog.join_keys(_stored_from(catalog, view)))
+    target = OnlineTarget(store.config, store.project, view.name, keys, features)
     started = time.perf_counter()
     count = None if progress is None else (lambda rows: progress(view.name, rows))
-    if view.expectations and not isinstance(view, AggregationView):
+    if isinstance(view, OnDemandView):
+        try:
+            run.rows = _write_time(store, view, start, end, target, count)
+        except InputError as error:  # its source view's expectations refused the rows
+            run.refused, run.seconds = str(error), time.perf_counter() - started
+            return run
+    elif view.expectations and not isinstance(view, AggregationView):
         try:
             run.rows = _admitted(store, view, start, end, target, count)
         except InputError as error:
@@ -203,6 +238,36 @@ def _admitted(
     written = write_online(admission.rows.to_batches(), target, store.online, progress)
     admission.record(store.config)
     return written
+
+
+def _write_time(
+    store: StoreHandle,
+    view: OnDemandView,
+    start: datetime | None,
+    end: datetime,
+    target: OnlineTarget,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Write a write-time view's values: computed here from its source view's latest
+    rows (admitted by that view's expectations, which its own run records), whichever
+    engine read them."""
+    from almanac.transforms.ondemand import write_time_rows
+
+    catalog = store.catalog
+    source = written_from(catalog, view)
+    batches: Iterable[pa.RecordBatch] = store.offline.latest_rows(catalog, source, start, end)
+    if source.expectations:
+        rows = pa.Table.from_batches(list(batches))
+        what = f"materialization of '{view.name}' (from '{source.name}')"
+        batches = admit(rows, [source], what, store.config, "materialize").rows.to_batches() if rows.num_rows else []  # fmt: skip
+    repo_path = getattr(store, "repo_path", None)
+    derived = (
+        batch
+        for rows in batches
+        if rows.num_rows
+        for batch in write_time_rows(catalog, view, pa.Table.from_batches([rows]), repo_path).to_batches()
+    )  # fmt: skip
+    return write_online(derived, target, store.online, progress)
 
 
 def _tiles_beside_pushes(
@@ -271,7 +336,7 @@ def materialize(
 
 
 def _reported(
-    store: StoreHandle, view: FeatureView, start: datetime | None, end: datetime,
+    store: StoreHandle, view: FeatureView | OnDemandView, start: datetime | None, end: datetime,
     progress: ProgressCallback | None, on_run: RunCallback | None,
 ) -> ViewRun:  # fmt: skip
     """`_run_view`, with its run (or its failure) handed to `on_run`."""
@@ -340,7 +405,7 @@ def materialize_incremental(
 
 
 def _report_failure(
-    view: FeatureView, start: datetime | None, end: datetime, started: datetime,
+    view: FeatureView | OnDemandView, start: datetime | None, end: datetime, started: datetime,
     error: Exception, on_run: RunCallback | None,
 ) -> None:  # fmt: skip
     if on_run is not None:

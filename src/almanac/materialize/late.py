@@ -23,10 +23,12 @@ import pyarrow.parquet as pq
 
 from almanac.config import RepoConfig
 from almanac.definitions import FeatureView
+from almanac.definitions.on_demand import OnDemandView
 from almanac.definitions.sources import FileSource
 from almanac.errors import InputError
 from almanac.offline.files import PARQUET_SUFFIXES, list_files
 from almanac.registry.catalog import Catalog
+from almanac.registry.on_demand import written_from
 from almanac.registry.state import OperationalState
 from almanac.semantics.times import to_utc
 
@@ -47,9 +49,13 @@ class LateRows:
         self.config, self.catalog, self.state = config, catalog, state
         self._seen = {key: value for key, (_, value) in state.status(KIND).items()}
 
-    def since_last_run(self, view: FeatureView) -> Arrivals | None:
-        """None for views whose source is not a file source."""
-        source = self.catalog.source_of(view)
+    def since_last_run(self, view: FeatureView | OnDemandView) -> Arrivals | None:
+        """None for views whose source is not a file source (a write-time on-demand
+        view's: its source view's source; tracked apart, as it has its own watermark)."""
+        if isinstance(view, OnDemandView):
+            source = self.catalog.source_of(written_from(self.catalog, view))
+        else:
+            source = self.catalog.source_of(view)
         if not isinstance(source, FileSource):
             return None
         files, _ = list_files(self.config, source)
@@ -68,7 +74,7 @@ class LateRows:
                 arrivals.earliest = earliest
         return arrivals
 
-    def seen(self, view: FeatureView, arrivals: Arrivals) -> None:
+    def seen(self, view: FeatureView | OnDemandView, arrivals: Arrivals) -> None:
         self.state.put_status(KIND, view.name, arrivals.files)
         self._seen[view.name] = arrivals.files
 

@@ -3,7 +3,8 @@
 
 What is due is read from the run history (`almanac.materialize.history`), not kept in
 the process, so `almanac run-due` from cron and a long-running `almanac schedule` agree,
-and a restarted scheduler carries on where the last one stopped:
+and a restarted scheduler carries on where the last one stopped (a view's write-time
+on-demand views run with it):
 
 - a view that never ran is due now;
 - after a success (or a refusal, or a skip) it is due `materialize_every` later, from
@@ -36,6 +37,7 @@ from almanac.materialize.jobs import ViewRun, materialize_incremental
 from almanac.materialize.late import LateRows
 from almanac.offline.compaction import compact
 from almanac.ports.handles import StoreHandle
+from almanac.registry.on_demand import write_time_views
 from almanac.registry.state import OperationalState
 
 log = logging.getLogger("almanac.schedule")
@@ -154,7 +156,9 @@ def _run_one(store: StoreHandle, state: OperationalState, view: str) -> list[Run
     try:
         late = LateRows(store.config, store.catalog, state)
         record = recorder(state, "schedule", runs)
-        materialize_incremental(store, datetime.now(UTC), [view], on_run=record, late=late)
+        # Its write-time on-demand views are computed from its rows: on its cadence too.
+        derived = [v.name for v in write_time_views(store.catalog, view)]
+        materialize_incremental(store, datetime.now(UTC), [view, *derived], on_run=record, late=late)  # fmt: skip
     except Exception as error:  # recorded as failed by the job; the others go on
         log.warning("materialization of '%s' failed: %s", view, error)
     return runs

@@ -4,7 +4,8 @@
 trip (under working names), then `finish` computes the views with the same plan and code
 as training sets (`almanac.transforms.ondemand`) and returns the response the caller
 asked for: the requested features only, in order, on-demand ones PRESENT (or NULL_VALUE)
-with no event time of their own.
+with no event time of their own — but write-time views, which carry the event time of the
+row they were computed from.
 
 Request fields come from `request_data` (``{"amount": [129.0, 15.5]}``: one value per
 entity row; a single value is used for every row) or, as Feast's clients send them,
@@ -31,6 +32,7 @@ from almanac.transforms.ondemand import (
     OnDemandPlan,
     compute,
     compute_rows,
+    null_row,
     working_name,
 )
 
@@ -137,6 +139,31 @@ def _fits(dtype: str, value: Any) -> bool:
     return True  # lists: Arrow checks the items
 
 
+def _stored_values(
+    plan: OnDemandPlan, base: OnlineResponse, repo_path: Path | None
+) -> dict[str, list[Any]]:
+    """The values of stored (write-time) views by working name: the store's, and where
+    it has no row within the source view's TTL, the view's value for a row of nulls."""
+    out: dict[str, list[Any]] = {}
+    for step in plan.steps:
+        if not step.stored:
+            continue
+        fallback = None
+        for feature in step.outputs:
+            work = step.working(feature.name)
+            values, statuses = base.values[work], base.statuses[work]
+            if all(s is PRESENT or s is NULL_VALUE for s in statuses):
+                out[work] = values
+                continue
+            fallback = fallback or null_row(step, repo_path)
+            fill = fallback[feature.name]
+            out[work] = [
+                fill if s is not PRESENT and s is not NULL_VALUE else v
+                for v, s in zip(values, statuses, strict=True)
+            ]
+    return out
+
+
 def finish(
     plan: OnDemandPlan,
     base: OnlineResponse,
@@ -148,10 +175,12 @@ def finish(
     plain-Python functions run, are computed on Python lists (`compute_rows`: no Arrow
     array to build per request); more on Arrow columns."""
     rows = len(request[next(iter(request))]) if request else len(base)
+    stored = _stored_values(plan, base, repo_path)
     columns: dict[str, Any] = dict(request)
     dtypes = {working_name(REQUEST, name): dtype for name, dtype in plan.request.items()}
     for ref in plan.inputs:  # only what a step reads
-        columns[ref.output_name] = base.values[ref.output_name]
+        work = ref.output_name
+        columns[work] = stored[work] if work in stored else base.values[work]
         dtypes[ref.output_name] = ref.field.dtype
     # Lists for a few rows, or when only plain-Python functions run (they take lists).
     if plan.row_wise and (rows <= ROWS_AS_LISTS or not any(s.expressions for s in plan.steps)):
@@ -165,7 +194,12 @@ def finish(
     out_types = {key: base.dtypes[key] for key in base.join_keys if key in base.dtypes}
     no_times: list[None] = [None] * rows
     for output, work, dtype in plan.outputs:
-        if work in base.values:
+        if work in stored:  # as if computed now; the time of the row it was computed from
+            values[output] = stored[work]
+            statuses[output] = [NULL_VALUE if v is None else PRESENT for v in stored[work]]
+            found_at = zip(base._event_timestamps[work], base.statuses[work], strict=True)
+            stamps[output] = [t if s is PRESENT or s is NULL_VALUE else None for t, s in found_at]
+        elif work in base.values:
             values[output] = base.values[work]
             statuses[output] = base.statuses[work]
             stamps[output] = base._event_timestamps[work]

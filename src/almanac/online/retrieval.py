@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from almanac.definitions.aggregation import AggregationView
+from almanac.definitions.feature_view import FeatureView
 from almanac.errors import InputError
 from almanac.online.response import OnlineResponse, build_response
 from almanac.ports.handles import OnlineHandle
@@ -71,8 +72,17 @@ class _Plan:
         read = tuple((v.view, f) for v in self.views for f in v.features)
         if self.on_demand is None:
             return read
-        computed = tuple((s.view.name, f.name) for s in self.on_demand.steps for f in s.outputs)
-        return read + computed
+        steps = self.on_demand.steps
+        computed = tuple((s.view.name, f.name) for s in steps if not s.stored for f in s.outputs)
+        # A stored (write-time) view's inputs are not read now, but it was computed from
+        # them: reading it needs access to them, as when it is computed per request.
+        sources = tuple(
+            (view, feature)
+            for s in steps
+            if s.stored
+            for view, feature in (w.split(":", 1) for w in s.inputs.values())
+        )
+        return read + computed + sources
 
     @cached_property
     def labels(self) -> list[str]:
@@ -105,7 +115,7 @@ def _plan(
     if catalog.on_demand_views:  # imported only then: it brings pyarrow
         from almanac.transforms.ondemand import plan_on_demand
 
-        od = plan_on_demand(catalog, refs)
+        od = plan_on_demand(catalog, refs, stored=True)
         if od is not None:
             refs = od.base
     views: list[_ViewPlan] = []
@@ -116,7 +126,7 @@ def _plan(
     dtypes: dict[str, str] = {}
     for ref in refs:
         if ref.view not in index_of:
-            view = catalog.view(ref.view)
+            view = _stored_as(catalog, ref.view)
             if not view.online:
                 raise InputError(
                     f"feature view '{view.name}' is not served online (online=False); "
@@ -132,7 +142,7 @@ def _plan(
                 key_users.setdefault(key, view.name)
             ttl = None if view.ttl is None else view.ttl // timedelta(microseconds=1)
             index_of[ref.view] = len(views)
-            views.append(_ViewPlan(view.name, list(keys), [], [], ttl))
+            views.append(_ViewPlan(ref.view, list(keys), [], [], ttl))
         view_plan = views[index_of[ref.view]]
         outputs.append((ref.output_name, index_of[ref.view], len(view_plan.features)))
         view_plan.features.append(ref.field.name)
@@ -140,7 +150,7 @@ def _plan(
         dtypes[ref.output_name] = ref.field.dtype
     defaults: dict[str, int] = {}
     for i, view_plan in enumerate(views):
-        view = catalog.view(view_plan.view)
+        view = _stored_as(catalog, view_plan.view)
         if isinstance(view, AggregationView):
             tiles = TilePlan.of(view, view_plan.features)
             views[i] = view_plan = replace(view_plan, tiles=tiles)
@@ -155,6 +165,17 @@ def _plan(
             _plans.clear()
         _plans[cache_key] = plan
     return plan
+
+
+def _stored_as(catalog: Catalog, name: str) -> FeatureView:
+    """The view whose keys, TTL and serving govern what the store holds under `name`: the
+    view itself, or a write-time on-demand view's source view."""
+    on_demand = catalog.on_demand_views.get(name)
+    if on_demand is None:
+        return catalog.view(name)
+    from almanac.registry.on_demand import written_from
+
+    return written_from(catalog, on_demand)
 
 
 def read_features(

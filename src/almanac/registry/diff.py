@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from almanac.errors import RegistryError
 from almanac.registry.catalog import KINDS, Catalog
+from almanac.registry.on_demand import write_time_views, written_from
 
 Action = Literal["create", "update", "delete"]
 
@@ -75,11 +76,13 @@ class Plan:
         features, types, transformation, aggregations...). Their online data and
         watermark must be cleared before the change lands (the next materialization
         then rewrites them from the offline store); another online store finds out from
-        its watermark's fingerprint when it is next materialized."""
-        after = self.target.all_views()
+        its watermark's fingerprint when it is next materialized. Write-time on-demand
+        views count as views: their values are stored too."""
+        after = {*self.target.all_views(), *(v.name for v in write_time_views(self.target))}
+        before = {*self.base.all_views(), *(v.name for v in write_time_views(self.base))}
         return sorted(
             name
-            for name in self.base.all_views()
+            for name in before
             if name not in after
             or values_fingerprint(self.base, name) != values_fingerprint(self.target, name)
         )
@@ -127,12 +130,20 @@ def values_fingerprint(catalog: Catalog, view: str) -> str:
     cached = _fingerprints.get((id(catalog), view))
     if cached is not None and cached[0] is catalog:  # pushes ask for every batch
         return cached[1]
-    definition = catalog.view(view)
-    layout = {
-        "view": _view_layout(definition.to_spec()),
-        "source": _values_layout(catalog.source_of(definition).to_spec()),
-        "keys": catalog.join_keys(definition),
-    }
+    on_demand = catalog.on_demand_views.get(view)
+    if on_demand is not None:  # a write-time view: its definition and its source view's
+        stored_from = written_from(catalog, on_demand).name
+        layout: dict[str, Any] = {
+            "on_demand": _values_layout(on_demand.to_spec()),
+            "from": values_fingerprint(catalog, stored_from),
+        }
+    else:
+        definition = catalog.view(view)
+        layout = {
+            "view": _view_layout(definition.to_spec()),
+            "source": _values_layout(catalog.source_of(definition).to_spec()),
+            "keys": catalog.join_keys(definition),
+        }
     text = json.dumps(layout, sort_keys=True, separators=(",", ":"), default=str)
     fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
     if len(_fingerprints) >= 1024:

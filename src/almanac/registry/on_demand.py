@@ -6,7 +6,8 @@ Here the catalog learns what those columns are (`inputs`), what the view produce
 (`output_fields`: declared, or inferred from the expressions), and refuses at `plan`
 what could only fail at serve time: unknown sources, cycles, two inputs of one name, an
 expression over a column that is not there or of the wrong type, a declared type an
-expression cannot produce.
+expression cannot produce, a write-time view (`write_to_online=True`) that does not read
+exactly one online feature view.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from almanac.definitions.feature_view import Field
+from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.on_demand import OnDemandView
 from almanac.errors import DefinitionError, NotFoundError
 
@@ -109,11 +110,46 @@ def check_on_demand(catalog: Catalog) -> None:
                 )
     order(catalog, list(catalog.on_demand_views))  # refuses cycles
     for view in catalog.on_demand_views.values():
+        if view.write_to_online:
+            _check_write_time(catalog, view)
         columns = inputs(catalog, view)
         if view.expressions and view.schema_:
             _check_declared_types(catalog, view, columns)
         else:
             catalog.on_demand_fields(view.name)  # infers, and so checks, the expressions
+
+
+def _check_write_time(catalog: Catalog, view: OnDemandView) -> None:
+    """A write-time view is computed from the rows written online for one feature view,
+    and stored keyed and timed like them: it can read nothing else."""
+    label = f"OnDemandView '{view.name}': field 'sources'"
+    source = view.sources[0]
+    if len(view.sources) != 1 or source not in catalog.views:
+        raise DefinitionError(
+            f"{label}: a view with write_to_online=True is computed when one feature view's "
+            f"rows are written online, so it reads exactly one feature view (not a request "
+            f"source, an aggregation view or an on-demand view); it reads {', '.join(view.sources)}"
+        )
+    if not catalog.views[source].online:
+        raise DefinitionError(
+            f"{label}: feature view '{source}' is not served online (online=False), so "
+            "nothing would compute this write_to_online view"
+        )
+
+
+def written_from(catalog: Catalog, view: OnDemandView) -> FeatureView:
+    """The feature view whose online rows a write-time view is computed from: its keys,
+    event times and TTL are the stored view's."""
+    return catalog.views[view.sources[0]]
+
+
+def write_time_views(catalog: Catalog, source: str | None = None) -> list[OnDemandView]:
+    """Write-time on-demand views (of the feature view `source`, when given)."""
+    return [
+        view
+        for view in catalog.on_demand_views.values()
+        if view.write_to_online and (source is None or view.sources[0] == source)
+    ]
 
 
 def _check_declared_types(catalog: Catalog, view: OnDemandView, columns: dict[str, Input]) -> None:

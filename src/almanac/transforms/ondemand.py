@@ -14,6 +14,13 @@ views to compute, inputs first. `compute` then runs each view on Arrow columns:
 Offline the batch is the joined training rows; online it is the rows of one request. The
 same plan and the same code serve both, so a feature cannot differ between them except
 where an evaluator does (DuckDB's SQL vs Arrow; see docs/expressions.md).
+
+A write-time view (`write_to_online=True`) runs the same steps when its source view's
+rows are written online (`write_time_rows`), and an online plan (`stored=True`) reads its
+stored values instead of computing it. Where the store has no row for an entity (never
+written, or older than the source view's TTL), the view's value is what it computes from
+a row of nulls (`null_row`): exactly what a training set computes when the point-in-time
+join finds no row.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from almanac.definitions.on_demand import OnDemandView
 from almanac.definitions.types import arrow_type, widest_dtype
 from almanac.errors import InputError, TransformationError
 from almanac.registry.catalog import Catalog, FeatureRef
-from almanac.registry.on_demand import inputs, order
+from almanac.registry.on_demand import inputs, order, written_from
+from almanac.semantics.rows import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from almanac.semantics.expressions import Expr
@@ -63,6 +71,11 @@ class Step:
     _compiled: dict[str, Callable[..., pa.Array]] = field(default_factory=dict)
     _rows: dict[str, tuple[Callable[..., list[Any]], str]] = field(default_factory=dict)
     _function: Callable[..., Any] | None = None
+    # A write-time view read from the online store (not computed), and its value for an
+    # entity the store has no row for (computed once).
+    stored: bool = False
+    stored_input_types: dict[str, str] = field(default_factory=dict)  # working name → dtype
+    _null_row: dict[str, Any] | None = None
 
     def working(self, feature: str) -> str:
         return working_name(self.view.name, feature)
@@ -80,17 +93,21 @@ class OnDemandPlan:
     def row_wise(self) -> bool:
         """Whether `compute_rows` can run every step (expressions and plain-Python
         functions; a pandas, Arrow or Polars function needs its frame)."""
-        return all(s.expressions or (s.view.function and s.view.function.mode == "python") for s in self.steps)  # fmt: skip
+        return all(s.stored or s.expressions or (s.view.function and s.view.function.mode == "python") for s in self.steps)  # fmt: skip
 
     @cached_property
     def inputs(self) -> list[FeatureRef]:
         """The stored features some step reads (a subset of `base`)."""
-        read = {work for step in self.steps for work in step.inputs.values()}
+        read = {work for step in self.steps if not step.stored for work in step.inputs.values()}
         return [ref for ref in self.base if ref.output_name in read]
 
 
-def plan_on_demand(catalog: Catalog, refs: list[FeatureRef]) -> OnDemandPlan | None:
-    """The plan for `refs`, or None when none of them is an on-demand feature."""
+def plan_on_demand(
+    catalog: Catalog, refs: list[FeatureRef], *, stored: bool = False
+) -> OnDemandPlan | None:
+    """The plan for `refs`, or None when none of them is an on-demand feature. With
+    `stored` (online reads), write-time views are read from the store: their features
+    are `base` refs of the view itself, and their inputs are not fetched."""
     wanted = [r.view for r in refs if r.view in catalog.on_demand_views]
     if not wanted:
         return None
@@ -117,6 +134,15 @@ def plan_on_demand(catalog: Catalog, refs: list[FeatureRef]) -> OnDemandPlan | N
         else:
             used = set(available)
         step_inputs: dict[str, str] = {}
+        if stored and view.write_to_online:
+            for output in outputs:
+                work = working_name(name, output.name)
+                base.setdefault(work, FeatureRef(name, output, work))
+            # Its inputs by working name, for `null_row` (they are not fetched).
+            step_inputs = {column: working_name(view.sources[0], column) for column in sorted(used)}  # fmt: skip
+            types = {step_inputs[c]: available[c].dtype for c in step_inputs}
+            steps.append(Step(view, step_inputs, outputs, expressions, stored=True, stored_input_types=types))  # fmt: skip
+            continue
         for column in sorted(used):
             found = available[column]
             if found.kind == "request":
@@ -158,25 +184,51 @@ def compute(
     an `evaluator`, expressions run as Arrow closures compiled once per step."""
     types = dict(dtypes or {})
     for step in plan.steps:
-        names = list(step.inputs)
-        step_types = {name: types.get(step.inputs[name]) or widest_dtype(columns[step.inputs[name]].type) for name in names}  # fmt: skip
-        if step.expressions:
-            if evaluator is None:
-                produced = _evaluate_compiled(step, columns, num_rows, step_types)
-            else:
-                table = pa.table({name: columns[step.inputs[name]] for name in names})
-                result = evaluator(table, step.expressions)
-                produced = dict(zip(result.column_names, result.columns, strict=True))
-        else:
-            table = pa.Table.from_arrays(
-                [columns[step.inputs[name]] for name in names],
-                schema=pa.schema([(n, arrow_type(step_types[n])) for n in names]),
-            )
-            produced = call_function(step, table, repo_path)
+        if not step.stored:  # a stored step's columns are the store's (`finish`)
+            compute_step(step, columns, num_rows, types, evaluator, repo_path)
         for output in step.outputs:
-            columns[step.working(output.name)] = produced[output.name]
             types[step.working(output.name)] = output.dtype
     return columns
+
+
+def compute_step(
+    step: Step,
+    columns: dict[str, pa.Array | pa.ChunkedArray],
+    num_rows: int,
+    types: Mapping[str, str],
+    evaluator: ExpressionEvaluator | None = None,
+    repo_path: Path | None = None,
+) -> None:
+    """One step of `compute`: its features added to `columns` under working names."""
+    names = list(step.inputs)
+    step_types = {name: types.get(step.inputs[name]) or widest_dtype(columns[step.inputs[name]].type) for name in names}  # fmt: skip
+    if step.expressions:
+        if evaluator is None:
+            produced = _evaluate_compiled(step, columns, num_rows, step_types)
+        else:
+            table = pa.table({name: columns[step.inputs[name]] for name in names})
+            result = evaluator(table, step.expressions)
+            produced = dict(zip(result.column_names, result.columns, strict=True))
+    else:
+        table = pa.Table.from_arrays(
+            [columns[step.inputs[name]] for name in names],
+            schema=pa.schema([(n, arrow_type(step_types[n])) for n in names]),
+        )
+        produced = call_function(step, table, repo_path)
+    for output in step.outputs:
+        columns[step.working(output.name)] = produced[output.name]
+
+
+def null_row(step: Step, repo_path: Path | None) -> dict[str, Any]:
+    """What a stored write-time view computes from a row of nulls (a feature → its
+    value): its value for an entity its source view has no row for, as training sets
+    compute it when the join finds none."""
+    if step._null_row is None:
+        types = step.stored_input_types
+        columns: dict[str, Any] = {work: pa.nulls(1, arrow_type(dtype)) for work, dtype in types.items()}  # fmt: skip
+        compute_step(step, columns, 1, types, None, repo_path)
+        step._null_row = {f.name: columns[step.working(f.name)][0].as_py() for f in step.outputs}
+    return step._null_row
 
 
 def compute_rows(
@@ -194,7 +246,11 @@ def compute_rows(
 
     types = dict(dtypes)
     for step in plan.steps:
-        inputs = {name: columns[work] for name, work in step.inputs.items()}
+        if step.stored:
+            for output in step.outputs:
+                types[step.working(output.name)] = output.dtype
+            continue
+        given = {name: columns[work] for name, work in step.inputs.items()}
         if step.expressions:
             for name, (expr, dtype) in step.expressions.items():
                 compiled = step._rows.get(name)
@@ -202,13 +258,13 @@ def compute_rows(
                     step_types = {n: types[w] for n, w in step.inputs.items()}
                     compiled = step._rows[name] = (compile_rows(expr, step_types), infer_dtype(expr, step_types))  # fmt: skip
                 run, computed = compiled
-                values = run(inputs, num_rows)
+                values = run(given, num_rows)
                 if computed != dtype:  # a declared wider type: Arrow's cast, as `compute`
                     values = pa.array(values, arrow_type(computed)).cast(arrow_type(dtype)).to_pylist()  # fmt: skip
                 columns[step.working(name)] = values
         else:
             # Copies: the function must not change the lists the response is built from.
-            produced = _call(step, {n: list(v) for n, v in inputs.items()}, num_rows, repo_path)
+            produced = _call(step, {n: list(v) for n, v in given.items()}, num_rows, repo_path)
             for output in step.outputs:
                 columns[step.working(output.name)] = produced[output.name].to_pylist()
         for output in step.outputs:
@@ -385,3 +441,38 @@ def _request_column(column: pa.ChunkedArray, field: str, dtype: str) -> pa.Chunk
             f"entity_df column '{field}' (a request field) must be {dtype}, got "
             f"{column.type}: {error}"
         ) from None
+
+
+# ---- write-time views ------------------------------------------------------------------
+
+_write_plans: dict[tuple[int, str], tuple[Catalog, OnDemandPlan]] = {}
+
+
+def write_time_rows(
+    catalog: Catalog, view: OnDemandView, rows: pa.Table, repo_path: Path | None
+) -> pa.Table:
+    """What to store for the write-time view `view`, from rows written online for its
+    source view (join keys, features, `event_timestamp`, maybe `created_timestamp`): the
+    same keys and times, and the view's features computed by the steps a training set
+    runs. A failing function is a `TransformationError`, raised before anything is
+    written."""
+    cached = _write_plans.get((id(catalog), view.name))
+    if cached is None or cached[0] is not catalog:
+        refs = [FeatureRef(view.name, f, working_name(view.name, f.name)) for f in catalog.on_demand_fields(view.name)]  # fmt: skip
+        found = plan_on_demand(catalog, refs)
+        assert found is not None  # refs of an on-demand view
+        if len(_write_plans) >= 256:
+            _write_plans.clear()
+        cached = _write_plans[(id(catalog), view.name)] = (catalog, found)
+    plan = cached[1]
+    columns: dict[str, Any] = {ref.output_name: rows.column(ref.field.name) for ref in plan.base}
+    dtypes = {ref.output_name: ref.field.dtype for ref in plan.base}
+    compute(plan, columns, rows.num_rows, repo_path=repo_path, dtypes=dtypes)
+    keys = list(catalog.join_keys(written_from(catalog, view)))
+    out = {key: rows.column(key) for key in keys}
+    for _, work, _ in plan.outputs:
+        out[work.split(":", 1)[1]] = columns[work]
+    for stamp in (EVENT_TIMESTAMP, CREATED_TIMESTAMP):
+        if stamp in rows.column_names:
+            out[stamp] = rows.column(stamp)
+    return pa.table(out)
