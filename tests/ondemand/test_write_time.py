@@ -195,6 +195,31 @@ def test_a_failing_function_writes_nothing(repo_files: Path, tmp_path: Path) -> 
         assert not list(store.config.resolve_path(store.config.offline.data_path).glob("stats_events/*"))  # fmt: skip
 
 
+def test_a_view_added_later_is_computed_for_rows_pushed_before(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "almanac.yaml").write_text("project: wt\n")
+    before = FEATURES_PY[: FEATURES_PY.index("EXPRESSIONS")]
+    (root / "features.py").write_text(before)
+    rows = {"customer_id": [1], "event_timestamp": [T0], "avg_amount": [3.0],
+            "txn_count": [1], "tier": ["gold"]}  # fmt: skip
+    with FeatureStore(root) as store:
+        store.apply()
+        store.push("stats_events", rows)
+        assert views_to_materialize(store.catalog, store.online, store.project) == {}
+    (root / "features.py").write_text(FEATURES_PY)
+    with FeatureStore(root) as store:
+        store.apply()
+        assert set(views_to_materialize(store.catalog, store.online, store.project)) == {"stored_expr", "stored_fn"}  # fmt: skip
+        read = store.get_online_features(["stored_expr:avg_or_zero"], [{"customer_id": 1}], now=T0)
+        assert read.to_dict()["avg_or_zero"] == [0.0]  # nothing stored yet: a row of nulls'
+        runs = store.materialize_incremental(T0 + timedelta(hours=1)).runs
+        assert {run.view: run.rows for run in runs if run.view.startswith("stored")} == {"stored_expr": 1, "stored_fn": 1}  # fmt: skip
+        read = store.get_online_features(["stored_expr:avg_or_zero", "stored_fn:score"], [{"customer_id": 1}], now=T0 + timedelta(hours=1))  # fmt: skip
+        assert read.to_dict() == {"customer_id": [1], "avg_or_zero": [3.0], "score": [6.0]}
+        assert views_to_materialize(store.catalog, store.online, store.project) == {}
+
+
 # ---- materialization, and a changed definition -------------------------------------------
 
 FILE_FEATURES_PY = """

@@ -118,8 +118,10 @@ def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) ->
         mark = marks.get(name)
         if mark is not None and mark.layout != values_fingerprint(catalog, name):
             out[name] = "its values were written under an earlier definition"
-        elif isinstance(catalog.source_of(_stored_from(catalog, view)), PushSource):
-            continue  # written by pushes: materialized or not, it has what was pushed
+        elif isinstance(view, FeatureView) and isinstance(catalog.source_of(view), PushSource):
+            # Written by pushes: materialized or not, it has what was pushed. (Not so a
+            # write-time view: rows pushed before it existed were not computed for it.)
+            continue
         elif mark is None or mark.time is None:
             out[name] = "never materialized into this online store (new, or emptied)"
     return out
