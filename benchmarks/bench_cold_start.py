@@ -10,6 +10,11 @@ time to import the Python interpreter alone (`python -c pass`) as the floor.
 `materialize-incremental` starts from an empty online store each time, so it does the
 whole job, not a no-op.
 
+Beside them, in the same run, Feast's CLI on its own starter repo (`feast init`: driver
+statistics, SQLite online store) when `.tools/feast-venv` has Feast (`make test`
+installs it): `feast --help`, `feature-views list`, `plan` and `materialize-incremental`,
+each in a fresh process with the same environment (its venv is compiled by pip too).
+
     .venv/bin/python benchmarks/bench_cold_start.py small
 """
 
@@ -42,14 +47,24 @@ COMMANDS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
+FEAST = HERE.parent / ".tools" / "feast-venv" / "bin" / "feast"
+FEAST_REPO = HERE / ".data" / "cold-start-feast"
+FEAST_COMMANDS: dict[str, list[str]] = {
+    "--help": ["--help"],
+    "feature-views list": ["feature-views", "list"],
+    "plan": ["plan"],
+    "materialize-incremental": ["materialize-incremental", "2026-01-01T00:00:00"],
+}
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALMANAC_")}
     return {**env, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "120"}
 
 
-def _run(args: list[str]) -> float:
+def _run(args: list[str], cwd: Path = REPO) -> float:
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -82,6 +97,29 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
             samples.append(_run([str(BIN / "almanac"), *args]))
         note = f"median of {RUNS} fresh processes; starter repo"
         records.append(_record(f"almanac {name}", statistics.median(samples), note))
+    return records + _feast()
+
+
+def _feast() -> list[dict[str, Any]]:
+    """Feast's CLI, cold, on its own starter repo (none when Feast is not installed)."""
+    if not FEAST.exists():
+        return []
+    if FEAST_REPO.exists():
+        shutil.rmtree(FEAST_REPO)
+    FEAST_REPO.mkdir(parents=True)
+    subprocess.run([FEAST, "init", "demo"], cwd=FEAST_REPO, env=_env(), check=True, capture_output=True)  # fmt: skip
+    repo = FEAST_REPO / "demo" / "feature_repo"
+    _run([str(FEAST), "apply"], cwd=repo)
+    records = []
+    for name, args in FEAST_COMMANDS.items():
+        samples = []
+        for _ in range(RUNS):
+            if name == "materialize-incremental":
+                (repo / "data" / "online_store.db").unlink(missing_ok=True)
+                _run([str(FEAST), "apply"], cwd=repo)  # its watermark lives in the registry
+            samples.append(_run([str(FEAST), *args], cwd=repo))
+        note = f"Feast 0.67, same run, median of {RUNS}; its own starter repo (feast init)"
+        records.append(_record(f"feast {name}", statistics.median(samples), note))
     return records
 
 
