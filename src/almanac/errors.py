@@ -53,11 +53,13 @@ class ConcurrentApplyError(RegistryError):
 class NotFoundError(AlmanacError):
     """An unknown feature, view, service or entity was referenced."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str] = (), hint: str = "") -> None:
         self.kind, self.name = kind, name
         message = f"unknown {kind} '{name}'"
         close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-        if close:
+        if hint:
+            message += f" ({hint})"
+        elif close:
             message += "; did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
         super().__init__(message)
 

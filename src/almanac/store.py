@@ -183,8 +183,6 @@ class FeatureStore:
         fitted transforms (`fit_transforms`; the latest fit, or `transforms_version`):
         on the very rows they were fitted on, target encoders give out-of-fold values.
         """
-        from almanac.transforms import training_sets
-
         catalog = self.catalog
         refs = catalog.resolve(features, feature_service, full_feature_names)
         on_demand = _on_demand_plan(catalog, refs)
@@ -193,6 +191,9 @@ class FeatureStore:
         pairs = list(dict.fromkeys((r.view, r.field.name) for r in [*refs, *stored]))
         with self._guard.operation(catalog, "get_historical_features", ["read_offline"], lambda policy: policy.feature_targets(pairs), features=[r.ref for r in refs]):  # fmt: skip
             job = self.offline.get_historical_features(catalog, entity_df, stored, timestamp_field)
+            if on_demand is not None or transformed:
+                # Imported only when used: it imports pandas (0.3-1 s of a cold process).
+                from almanac.transforms import training_sets
             if on_demand is not None:
                 job = training_sets.with_on_demand(job, on_demand, self.offline.expression_evaluator(), self.repo_path)  # fmt: skip
             if transformed:
@@ -548,9 +549,15 @@ class FeatureStore:
         return result
 
     def _materializing(self, name: str, views: Sequence[str] | None) -> AbstractContextManager[dict[str, Any]]:  # fmt: skip
-        """The `materialize` check on the views named (default: every online view)."""
+        """The `materialize` check on the views named (default: every online view) and
+        the write-time on-demand views materialized with them."""
+        from almanac.registry.on_demand import write_time_views
+
         catalog = self.catalog
-        names = list(views) if views else [n for n, v in catalog.all_views().items() if v.online]
+        names = list(views) if views else list(catalog.online_views())
+        names += [
+            w.name for n in names for w in write_time_views(catalog, n) if w.name not in names
+        ]
         return self._guard.operation(catalog, name, ["materialize"], lambda policy: [policy.view_target(n) for n in names], views=names)  # fmt: skip
 
     def runs(
@@ -560,7 +567,7 @@ class FeatureStore:
         from almanac.materialize.history import runs
         from almanac.semantics.times import to_utc
 
-        if view is not None:
+        if view is not None and view not in self.catalog.online_views():
             self.catalog.view(view)  # unknown names are an error, with suggestions
         moment = None if since is None else to_utc(since, "since")
         return runs(self.registry.state, view, moment, limit)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from almanac import FeatureStore
-from almanac.errors import DefinitionError, TransformationError
+from almanac.errors import DefinitionError, InputError, TransformationError
 from almanac.materialize.jobs import views_to_materialize
 from almanac.serving.app import create_app
 
@@ -188,8 +188,10 @@ def test_a_failing_function_writes_nothing(repo_files: Path, tmp_path: Path) -> 
         store.apply()
         rows = {"customer_id": [1], "event_timestamp": [T0], "avg_amount": [1.0],
                 "txn_count": [1], "tier": ["gold"]}  # fmt: skip
-        with pytest.raises(TransformationError, match=r"stored_fn.*ZeroDivisionError"):
+        # Refused as the rows' fault (HTTP 422; a stream dead-letters them), not a 500.
+        with pytest.raises(InputError, match=r"refused.*stored_fn.*ZeroDivisionError") as refused:
             store.push("stats_events", rows)
+        assert isinstance(refused.value.__cause__, TransformationError)
         answer = store.get_online_features(["stats:avg_amount"], [{"customer_id": 1}], now=T0)
         assert answer.statuses["avg_amount"] == ["NOT_FOUND"]
         assert not list(store.config.resolve_path(store.config.offline.data_path).glob("stats_events/*"))  # fmt: skip
@@ -272,6 +274,17 @@ def test_materialized_from_the_offline_store_and_recomputed_when_changed(tmp_pat
         assert {run.view: run.rows for run in runs if run.rows} == {"doubled": 2}
         read = store.get_online_features(["doubled:value"], [{"customer_id": 1}])
         assert read.to_dict()["value"] == [20.0]
+        assert [run.outcome for run in store.runs("doubled")] == ["success", "success"]
+        # A new row: materializing the view by name computes its write-time view too.
+        later = end + timedelta(hours=1)
+        pq.write_table(
+            pa.table({"customer_id": [1], "event_timestamp": [later], "avg_amount": [7.0]}),
+            tmp_path / "data" / "stats.parquet",
+        )
+        runs = store.materialize(None, later + timedelta(minutes=1), views=["stats"]).runs
+        assert [run.view for run in runs] == ["stats", "doubled"]
+        read = store.get_online_features(["stats:avg_amount", "doubled:value"], [{"customer_id": 1}])  # fmt: skip
+        assert read.to_dict() == {"customer_id": [1], "avg_amount": [7.0], "value": [70.0]}
 
 
 # ---- definitions a write-time view cannot have -------------------------------------------

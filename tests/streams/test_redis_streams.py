@@ -392,3 +392,31 @@ def test_a_worker_that_takes_a_stream_back_reads_the_log_again(tmp_path: Path, r
         pass
     assert w2.totals.replayed == 10
     assert_exactly_once(store, events)
+
+
+WRITE_TIME_VIEW = """
+from almanac import on_demand_view
+
+@on_demand_view(sources=[last_txn], schema=[Field("inverse", Float64)], mode="python",
+                write_to_online=True)
+def inverse(columns):
+    return {"inverse": [None if a is None else 1 / a for a in columns["amount"]]}
+"""
+
+
+def test_a_write_time_view_failing_on_an_event_dead_letters_that_event(tmp_path: Path, redis_url: str) -> None:  # fmt: skip
+    """The stream's write-time view is computed per batch; an event its function fails on
+    is refused like an unreadable one, and the rest of the batch is written."""
+    store = stream_repo(tmp_path, redis_url, "sqlite:///.almanac/online.db", "json")
+    with open(store.repo_path / "features.py", "a") as features:
+        features.write(WRITE_TIME_VIEW)
+    store = FeatureStore(store.repo_path)
+    store.apply()
+    events = [event(i, i, minutes_ago=1, amount=float(i)) for i in range(4)]  # customer 0: 1/0
+    send(redis.Redis.from_url(redis_url), events, "json")
+    worker = drain(store)
+    assert (worker.totals.written, worker.totals.dead) == (3, 1)
+    answer = store.get_online_features(["inverse:inverse"], [{"customer_id": c} for c in range(4)])
+    assert answer.to_dict()["inverse"] == [None, 1.0, 0.5, 1 / 3]
+    (letter,) = [row for path in dead_letter_folder(store, "txns").glob("*.parquet") for row in pq.read_table(path).to_pylist()]  # fmt: skip
+    assert "inverse" in letter["reason"] and "ZeroDivisionError" in letter["reason"]

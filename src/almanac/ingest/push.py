@@ -51,7 +51,7 @@ from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.on_demand import OnDemandView
 from almanac.definitions.sources import PushSource, SourceBase, StreamSource
-from almanac.errors import InputError, NotFoundError
+from almanac.errors import InputError, NotFoundError, TransformationError
 from almanac.ingest.exactly_once import (
     APPLIED,
     OFFSET,
@@ -177,7 +177,7 @@ def push(
         prepare_batch(view.name, rows, keys, features)
         online_writes.append((view, keys, features, rows))
         for derived in write_time_views(catalog, view.name):  # computed now, and stored
-            computed = write_time_rows(catalog, derived, rows, getattr(store, "repo_path", None))
+            computed = _write_time_rows(catalog, derived, rows, store, what)
             names = [f.name for f in catalog.on_demand_fields(derived.name)]
             prepare_batch(derived.name, computed, keys, names)
             online_writes.append((derived, keys, names, computed))
@@ -406,6 +406,18 @@ def _with_created_time(batch: pa.Table, source: PushSource) -> pa.Table:
         return batch
     now = pa.scalar(datetime.now(UTC), UTC_US)
     return batch.append_column(created, pa.repeat(now, batch.num_rows))
+
+
+def _write_time_rows(
+    catalog: Catalog, view: OnDemandView, rows: pa.Table, store: StoreHandle, what: str
+) -> pa.Table:
+    """A write-time view's rows from the pushed ones. Its function failing on them
+    refuses the push (an `InputError`, before anything is written): a stream worker then
+    dead-letters the rows at fault, and a group of HTTP pushes writes each alone."""
+    try:
+        return write_time_rows(catalog, view, rows, getattr(store, "repo_path", None))
+    except TransformationError as error:
+        raise InputError(f"{what}: the rows were refused: {error}") from error
 
 
 def _online_rows(

@@ -113,7 +113,7 @@ def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) ->
     them answer NOT_FOUND (or the old values) until `materialize-incremental` runs."""
     marks = online.watermarks(project)
     out = {}
-    for view in _all(catalog):
+    for view in catalog.online_views().values():
         name = view.name
         mark = marks.get(name)
         if mark is not None and mark.layout != values_fingerprint(catalog, name):
@@ -127,12 +127,6 @@ def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) ->
     return out
 
 
-def _all(catalog: Catalog) -> list[FeatureView | OnDemandView]:
-    """Everything materialization writes: online views, then write-time views."""
-    views: list[FeatureView | OnDemandView] = [v for v in catalog.all_views().values() if v.online]  # fmt: skip
-    return views + list(write_time_views(catalog))
-
-
 def _stored_from(catalog: Catalog, view: FeatureView | OnDemandView) -> FeatureView:
     return written_from(catalog, view) if isinstance(view, OnDemandView) else view
 
@@ -140,12 +134,15 @@ def _stored_from(catalog: Catalog, view: FeatureView | OnDemandView) -> FeatureV
 def _views(store: StoreHandle, names: Sequence[str] | None) -> list[FeatureView | OnDemandView]:
     catalog = store.catalog
     if not names:
-        return _all(catalog)
+        return list(catalog.online_views().values())
     views: list[FeatureView | OnDemandView] = []
     for name in names:
         on_demand = catalog.on_demand_views.get(name)
         if on_demand is None:
             views.append(catalog.view(name))
+            # Its write-time views are computed from its rows: materialized with it, or
+            # they would serve values of rows it no longer serves.
+            views += [w for w in write_time_views(catalog, name) if w.name not in names]
         elif on_demand.write_to_online:
             views.append(on_demand)
         else:
@@ -251,8 +248,8 @@ def _write_time(
     progress: Callable[[int], None] | None,
 ) -> int:
     """Write a write-time view's values: computed here from its source view's latest
-    rows (admitted by that view's expectations, which its own run records), whichever
-    engine read them."""
+    rows (admitted by that view's expectations, whose results its own run records),
+    whichever engine read them."""
     from almanac.transforms.ondemand import write_time_rows
 
     catalog = store.catalog
@@ -261,7 +258,7 @@ def _write_time(
     if source.expectations:
         rows = pa.Table.from_batches(list(batches))
         what = f"materialization of '{view.name}' (from '{source.name}')"
-        batches = admit(rows, [source], what, store.config, "materialize").rows.to_batches() if rows.num_rows else []  # fmt: skip
+        batches = admit(rows, [source], what).rows.to_batches() if rows.num_rows else []
     repo_path = getattr(store, "repo_path", None)
     derived = (
         batch

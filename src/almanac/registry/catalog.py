@@ -286,8 +286,16 @@ class Catalog:
         whose features are derived from its aggregations)."""
         found = self.views.get(name) or self.aggregation_views.get(name)
         if found is None:
-            raise NotFoundError("feature view", name, {**self.all_views(), **self.on_demand_views})
+            hint = f"'{name}' is an on-demand view" if name in self.on_demand_views else ""
+            raise NotFoundError("feature view", name, {**self.all_views(), **self.on_demand_views}, hint)  # fmt: skip
         return found
+
+    def online_views(self) -> dict[str, FeatureView | OnDemandView]:
+        """What the online store holds values of, by name: the online views, then the
+        write-time on-demand views (`write_to_online=True`, stored under their names)."""
+        stored: dict[str, FeatureView | OnDemandView] = {n: v for n, v in self.all_views().items() if v.online}  # fmt: skip
+        stored.update({n: v for n, v in self.on_demand_views.items() if v.write_to_online})
+        return stored
 
     def on_demand_fields(self, name: str) -> list[Field]:
         """An on-demand view's features, typed: as declared, else as its expressions

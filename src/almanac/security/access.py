@@ -128,9 +128,13 @@ class AccessPolicy:
         return Target("feature", feature, view_name, source, tuple(sorted(services)), tags)
 
     def view_target(self, name: str) -> Target:
+        services = tuple(sorted({s for (v, _), found in self._services_of.items() if v == name for s in found}))  # fmt: skip
+        on_demand = self.catalog.on_demand_views.get(name)
+        if on_demand is not None:  # materialized when write-time: its source view's source
+            source = self.catalog.views[on_demand.sources[0]].source if on_demand.write_to_online else None  # fmt: skip
+            return Target("on_demand_view", name, name, source, services, tuple(sorted(on_demand.tags.items())))  # fmt: skip
         view = self.catalog.view(name)
         kind = "aggregation_view" if name in self.catalog.aggregation_views else "feature_view"
-        services = tuple(sorted({s for (v, _), found in self._services_of.items() if v == name for s in found}))  # fmt: skip
         return Target(kind, name, name, view.source, services, tuple(sorted(view.tags.items())))
 
     def source_target(self, name: str) -> Target:

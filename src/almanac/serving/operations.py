@@ -58,10 +58,11 @@ def operations_router(state: ServingState) -> APIRouter:
         duration, outcome and error."""
 
         def newest() -> list[dict[str, Any]]:
-            if view is not None and access.policy(state) is not None and not (view in state.catalog.all_views() and access.visible(state, "view", view)):  # fmt: skip
+            stored = state.catalog.online_views()  # views, and write-time on-demand views
+            if view is not None and access.policy(state) is not None and not (view in stored and access.visible(state, "view", view)):  # fmt: skip
                 raise AccessDeniedError(f"may not describe feature view '{view}'")
             runs = state.store.runs(view, since=since, limit=limit)
-            return [r.to_dict() for r in runs if r.view in state.catalog.all_views() and access.visible(state, "view", r.view)]  # fmt: skip
+            return [r.to_dict() for r in runs if r.view in stored and access.visible(state, "view", r.view)]  # fmt: skip
 
         return Response(dumps(await asyncio.to_thread(newest)), media_type="application/json")
 
