@@ -33,7 +33,6 @@ import pyarrow as pa
 from almanac.definitions.aggregation import AggregateFeature, AggregationView
 from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
-from almanac.offline.duckdb import prefix_windows
 from almanac.offline.duckdb.point_in_time import SPINE, TS, PointPart, cast_column, raw_time_bounds
 from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
@@ -209,31 +208,6 @@ def _window_aggregate(feature: AggregateFeature, alias: str | None, frame: str) 
     return f"{sql_name}({alias}) OVER {frame}"
 
 
-def training_values(
-    view: AggregationView,
-    keys: dict[str, str],
-    events: str,
-    columns: dict[str, Input],
-    features: list[AggregateFeature],
-) -> str:
-    """`point_values`' rows: the features running totals compute
-    (`prefix_windows`), joined with the rest computed over window frames."""
-    dtypes = {c: (i.alias, i.dtype or None) for c, i in columns.items()}
-    fast = [f for f in features if prefix_windows.handles(f)]
-    slow = [f for f in features if f not in fast]
-    if not fast:
-        return point_values(view, keys, events, columns, slow)
-    sql = prefix_windows.prefix_values(view, list(keys), events, dtypes, fast)
-    if not slow:
-        return sql
-    k = ", ".join([*(quote(key) for key in keys), TS])
-    names = ", ".join(quote(f.name) for f in slow)
-    return (
-        f"SELECT * FROM ({sql}) JOIN (SELECT {k}, {names} FROM "
-        f"({point_values(view, keys, events, columns, slow)})) USING ({k})"
-    )
-
-
 # ---- tiles for the online store -------------------------------------------------------------
 
 
@@ -352,7 +326,7 @@ def aggregation_part(
     lower = None if low is None else _micros_of(low - reach)
     upper = None if high is None else _micros_of(high)
     events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
-    sql = training_values(view, keys, events, columns, list(dict.fromkeys(features)))
+    sql = point_values(view, keys, events, columns, list(dict.fromkeys(features)))
     defaults = {f.name: "0" if f.function in _COUNTS else None for f in features}
     outputs = [(ref.field.name, ref.output_name, defaults[ref.field.name]) for ref in refs]
     return PointPart(sql, list(keys), outputs)
