@@ -343,6 +343,11 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
                                ours["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
         records += _naive_records("aggregation_naive_range_join", size, naive, cap,
                                   "spine ⋈ events on key and (T-30d, T], grouped per spine row")  # fmt: skip
+        if size == "medium":  # the references of issue #18, not run here
+            records.append(_record("aggregation_historical_floor", size, "polars", "seconds", 7.7, "s",
+                                   "reference, not run: prefix sums + ASOF at T and T-W, count/sum/mean "
+                                   "only (no count_distinct), measured on this kind of machine; "
+                                   "Feast 0.67: not measured (docs/performance.md)"))  # fmt: skip
         records += _spark(repo, size, ours)
         records += _online(repo, size)
         records += _hot_keys(repo, size)
