@@ -38,6 +38,7 @@ from almanac.offline.duckdb.point_in_time import (
     view_rows,
 )
 from almanac.offline.duckdb.readers import parse_text, to_arrow
+from almanac.offline.duckdb.sorted_cache import cached_rows
 from almanac.offline.duckdb.source_check import check_views
 from almanac.offline.duckdb.sources import SourceScan, describe
 from almanac.offline.duckdb.transformations import scan_view
@@ -133,13 +134,16 @@ class DuckDBEngine(OfflineEngine):
         for view in spine.views:
             source = catalog.source_of(view)
             lower, upper = rows_needed(view, low, high)
-            scan = scan_view(cursor, self.config, source, view, lower, upper)
+            keys = catalog.join_keys(view)
             if isinstance(view, AggregationView):
-                keys = catalog.join_keys(view)
+                scan = scan_view(cursor, self.config, source, view, lower, upper)
                 parts.append(aggregation_part(scan, source, view, keys, by_view[view.name], low, high))  # fmt: skip
                 continue
             wanted = [ref.field for ref in by_view[view.name]]
-            rows = view_rows(scan, source, view, catalog.join_keys(view), wanted, lower, high)
+            rows = cached_rows(cursor, self.config, source, view, keys, wanted)
+            if rows is None:
+                scan = scan_view(cursor, self.config, source, view, lower, upper)
+                rows = view_rows(scan, source, view, keys, wanted, lower, high)
             outputs = [(ref.field.name, ref.output_name) for ref in by_view[view.name]]
             parts.append(JoinPart(rows, view.ttl, outputs))
         query = historical_query(parts, [ref.output_name for ref in refs])

@@ -59,6 +59,9 @@ class ViewRows:
     keys: dict[str, str]
     features: list[Field]
     has_created: bool
+    # One row per (keys, event time), rule 2's winner (`sorted_cache`): the ASOF joins on
+    # the bare event time.
+    deduplicated: bool = False
 
 
 def view_rows(
@@ -211,14 +214,19 @@ def historical_query(
                 select[output] = f"{value} AS {quote(output)}"
             continue
         on = [f"s.{quote(k)} = {alias}.{quote(k)}" for k in part.rows.keys]
-        on.append(f"{probe(part.rows, f's.{TS}')} >= {alias}.{SORT_KEY}")
+        if part.rows.deduplicated:
+            on.append(f"s.{TS} >= {alias}.{TS}")
+            matched = f"{alias}.{TS}"
+        else:
+            on.append(f"{probe(part.rows, f's.{TS}')} >= {alias}.{SORT_KEY}")
+            # The match's event time is the sort key's `t` (no separate column to carry).
+            matched = f"{alias}.{SORT_KEY}.t"
         joins.append(f"ASOF LEFT JOIN ({part.rows.sql}) AS {alias} ON {' AND '.join(on)}")
         for feature, output in part.outputs:
             value = f"{alias}.{quote(feature)}"
             if part.ttl is not None:
                 micros = int(part.ttl / timedelta(microseconds=1))
-                # The match's event time is the sort key's `t` (no separate column to carry).
-                fresh = f"epoch_us({alias}.{SORT_KEY}.t) >= epoch_us(s.{TS}) - {micros}"
+                fresh = f"epoch_us({matched}) >= epoch_us(s.{TS}) - {micros}"
                 value = f"CASE WHEN {fresh} THEN {value} END"
             select[output] = f"{value} AS {quote(output)}"
     columns = ", ".join(
