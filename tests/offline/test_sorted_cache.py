@@ -159,3 +159,10 @@ def test_unwritable_cache_falls_back_to_the_files(repo: Repo, monkeypatch: pytes
     folder.parent.mkdir(parents=True)
     folder.write_text("not a folder")  # the cache cannot be written
     assert training(repo).equals(from_files(repo, monkeypatch))
+
+
+def test_the_cache_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`offline.duckdb.sorted_cache: false`: no copy on disk, the same training set."""
+    repo = make_repo(tmp_path, sorted_cache=False)
+    assert training(repo).equals(from_files(repo, monkeypatch))
+    assert not cache_folder(repo.config, "stats").exists()
