@@ -8,10 +8,11 @@ Windows. The value at T covers events with ``lower_W(T) < t <= T`` where
 ``lower_W(T) = T - W`` (exact) or ``floor_tile(T - W)`` (with a tile; boundaries are
 multiples of the tile since the epoch).
 
-Training sets (`point_values`): the distinct (keys, T) of the spine are put among their
-entities' events in time order, and every window is a RANGE frame of that order ending at
-the point; DuckDB's segment trees evaluate them in one sort, with no join of spine and
-events (whose size grows with events per window).
+Training sets (`running_windows`): the distinct (keys, T) of the spine become probes at T
+and at each window's far edge, sorted once among their entities' events; count, sum, mean
+and count_distinct are differences of running totals between the probes, the other
+functions RANGE frames of the same order; no join of spine and events (whose size grows
+with events per window).
 
 Tiles (`tiles_query`): per entity and tile (a tile ``(b - tile, b]``; without a tile,
 every distinct event time is its own tile, ``b = t``), the partial aggregates: row
@@ -30,10 +31,11 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from almanac.definitions.aggregation import AggregateFeature, AggregationView
+from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
-from almanac.offline.duckdb.point_in_time import SPINE, TS, PointPart, cast_column, raw_time_bounds
+from almanac.offline.duckdb.point_in_time import PointPart, cast_column, raw_time_bounds
+from almanac.offline.duckdb.running_windows import Column, running_values
 from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
 from almanac.semantics.tiles import STATES
@@ -139,73 +141,6 @@ def _mod(value: str, g: int) -> str:
 
 
 # ---- training sets ------------------------------------------------------------------------
-
-
-def point_values(
-    view: AggregationView,
-    keys: dict[str, str],
-    events: str,
-    columns: dict[str, Input],
-    features: list[AggregateFeature],
-) -> str:
-    """One row per distinct (keys, TS) of the spine: the keys, TS and the requested
-    features (named by feature name).
-
-    The spine points are put among their entities' events, ordered by time, and each
-    window is a RANGE frame ending at the current row (peers included: an event at T is
-    in the window at T) and starting after ``lower_W``. DuckDB evaluates such frames with
-    segment trees, so the cost grows as (events + points) log(events), however many
-    events an entity has in a window: hot keys do not make it quadratic, as a range join
-    of spine and events would (measured at 2.9 GB for the benchmark's count_distinct)."""
-    k = [quote(key) for key in keys]
-    not_null = " AND ".join(f"{key} IS NOT NULL" for key in [*k, TS])
-    points = (
-        f"SELECT DISTINCT {', '.join(k)}, {TS}, epoch_us({TS}) AS {T} FROM {SPINE} WHERE {not_null}"
-    )
-    spine_keys = f"SELECT DISTINCT {', '.join(k)} FROM {SPINE}"
-    # `__e` marks events (points have none of them), so count(__e) counts events only.
-    marked = (
-        f"SELECT *, true AS __e FROM ({events}) SEMI JOIN ({spine_keys}) USING ({', '.join(k)})"
-    )
-    rows = f"({marked}) UNION ALL BY NAME ({points})"
-    frames: dict[timedelta, str] = {}
-    select = [*k, TS]
-    for feature in features:
-        if feature.window not in frames:
-            frames[feature.window] = f"w{len(frames)}"
-        alias = columns[feature.column].alias if feature.column else None
-        value = _window_aggregate(feature, alias, frames[feature.window])
-        select.append(f"CAST({value} AS {duckdb_type(feature.dtype)}) AS {quote(feature.name)}")
-    windows = ", ".join(
-        f"{name} AS (PARTITION BY {', '.join(k)} ORDER BY {T} RANGE BETWEEN "
-        f"{_preceding(window, view.tile)} PRECEDING AND CURRENT ROW)"
-        for window, name in frames.items()
-    )
-    return (
-        f"SELECT * EXCLUDE (__e) FROM (SELECT {', '.join(select)}, __e FROM ({rows}) "
-        f"WINDOW {windows}) WHERE __e IS NULL"
-    )
-
-
-def _preceding(window: timedelta, tile: timedelta | None) -> str:
-    """How far a frame reaches back from T: to just after lower_W(T). A constant for
-    exact windows (DuckDB evaluates constant offsets much faster than per-row ones)."""
-    if tile is None:
-        return str(micros(window) - 1)
-    return f"{T} - {lower_bound(T, window, tile)} - 1"
-
-
-def _window_aggregate(feature: AggregateFeature, alias: str | None, frame: str) -> str:
-    function = feature.function
-    if alias is None:  # count of events
-        return f"count(__e) OVER {frame}"
-    if function == "last":  # the latest event time, then the greatest value
-        latest = f"CASE WHEN {alias} IS NOT NULL THEN {{'t': {T}, 'v': {alias}}} END"
-        return f"struct_extract(max({latest}) OVER {frame}, 'v')"
-    if function == "count_distinct":
-        return f"count(DISTINCT {alias}) OVER {frame}"
-    sql_name = {"mean": "avg", "stddev": "stddev_samp", "variance": "var_samp"}.get(function, function)  # fmt: skip
-    return f"{sql_name}({alias}) OVER {frame}"
 
 
 # ---- tiles for the online store -------------------------------------------------------------
@@ -326,7 +261,8 @@ def aggregation_part(
     lower = None if low is None else _micros_of(low - reach)
     upper = None if high is None else _micros_of(high)
     events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
-    sql = point_values(view, keys, events, columns, list(dict.fromkeys(features)))
+    aliases = {c: Column(i.alias, i.dtype) for c, i in columns.items()}
+    sql = running_values(view, list(keys), events, aliases, list(dict.fromkeys(features)))
     defaults = {f.name: "0" if f.function in _COUNTS else None for f in features}
     outputs = [(ref.field.name, ref.output_name, defaults[ref.field.name]) for ref in refs]
     return PointPart(sql, list(keys), outputs)
