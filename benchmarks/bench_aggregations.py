@@ -8,6 +8,9 @@ Data (deterministic, written once under `benchmarks/.data/aggregations-<size>/`)
 Figures, all from one run:
 - `aggregation_historical`: `FeatureStore.get_historical_features` → Arrow, seconds and
   peak RSS of its own subprocess (best of `REPEATS`);
+- `aggregation_historical_floor`: #18's floor, a hand-written DuckDB query (in a
+  subprocess, same data): prefix sums per customer and one ASOF join of probes at T and
+  at each T - W, for the count/sum/mean features only; compared with ours on those;
 - `aggregation_naive_range_join`: the naive approach, a hand-written DuckDB range join
   of spine and events grouped per spine row (in a subprocess, capped at `NAIVE_CAP`
   seconds: reported as "> N s" when it hits the cap); its output is compared with ours;
@@ -199,6 +202,42 @@ if mode in ("almanac", "hot_almanac", "spark"):
     start = time.perf_counter()
     table = store.get_historical_features(f"{repo}/{spine_file}", features).to_arrow()
     seconds = time.perf_counter() - start
+elif mode == "floor":  # #18's floor: prefix sums + ASOF at T and T - W, count/sum/mean only
+    hours = {"1h": 1, "7d": 168, "30d": 720}
+    kept = [n for n in names if n.startswith(("amount_sum_", "amount_mean_", "count_"))]
+    names[:] = kept
+    edges = sorted({hours[n.rsplit("_", 1)[1]] for n in kept})
+    # RANGE (peers included): events tied on ts share one prefix, whichever the ASOF picks.
+    prefix = f'''SELECT customer_id, ts, count(*) OVER w AS c, count(amount) OVER w AS cn,
+        coalesce(sum(amount) OVER w, 0) AS cs
+      FROM read_parquet('{repo}/data/transactions/*.parquet')
+      WINDOW w AS (PARTITION BY customer_id ORDER BY ts RANGE UNBOUNDED PRECEDING)'''
+    # One ASOF join: a probe per spine row at T (k = 0) and at each T - W (k = 1, 2, ...).
+    probes = " UNION ALL ".join(
+        [f"SELECT file_row_number AS r, 0 AS k, customer_id, event_timestamp AS at FROM s"]
+        + [f"SELECT file_row_number, {i + 1}, customer_id, event_timestamp - INTERVAL {h} HOUR FROM s"
+           for i, h in enumerate(edges)])
+    def delta(column, h):
+        j = edges.index(h) + 1
+        return (f"(coalesce(any_value(p.{column}) FILTER (WHERE q.k = 0), 0) - "
+                f"coalesce(any_value(p.{column}) FILTER (WHERE q.k = {j}), 0))")
+    select = []
+    for name in kept:
+        h = hours[name.rsplit("_", 1)[1]]
+        if name.startswith("count_"):
+            select.append(f"{delta('c', h)} AS {name}")
+        elif name.startswith("amount_sum_"):
+            select.append(f"CASE WHEN {delta('cn', h)} > 0 THEN {delta('cs', h)} END AS {name}")
+        else:
+            select.append(f"CASE WHEN {delta('cn', h)} > 0 THEN {delta('cs', h)} / {delta('cn', h)} END AS {name}")
+    query = (f"WITH s AS (SELECT * FROM read_parquet('{repo}/{spine_file}', file_row_number = true)), "
+             f"p AS ({prefix}), q AS ({probes}) SELECT {', '.join(select)} FROM q ASOF LEFT JOIN p "
+             f"ON q.customer_id = p.customer_id AND p.ts <= q.at GROUP BY q.r ORDER BY q.r")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    start = time.perf_counter()
+    table = con.sql(query).to_arrow_table()
+    seconds = time.perf_counter() - start
 else:  # the naive approach: spine ⋈ events on key and (T - 30d, T], grouped per row
     def within(hours):
         return f"e.ts > s.event_timestamp - INTERVAL {hours} HOUR"
@@ -343,11 +382,16 @@ def run(sizes: list[str]) -> list[dict[str, Any]]:
                                ours["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
         records += _naive_records("aggregation_naive_range_join", size, naive, cap,
                                   "spine ⋈ events on key and (T-30d, T], grouped per spine row")  # fmt: skip
-        if size == "medium":  # the references of issue #18, not run here
-            records.append(_record("aggregation_historical_floor", size, "polars", "seconds", 7.7, "s",
-                                   "reference, not run: prefix sums + ASOF at T and T-W, count/sum/mean "
-                                   "only (no count_distinct), measured on this kind of machine; "
-                                   "Feast 0.67: not measured (docs/performance.md)"))  # fmt: skip
+        floor = _measure("floor", repo)
+        assert floor is not None
+        agree = "outputs agree" if _same(floor, ours) else "OUTPUTS DIFFER"
+        records.append(_record("aggregation_historical_floor", size, "duckdb", "seconds",
+                               floor["seconds"], "s", "#18's floor, hand-written: prefix sums "
+                               "(one window) + one ASOF join of probes at T and T-W, count/sum/mean "
+                               "only (8 of the 10 features: no max, no count_distinct), double "
+                               f"sums (not exact); vs ours on those 8: {agree}"))  # fmt: skip
+        records.append(_record("aggregation_historical_floor", size, "duckdb", "peak_rss",
+                               floor["peak_mib"], "MiB", "whole subprocess"))  # fmt: skip
         records += _spark(repo, size, ours)
         records += _online(repo, size)
         records += _hot_keys(repo, size)
