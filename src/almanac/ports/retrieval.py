@@ -126,7 +126,7 @@ class RetrievalJob:
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind)  # fmt: skip
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind))  # fmt: skip
 
 
 class DerivedJob(RetrievalJob):
