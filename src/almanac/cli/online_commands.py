@@ -100,12 +100,7 @@ def parse_keys(items: list[str], catalog: Catalog) -> dict[str, object]:
     """`user_id=8a2f` pairs, typed by the entities' declared key types."""
     dtypes = {k: t for entity in catalog.entities.values() for k, t in entity.join_keys.items()}
     row: dict[str, object] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--key '{item}' is not name=value")
-        if name not in dtypes:
-            raise NotFoundError("join key", name, dtypes)
+    for name, value in _pairs(items, "--key", "join key", dtypes):
         if dtypes[name] == "int64":
             try:
                 row[name] = int(value)
@@ -120,15 +115,20 @@ def parse_request(items: list[str], catalog: Catalog) -> dict[str, object]:
     """`amount=129.5` pairs, typed by the request sources' declared types (times as
     ISO 8601 text, read by the store)."""
     dtypes = {f.name: f.dtype for r in catalog.request_sources.values() for f in r.features}
-    data: dict[str, object] = {}
+    return {name: _typed_text(name, dtypes[name], text) for name, text in _pairs(items, "--request", "request field", dtypes)}  # fmt: skip
+
+
+def _pairs(items: list[str], option: str, kind: str, known: dict[str, str]) -> list[tuple[str, str]]:  # fmt: skip
+    """`name=value` items, each name one of `known`."""
+    pairs = []
     for item in items:
-        name, sep, text = item.partition("=")
+        name, sep, value = item.partition("=")
         if not sep:
-            raise InputError(f"--request '{item}' is not name=value")
-        if name not in dtypes:
-            raise NotFoundError("request field", name, dtypes)
-        data[name] = _typed_text(name, dtypes[name], text)
-    return data
+            raise InputError(f"{option} '{item}' is not name=value")
+        if name not in known:
+            raise NotFoundError(kind, name, known)
+        pairs.append((name, value))
+    return pairs
 
 
 def _typed_text(name: str, dtype: str, text: str) -> object:

@@ -47,7 +47,7 @@ from almanac.online.layouts import claim
 from almanac.ports.offline import OnlineTarget, write_online
 from almanac.quality.admission import admit, check_empty
 from almanac.registry.diff import values_fingerprint
-from almanac.registry.on_demand import write_time_views, written_from
+from almanac.registry.on_demand import stored_as, write_time_views, written_from
 from almanac.semantics.rows import EVENT_TIMESTAMP, ViewRows
 from almanac.semantics.tiles import MERGED_AT, TILES_FEATURE
 from almanac.semantics.times import FUTURE_TOLERANCE, datetime_to_micros, to_utc
@@ -127,10 +127,6 @@ def views_to_materialize(catalog: Catalog, online: OnlineStore, project: str) ->
     return out
 
 
-def _stored_from(catalog: Catalog, view: FeatureView | OnDemandView) -> FeatureView:
-    return written_from(catalog, view) if isinstance(view, OnDemandView) else view
-
-
 def _views(store: StoreHandle, names: Sequence[str] | None) -> list[FeatureView | OnDemandView]:
     catalog = store.catalog
     if not names:
@@ -179,7 +175,7 @@ def _run_view(
         features = [f.name for f in catalog.on_demand_fields(view.name)]
     else:
         features = [TILES_FEATURE] if isinstance(view, AggregationView) else view.feature_names
-    keys = list(catalog.join_keys(_stored_from(catalog, view)))
+    keys = list(catalog.join_keys(stored_as(catalog, view.name)))
     target = OnlineTarget(store.config, store.project, view.name, keys, features)
     started = time.perf_counter()
     count = None if progress is None else (lambda rows: progress(view.name, rows))

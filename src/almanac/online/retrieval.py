@@ -17,12 +17,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from almanac.definitions.aggregation import AggregationView
-from almanac.definitions.feature_view import FeatureView
 from almanac.errors import InputError
 from almanac.online.response import OnlineResponse, build_response
 from almanac.ports.handles import OnlineHandle
 from almanac.ports.online import ViewRead, ViewRows, Watermark
 from almanac.registry.catalog import Catalog
+from almanac.registry.on_demand import stored_as
 from almanac.semantics.tiles import TILES_DTYPE, TILES_FEATURE, TilePlan, evaluate
 from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 
@@ -126,7 +126,7 @@ def _plan(
     dtypes: dict[str, str] = {}
     for ref in refs:
         if ref.view not in index_of:
-            view = _stored_as(catalog, ref.view)
+            view = stored_as(catalog, ref.view)
             if not view.online:
                 raise InputError(
                     f"feature view '{view.name}' is not served online (online=False); "
@@ -150,7 +150,7 @@ def _plan(
         dtypes[ref.output_name] = ref.field.dtype
     defaults: dict[str, int] = {}
     for i, view_plan in enumerate(views):
-        view = _stored_as(catalog, view_plan.view)
+        view = stored_as(catalog, view_plan.view)
         if isinstance(view, AggregationView):
             tiles = TilePlan.of(view, view_plan.features)
             views[i] = view_plan = replace(view_plan, tiles=tiles)
@@ -165,17 +165,6 @@ def _plan(
             _plans.clear()
         _plans[cache_key] = plan
     return plan
-
-
-def _stored_as(catalog: Catalog, name: str) -> FeatureView:
-    """The view whose keys, TTL and serving govern what the store holds under `name`: the
-    view itself, or a write-time on-demand view's source view."""
-    on_demand = catalog.on_demand_views.get(name)
-    if on_demand is None:
-        return catalog.view(name)
-    from almanac.registry.on_demand import written_from
-
-    return written_from(catalog, on_demand)
 
 
 def read_features(

@@ -143,6 +143,15 @@ def written_from(catalog: Catalog, view: OnDemandView) -> FeatureView:
     return catalog.views[view.sources[0]]
 
 
+def stored_as(catalog: Catalog, name: str) -> FeatureView:
+    """The feature view whose keys, TTL and source govern what the online store holds
+    under `name`: that view, or a write-time on-demand view's source view."""
+    on_demand = catalog.on_demand_views.get(name)
+    if on_demand is None or not on_demand.write_to_online:
+        return catalog.view(name)
+    return written_from(catalog, on_demand)
+
+
 def write_time_views(catalog: Catalog, source: str | None = None) -> list[OnDemandView]:
     """Write-time on-demand views (of the feature view `source`, when given)."""
     return [

@@ -30,6 +30,7 @@ from typing import Any
 from almanac.definitions.permission import Permission, Resource
 from almanac.errors import AccessDeniedError
 from almanac.registry.catalog import Catalog
+from almanac.registry.on_demand import stored_as
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class AccessPolicy:
         services = tuple(sorted({s for (v, _), found in self._services_of.items() if v == name for s in found}))  # fmt: skip
         on_demand = self.catalog.on_demand_views.get(name)
         if on_demand is not None:  # materialized when write-time: its source view's source
-            source = self.catalog.views[on_demand.sources[0]].source if on_demand.write_to_online else None  # fmt: skip
+            source = stored_as(self.catalog, name).source if on_demand.write_to_online else None
             return Target("on_demand_view", name, name, source, services, tuple(sorted(on_demand.tags.items())))  # fmt: skip
         view = self.catalog.view(name)
         kind = "aggregation_view" if name in self.catalog.aggregation_views else "feature_view"
