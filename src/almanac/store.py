@@ -4,14 +4,14 @@ It reads the repo's config, keeps a cached view of the registry, and hands each 
 the module that owns it: definitions and the registry (`plan`, `apply`), the offline
 engine (`get_historical_features`, `write_to_offline_store`), the online store
 (`get_online_features`), materialization and ingestion. Backends are created lazily,
-so a command only connects to what it uses.
+so a command only connects to what it uses. The data-quality and materialization verbs
+are inherited from mixins beside this module (`store_quality`, `store_materialize`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -21,25 +21,16 @@ from almanac.config import RepoConfig, load_config
 from almanac.definitions.sources import PushSource
 from almanac.errors import ConcurrentApplyError, InputError, NotFoundError, redact
 from almanac.registry.catalog import KINDS, Catalog, FeatureRef
+from almanac.store_materialize import MaterializationVerbs
+from almanac.store_quality import QualityVerbs
 
 if TYPE_CHECKING:
-    from almanac.materialize.history import RunRecord
-    from almanac.materialize.jobs import MaterializeResult
     from almanac.offline.compaction import Compaction
     from almanac.online.context import Context
     from almanac.online.response import OnlineResponse
     from almanac.ports.offline import OfflineEngine, RetrievalJob
     from almanac.ports.online import OnlineStore
-    from almanac.quality.checks import Quarantine, Validation
-    from almanac.quality.datasets import SavedDataset
-    from almanac.quality.drift import FeatureDrift
-    from almanac.quality.freshness import ViewFreshness
-    from almanac.quality.report import Report
-    from almanac.quality.results import Results
-    from almanac.quality.served import Served
     from almanac.quality.serving_log import ServingLog
-    from almanac.quality.skew import SkewReport
-    from almanac.quality.statistics import FeatureStatistics
     from almanac.registry.diff import Plan
     from almanac.registry.store import CachedRegistry
     from almanac.security.access import AccessPolicy, Target
@@ -48,7 +39,11 @@ if TYPE_CHECKING:
     from almanac.transforms.ondemand import OnDemandPlan
 
 
-class FeatureStore:
+class FeatureStore(QualityVerbs, MaterializationVerbs):
+    """The handle on a repo's feature store. Its data-quality verbs (`statistics`, `drift`,
+    `validate`, `report`...) are in `store_quality`, its materialization verbs
+    (`materialize`, `materialize_incremental`, `runs`, `run_due`) in `store_materialize`."""
+
     def __init__(self, repo_path: str | Path = ".", *, config: RepoConfig | None = None) -> None:
         self.config = config or load_config(repo_path)
         self.repo_path = self.config.repo_path
@@ -252,122 +247,6 @@ class FeatureStore:
             notes["rows"] = write_to_offline_store(self, view, df)
         return int(notes["rows"])
 
-    # ---- quality -----------------------------------------------------------------------
-
-    def statistics(
-        self, view: str, start: datetime | str | None = None, end: datetime | str | None = None
-    ) -> list[FeatureStatistics]:
-        """Statistics of each feature of `view` over its offline rows with event times
-        in [start, end] (see `almanac.quality.statistics`)."""
-        from almanac.quality.checks import statistics
-
-        with self._reading_offline("statistics", view):
-            return statistics(self, view, start, end)
-
-    def drift(
-        self,
-        view: str,
-        reference: tuple[datetime | str | None, datetime | str | None] | str | Served,
-        current: tuple[datetime | str | None, datetime | str | None] | str | Served,
-    ) -> list[FeatureDrift]:
-        """PSI, Jensen–Shannon and KS of each feature of `view` from the `reference`
-        sample to the `current` one, with a status (see `almanac.quality.drift`). A
-        sample is a window (start, end) of the view's offline rows, the name of a saved
-        dataset (`get_historical_features(..., save_as=...)`), or
-        `almanac.quality.served.Served(start, end)`: the values the serving log holds."""
-        from almanac.quality.checks import feature_drift
-
-        with self._reading_offline("drift", view):
-            return feature_drift(self, view, reference, current)
-
-    def datasets(self) -> list[SavedDataset]:
-        """The saved training sets, newest first."""
-        from almanac.quality.datasets import listed
-
-        return listed(self.config)
-
-    def dataset(self, name: str) -> SavedDataset:
-        """A saved training set: its features, registry version, statistics, and
-        `.read()` for its rows."""
-        from almanac.quality.datasets import load
-
-        return load(self.config, name)
-
-    def validate(
-        self, view: str, start: datetime | str | None = None, end: datetime | str | None = None
-    ) -> Validation:
-        """`view`'s expectations over its offline rows with event times in [start, end]."""
-        from almanac.quality.checks import validate
-
-        with self._reading_offline("validate", view):
-            return validate(self, view, start, end)
-
-    def skew(
-        self,
-        feature_service: str,
-        start: datetime | str | None = None,
-        end: datetime | str | None = None,
-    ) -> SkewReport:
-        """The logged online reads of a feature service (`server.log_sample_rate`)
-        replayed offline at their read times, compared value by value (see
-        `almanac.quality.skew`)."""
-        from almanac.quality.skew import skew
-
-        return skew(self, feature_service, start, end)
-
-    def results(
-        self, view: str | None = None, since: datetime | None = None, failed: bool = False
-    ) -> Results:
-        """The recorded results of expectations (`.rows`, newest first): one per
-        expectation per batch checked on every entry path (see `almanac.quality.results`)."""
-        from almanac.quality.results import read
-
-        return read(self.config, view, since, failed)
-
-    def report(
-        self,
-        views: Sequence[str] | None = None,
-        *,
-        start: datetime | str | None = None,
-        end: datetime | str | None = None,
-        reference: tuple[datetime | str | None, datetime | str | None] | str | Served | None = None,
-        current: tuple[datetime | str | None, datetime | str | None] | None = None,
-        step: str = "1d",
-        services: Sequence[str] | None = None,
-    ) -> Report:
-        """The data-quality report (`.html`: one self-contained page; see
-        `almanac.quality.report`): statistics per view, drift from `reference` (a window
-        or a saved dataset) to the `current` window, freshness, and skew per service."""
-        from almanac.quality.report import render
-
-        return render(
-            self, views, start, end, reference, current, step=step, services=services
-        )  # fmt: skip
-
-    def quarantine(self, view: str) -> Quarantine:
-        """The rows `view` kept aside under `on_violation="quarantine"`, newest first,
-        each with the expectations it broke."""
-        from almanac.quality.checks import quarantined
-
-        with self._reading_offline("quarantine", view):
-            return quarantined(self, view)
-
-    def freshness(
-        self, views: list[str] | None = None, now: datetime | None = None
-    ) -> list[ViewFreshness]:
-        """Each view's newest event and materialization lag against its `freshness` SLO
-        (see `almanac.quality.freshness`)."""
-        from almanac.quality.freshness import freshness
-
-        return freshness(self, views, now)
-
-    def _reading_offline(self, name: str, view: str) -> AbstractContextManager[dict[str, Any]]:
-        """The `read_offline` check on every feature of `view` (its rows are read)."""
-        catalog = self.catalog
-        found = catalog.view(view)
-        pairs = [(view, f.name) for f in getattr(found, "features", [])]
-        return self._guard.operation(catalog, name, ["read_offline"], lambda policy: policy.feature_targets(pairs) or [policy.view_target(view)], view=view)  # fmt: skip
-
     # ---- online ------------------------------------------------------------------------
 
     @cached_property
@@ -511,78 +390,6 @@ class FeatureStore:
                 notes["rows"] = done.rows
             results.append(done)
         return results
-
-    # ---- materialization -----------------------------------------------------------------
-
-    def materialize(
-        self,
-        start: datetime | str | None,
-        end: datetime | str,
-        views: Sequence[str] | None = None,
-        **options: Any,
-    ) -> MaterializeResult:
-        from almanac.materialize.jobs import materialize
-        from almanac.materialize.scheduler import recorder
-        from almanac.repo import guard_writes
-
-        guard_writes("materialize")
-        options.setdefault("on_run", recorder(self.registry.state, "manual"))
-        with self._materializing("materialize", views) as notes:
-            result = materialize(self, start, end, views, **options)
-            notes["rows"] = result.rows
-        return result
-
-    def materialize_incremental(
-        self, end: datetime | str, views: Sequence[str] | None = None, **options: Any
-    ) -> MaterializeResult:
-        from almanac.materialize.jobs import materialize_incremental
-        from almanac.materialize.late import LateRows
-        from almanac.materialize.scheduler import recorder
-        from almanac.repo import guard_writes
-
-        guard_writes("materialize_incremental")
-        options.setdefault("on_run", recorder(self.registry.state, "manual"))
-        options.setdefault("late", LateRows(self.config, self.catalog, self.registry.state))
-        with self._materializing("materialize_incremental", views) as notes:
-            result = materialize_incremental(self, end, views, **options)
-            notes["rows"] = result.rows
-        return result
-
-    def _materializing(self, name: str, views: Sequence[str] | None) -> AbstractContextManager[dict[str, Any]]:  # fmt: skip
-        """The `materialize` check on the views named (default: every online view) and
-        the write-time on-demand views materialized with them."""
-        from almanac.registry.on_demand import write_time_views
-
-        catalog = self.catalog
-        names = list(views) if views else list(catalog.online_views())
-        names += [
-            w.name for n in names for w in write_time_views(catalog, n) if w.name not in names
-        ]
-        return self._guard.operation(catalog, name, ["materialize"], lambda policy: [policy.view_target(n) for n in names], views=names)  # fmt: skip
-
-    def runs(
-        self, view: str | None = None, *, since: datetime | str | None = None, limit: int = 100
-    ) -> list[RunRecord]:
-        """The materialization history, newest first: every run, manual or scheduled."""
-        from almanac.materialize.history import runs
-        from almanac.semantics.times import to_utc
-
-        if view is not None and view not in self.catalog.online_views():
-            self.catalog.view(view)  # unknown names are an error, with suggestions
-        moment = None if since is None else to_utc(since, "since")
-        return runs(self.registry.state, view, moment, limit)
-
-    def run_due(self, views: Sequence[str] | None = None) -> list[RunRecord]:
-        """Materialize, once, every view whose `materialize_every` says it is due (for
-        cron and Airflow; `almanac schedule` runs this in a loop)."""
-        from almanac.materialize.scheduler import run_due
-        from almanac.repo import guard_writes
-
-        guard_writes("run_due")
-        with self._materializing("run_due", views) as notes:
-            records = run_due(self, self.registry.state, views)
-            notes["rows"] = sum(r.rows for r in records)
-        return records
 
     # ---- access ------------------------------------------------------------------------
 

@@ -14,6 +14,10 @@ features and puts them in row order beside the labels, which never leave the dri
 (`RetrievalJob`); streaming has Spark join and sort them and fetches one partition at a
 time; a materialization is written to the online store by the executors themselves,
 each opening the store from the repo's config.
+
+Beside this module: `scans` (a view's source as a DataFrame), `training_sets` (the
+spine-and-rows shuffle and its `SparkRetrievalJob`), `partitions` (what the executors
+run, and Arrow back to the driver), `source_check` (`check_views`), `session`.
 """
 
 from __future__ import annotations
@@ -22,31 +26,32 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from almanac.config import RepoConfig
 from almanac.definitions.aggregation import AggregationView, input_dtypes
 from almanac.definitions.feature_view import FeatureView
-from almanac.definitions.sources import SqlSource
-from almanac.definitions.transformations import PythonTransformation, SqlTransformation
 from almanac.definitions.types import Int64, arrow_type
-from almanac.errors import DefinitionError, InputError
+from almanac.errors import InputError
 from almanac.offline import frames
 from almanac.offline.dialects import check_dialect
 from almanac.offline.duckdb import kernel
-from almanac.offline.duckdb.source_check import check_views as duckdb_check_views
-from almanac.offline.duckdb.source_check import column_problems
+from almanac.offline.spark import source_check
+from almanac.offline.spark.partitions import Partition, collect, stream, write_partition
 from almanac.offline.spark.scans import Source, SparkScan, scan_view, time_filter
 from almanac.offline.spark.session import SparkSettings, first_line, job, session
+from almanac.offline.spark.training_sets import (
+    Part,
+    SparkRetrievalJob,
+    SpineAndRows,
+    spine_and_rows,
+)
 from almanac.offline.spine import (
     ROW_ID,
     TS,
@@ -56,7 +61,7 @@ from almanac.offline.spine import (
     rows_schema,
 )
 from almanac.offline.writer import StagedFile, prepare_batch, stage_parquet, target_folder
-from almanac.ports.offline import OfflineEngine, OnlineTarget, write_online
+from almanac.ports.offline import OfflineEngine, OnlineTarget
 from almanac.ports.online import OnlineStore
 from almanac.ports.retrieval import RetrievalJob
 from almanac.registry.catalog import Catalog, FeatureRef
@@ -69,8 +74,6 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 BUCKET = "__almanac_bucket"  # a hash of a row's join keys: rows are shuffled by it
-_SIDE = "__almanac_side"  # in a training set's shuffle: 0 for spine rows, 1 for view rows
-_SPINE = "__almanac_spine_"  # the prefix of the spine's columns in that shuffle
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -186,32 +189,25 @@ class SparkEngine(OfflineEngine):
         spine: DataFrame,
         low: datetime | None,
         high: datetime | None,
-    ) -> _Part:
+    ) -> Part:
         """ROW_ID and the features `refs` of one view for every spine row: the spine's
         rows (prefixed, SIDE 0) and the view's (SIDE 1) shuffled together by their keys'
         hash, one DuckDB query per partition."""
-        from pyspark.sql import functions as F
-
         lower, _ = rows_needed(view, low, high)
         rows, spec = self._rows(catalog, view, lower, high, [r.field.name for r in refs])
         keys = catalog.join_keys(view)
         spine_columns = (ROW_ID, *keys, TS)
-        mine = spine.select(
-            *[F.col(f"`{c}`").alias(_SPINE + c) for c in spine_columns],
-            self._bucket(keys).alias(BUCKET),
-            F.lit(0).cast("byte").alias(_SIDE),
-        )
+        both = spine_and_rows(spine, spine_columns, self._bucket(keys).alias(BUCKET), rows)
         view_columns = tuple(c for c in rows.columns if c != BUCKET)
-        both = mine.unionByName(rows.withColumn(_SIDE, F.lit(1).cast("byte")), allowMissingColumns=True)  # fmt: skip
         schema = pa.schema(
             [(ROW_ID, pa.int64())] + [(r.output_name, arrow_type(r.field.dtype)) for r in refs]
         )
-        run = _SpineAndRows(
+        run = SpineAndRows(
             partial(kernel.point_in_time, spec, refs, low, high, schema),
             spine_columns,
             view_columns,
         )
-        return _Part(self._shuffle(both), run, schema)
+        return Part(self._shuffle(both), run, schema)
 
     # ---- materialization and audits ---------------------------------------------------------
 
@@ -221,7 +217,7 @@ class SparkEngine(OfflineEngine):
         from pyspark.sql.pandas.types import from_arrow_schema
 
         rows, spec, schema = self._typed_rows(catalog, view, start, end)
-        run = _Partition(partial(kernel.latest, spec, start, end, schema))
+        run = Partition(partial(kernel.latest, spec, start, end, schema))
         return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
 
     def _typed_rows(
@@ -246,7 +242,7 @@ class SparkEngine(OfflineEngine):
             [(k, arrow_type(t)) for k, t in keys.items()]
             + [("event_timestamp", UTC_US), ("tiles", pa.binary())]
         )
-        run = _Partition(partial(kernel.tiles, spec, start, end))
+        run = Partition(partial(kernel.tiles, spec, start, end))
         return self._shuffle(rows).mapInArrow(run, from_arrow_schema(schema)), schema
 
     def latest_rows(
@@ -254,13 +250,13 @@ class SparkEngine(OfflineEngine):
     ) -> pa.RecordBatchReader:
         start, end = _bounds(start, end)
         df, schema = self._latest_df(catalog, view, start, end)
-        return _collect(df, schema, f"latest rows of feature view '{view.name}'")
+        return collect(df, schema, f"latest rows of feature view '{view.name}'")
 
     def newest_event(self, catalog: Catalog, view: FeatureView) -> datetime | None:
         """Each partition's latest event time, by the kernel where it is; the latest of
         those on the driver."""
         rows, spec = self._rows(catalog, view, None, None, [])
-        run = _Partition(partial(kernel.newest, spec))
+        run = Partition(partial(kernel.newest, spec))
         with job(f"newest event of '{view.name}'"):
             found = rows.mapInArrow(run, "newest timestamp").toArrow()
         times = [t for t in found.column("newest").to_pylist() if t is not None]
@@ -275,9 +271,9 @@ class SparkEngine(OfflineEngine):
 
         start, end = time_range(start, end)
         rows, spec, schema = self._typed_rows(catalog, view, start, end)
-        run = _Partition(partial(kernel.rows, spec, start, end, schema))
+        run = Partition(partial(kernel.rows, spec, start, end, schema))
         df = rows.mapInArrow(run, from_arrow_schema(schema))
-        return pa.RecordBatchReader.from_batches(schema, _stream(df, schema, f"rows of '{view.name}'"))  # fmt: skip
+        return pa.RecordBatchReader.from_batches(schema, stream(df, schema, f"rows of '{view.name}'"))  # fmt: skip
 
     def aggregation_tiles(
         self, catalog: Catalog, view: AggregationView, start: datetime | None, end: datetime
@@ -285,7 +281,7 @@ class SparkEngine(OfflineEngine):
         end = to_utc(end, "end")
         start = None if start is None else to_utc(start, "start")
         df, schema = self._tiles_df(catalog, view, start, end)
-        return _collect(df, schema, f"tiles of '{view.name}'")
+        return collect(df, schema, f"tiles of '{view.name}'")
 
     def materialize(
         self,
@@ -306,7 +302,7 @@ class SparkEngine(OfflineEngine):
         else:
             start, end = _bounds(start, end)
             df, schema = self._latest_df(catalog, view, start, end)
-        writes = df.mapInArrow(partial(_write_partition, target, schema), "rows long")
+        writes = df.mapInArrow(partial(write_partition, target, schema), "rows long")
         with job(f"materializing feature view '{view.name}'"):
             counts = [row.rows for row in writes.collect()]
         if progress is not None:
@@ -347,38 +343,9 @@ class SparkEngine(OfflineEngine):
         return kernel.history(spec, values, at, view.ttl, rows)
 
     def check_views(self, catalog: Catalog, names: list[str]) -> None:
-        """Files and push datasets are checked by DuckDB (their footers; the same
-        reading rules), Spark SQL by Spark's analysis of the query (no data is read);
-        Python transformations are not checked (their columns are known by running)."""
-        problems: list[str] = []
-        by_files = []
-        for name in names:
-            view = catalog.view(name)
-            source = catalog.source_of(view)
-            if isinstance(view.transformation, PythonTransformation):
-                continue
-            if not isinstance(source, SqlSource) and not isinstance(
-                view.transformation, SqlTransformation
-            ):
-                by_files.append(name)
-                continue
-            try:
-                scan = scan_view(self.spark, self.config, source, view)
-            except DefinitionError as error:
-                problems.append(str(error))
-                continue
-            except InputError:
-                continue  # retrieval says why
-            if scan.df is not None:
-                have = {f.name: _type_name(f.dataType) for f in scan.df.schema.fields}
-                problems += column_problems(catalog, view, have, scan.label)
-        if by_files:
-            try:
-                duckdb_check_views(self._local(), self.config, catalog, by_files)
-            except DefinitionError as error:
-                problems.append(str(error))
-        if problems:
-            raise DefinitionError("; ".join(dict.fromkeys(problems)))
+        """DuckDB checks files and push datasets, Spark analyses SQL (no data is read;
+        see `source_check`)."""
+        source_check.check_views(lambda: self.spark, self.config, self._local, catalog, names)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -460,116 +427,6 @@ def _needed(
     return needed
 
 
-class SparkRetrievalJob(RetrievalJob):
-    """A training set computed by Spark, one part per view (ROW_ID and its features).
-    `to_arrow` runs the parts side by side, each partition's answer coming back as
-    Arrow IPC bytes, and puts each part's rows in spine order on the driver (a
-    permutation of row ids: one take per part). Streaming (`to_arrow_batches`,
-    `to_parquet`) has Spark join the parts and sort them, and fetches one partition at a
-    time, so only one partition's features are in memory."""
-
-    def __init__(
-        self, entities: pa.Table, features: pa.Schema, parts: list[_Part], what: str
-    ) -> None:
-        def produce(batch_rows: int) -> pa.RecordBatchReader:
-            joined = parts[0].typed()
-            for part in parts[1:]:
-                joined = joined.join(part.typed(), ROW_ID)
-            ordered = joined.select(ROW_ID, *[f"`{f.name}`" for f in features]).orderBy(ROW_ID)
-            return pa.RecordBatchReader.from_batches(features, _features(ordered, features, what))
-
-        super().__init__(entities, features, produce)
-        self._parts = parts
-        self._what = what
-
-    def to_arrow(self) -> pa.Table:
-        if self._table is None and self._entities.num_rows:
-            with ThreadPoolExecutor(len(self._parts)) as pool:
-                answers = list(pool.map(self._fetch, self._parts))
-            columns: dict[str, pa.ChunkedArray] = {}
-            for answer in answers:
-                values = answer.drop_columns([ROW_ID]).take(pc.sort_indices(answer[ROW_ID]))
-                columns.update(zip(values.column_names, values.columns, strict=True))
-            table = self._entities
-            for field in self._features:
-                table = table.append_column(field, columns[field.name].cast(field.type))
-            self._table = table
-        return super().to_arrow()
-
-    def _fetch(self, part: _Part) -> pa.Table:
-        with job(self._what):
-            blobs = part.packed().toArrow().column("ipc")
-        tables = [_unpack(blob.as_buffer()) for chunk in blobs.chunks for blob in chunk]
-        return pa.concat_tables(tables) if tables else part.schema.empty_table()
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One view's part of a training set: the shuffled union of spine and view rows,
-    and the kernel that answers each of its partitions."""
-
-    shuffled: DataFrame
-    run: _SpineAndRows
-    schema: pa.Schema
-
-    def typed(self) -> DataFrame:
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        return self.shuffled.mapInArrow(self.run, from_arrow_schema(self.schema))
-
-    def packed(self) -> DataFrame:
-        """Each partition's answer as one row of Arrow IPC bytes (no conversion to
-        Spark's rows and back)."""
-        return self.shuffled.mapInArrow(replace(self.run, pack=True), "ipc binary")
-
-
-@dataclass(frozen=True)
-class _Partition:
-    """A kernel over one partition's rows, as one table. (pyspark inspects a function's
-    type hints and fails on a `functools.partial`; an object without hints is fine.)"""
-
-    run: Callable[[pa.Table], pa.Table]
-
-    def __call__(self, batches):  # type: ignore[no-untyped-def]
-        table = _whole(batches)
-        if table is not None:
-            yield from self.run(table).to_batches()
-
-
-@dataclass(frozen=True)
-class _SpineAndRows:
-    """A training set's kernel over one partition of its shuffle: the spine's rows
-    (SIDE 0, their columns prefixed) and the view's rows (SIDE 1) taken apart."""
-
-    run: Callable[[pa.Table, pa.Table], pa.Table]
-    spine_columns: tuple[str, ...]
-    view_columns: tuple[str, ...]
-    pack: bool = False  # yield the answer as one row of Arrow IPC bytes
-
-    def __call__(self, batches):  # type: ignore[no-untyped-def]
-        table = _whole(batches)
-        if table is None:
-            return
-        is_spine = pc.equal(table.column(_SIDE), 0)
-        spine = table.filter(is_spine)
-        if spine.num_rows == 0:
-            return
-        spine = spine.select([_SPINE + c for c in self.spine_columns])
-        spine = spine.rename_columns(list(self.spine_columns))
-        rows = table.filter(pc.invert(is_spine)).select(list(self.view_columns))
-        answer = self.run(spine, rows)
-        if self.pack:
-            yield _ipc_row(answer)
-        else:
-            yield from answer.to_batches()
-
-
-def _whole(batches: Iterator[pa.RecordBatch]) -> pa.Table | None:
-    """A partition's batches as one table (None if it has no rows)."""
-    kept = [batch for batch in batches if batch.num_rows]
-    return pa.Table.from_batches(kept) if kept else None
-
-
 def _check_columns(scan: SparkScan, view: FeatureView, needed: set[str]) -> None:
     """Fail now, as the DuckDB engine does, rather than in the first bucket."""
     assert scan.df is not None
@@ -584,93 +441,8 @@ def _check_columns(scan: SparkScan, view: FeatureView, needed: set[str]) -> None
         )
 
 
-def _features(df: DataFrame, schema: pa.Schema, what: str) -> Iterator[pa.RecordBatch]:
-    """The feature columns of `df` (ROW_ID first, sorted by it), batch by batch."""
-    for batch in _stream(df, None, what):
-        table = pa.Table.from_batches([batch]).drop_columns([ROW_ID])
-        yield from table.cast(schema).to_batches()
-
-
-def _stream(df: DataFrame, schema: pa.Schema | None, what: str) -> Iterator[pa.RecordBatch]:
-    """`df`'s rows as Arrow batches, partition after partition, in order: each
-    partition's batches are sent as Arrow IPC bytes (one row per batch), so only one
-    partition is on the driver at a time."""
-    packed = df.mapInArrow(_pack, "ipc binary")
-    with job(what):
-        for row in packed.toLocalIterator(prefetchPartitions=True):
-            for batch in _unpack(pa.py_buffer(row.ipc)).to_batches():
-                yield batch if schema is None or batch.schema == schema else batch.cast(schema)
-
-
-def _collect(df: DataFrame, schema: pa.Schema, what: str) -> pa.RecordBatchReader:
-    """`df` collected in one job (materialization does not come here: its executors
-    write the online store themselves)."""
-    with job(what):
-        table = df.toArrow()
-    return pa.RecordBatchReader.from_batches(schema, table.cast(schema).to_batches())
-
-
-def _pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        if batch.num_rows:
-            yield _ipc_row(pa.Table.from_batches([batch]))
-
-
-def _ipc_row(table: pa.Table) -> pa.RecordBatch:
-    """`table` as a one-row batch of its Arrow IPC stream bytes."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return pa.RecordBatch.from_pydict({"ipc": pa.array([sink.getvalue().to_pybytes()], pa.binary())})  # fmt: skip
-
-
-def _unpack(blob: pa.Buffer) -> pa.Table:
-    with pa.ipc.open_stream(blob) as reader:
-        return reader.read_all()
-
-
-def _write_partition(
-    target: OnlineTarget, schema: pa.Schema, batches: Iterator[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    """In an executor: write this partition's rows to the online store (the store's
-    monotonic rule makes a retried task harmless); yield how many."""
-    from almanac.online import open_online_store
-
-    store = open_online_store(target.config)
-    try:
-        typed = (b if b.schema == schema else b.cast(schema) for b in batches if b.num_rows)
-        written = write_online(typed, target, store)
-    finally:
-        store.close()
-    yield pa.RecordBatch.from_pydict({"rows": pa.array([written], pa.int64())})
-
-
 def _bounds(start: datetime | None, end: datetime) -> tuple[datetime | None, datetime]:
     """`time_range` with the end a materialization always has."""
     low, high = time_range(start, end)
     assert high is not None
     return low, high
-
-
-# Spark's types by the DuckDB names `column_problems` compares (numeric or not matters).
-_TYPE_NAMES = {
-    "ByteType": "TINYINT",
-    "ShortType": "SMALLINT",
-    "IntegerType": "INTEGER",
-    "LongType": "BIGINT",
-    "FloatType": "FLOAT",
-    "DoubleType": "DOUBLE",
-    "DecimalType": "DECIMAL",
-    "BooleanType": "BOOLEAN",
-    "StringType": "VARCHAR",
-    "BinaryType": "BLOB",
-    "DateType": "DATE",
-    "TimestampType": "TIMESTAMP WITH TIME ZONE",
-    "TimestampNTZType": "TIMESTAMP",
-}
-
-
-def _type_name(kind: Any) -> str:
-    """A Spark type by its DuckDB name (what `column_problems` compares)."""
-    name: str = _TYPE_NAMES.get(type(kind).__name__) or kind.simpleString().upper()
-    return name
