@@ -246,12 +246,8 @@ def latest_query(rows: ViewRows, start: datetime | None, end: datetime) -> str:
     where = [f"{TS} <= {sql_timestamp(end)}"]
     if start is not None:
         where.append(f"{TS} >= {sql_timestamp(start)}")
-    # max() of one flat struct (sort key fields first, the row last) picks the row with
-    # the greatest sort key, like arg_max(row, sort key) but 2-3x faster: DuckDB compares
-    # a struct argument of arg_max through its slow generic path.
-    order = [f"'{name}': {SORT_KEY}.{name}" for name in ("t", "c" if rows.has_created else "", "o") if name]  # fmt: skip
     grouped = (
-        f"SELECT {', '.join(keys)}, max({{{', '.join(order)}, 'w': {{{packed}}}}}).w AS w "
+        f"SELECT {', '.join(keys)}, arg_max({{{packed}}}, {SORT_KEY}) AS w "
         f"FROM ({rows.sql}) WHERE {' AND '.join(where)} GROUP BY ALL"
     )
     outputs = [*keys, *[f"w.{quote(f.name)} AS {quote(f.name)}" for f in rows.features]]
