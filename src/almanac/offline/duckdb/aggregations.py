@@ -262,7 +262,7 @@ def aggregation_part(
     upper = None if high is None else _micros_of(high)
     events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
     aliases = {c: Column(i.alias, i.dtype) for c, i in columns.items()}
-    sql = running_values(view, list(keys), events, aliases, list(dict.fromkeys(features)))
+    sql = running_values(view, keys, events, aliases, list(dict.fromkeys(features)))
     defaults = {f.name: "0" if f.function in _COUNTS else None for f in features}
     outputs = [(ref.field.name, ref.output_name, defaults[ref.field.name]) for ref in refs]
     return PointPart(sql, list(keys), outputs)
