@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 
 from almanac import FeatureStore
 from almanac.materialize import scheduler
+from almanac.materialize.history import RunRecord
 from almanac.materialize.scheduler import due_times, run_due
 from almanac.serving.app import create_app
 
@@ -182,6 +184,13 @@ def test_run_due_exit_codes_runs_http_and_metrics(tmp_path: Path, online_url: st
     store.close()
 
 
+def _wait_for_runs(store: FeatureStore, done: Callable[[list[RunRecord]], bool]) -> None:
+    deadline = time.monotonic() + 90
+    while not done(store.runs("fast", limit=1000)):
+        assert time.monotonic() < deadline, store.runs("fast", limit=1000)
+        time.sleep(0.2)
+
+
 def test_two_schedulers_never_run_one_view_at_once(tmp_path: Path, online_url: str) -> None:
     """Two real `almanac schedule` processes on a 1 s cadence; one is killed with SIGKILL
     half-way, the other carries on alone. The history shows no overlapping runs."""
@@ -191,14 +200,15 @@ def test_two_schedulers_never_run_one_view_at_once(tmp_path: Path, online_url: s
             "schedule", "--poll", "0.1", "--lease", "2s", "--views", "fast"]  # fmt: skip
     procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
     try:
-        time.sleep(4)
+        # Waits on the history, not on the clock: a loaded machine starts them late.
+        _wait_for_runs(store, lambda runs: len(runs) >= 2)
         # Kill the one that ran it last (it may hold the lease right now).
         last = max(store.runs("fast", limit=1000), key=lambda r: r.started_at)
         victim = next(p for p in procs if last.host.endswith(f":{p.pid}"))
         survivor_process = next(p for p in procs if p is not victim)
         victim.send_signal(signal.SIGKILL)
         killed_at = datetime.now(UTC)
-        time.sleep(4)
+        _wait_for_runs(store, lambda runs: sum(r.started_at > killed_at + timedelta(seconds=0.5) for r in runs) >= 3)  # fmt: skip
     finally:
         for process in procs:
             if process.poll() is None:
