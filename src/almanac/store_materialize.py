@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from almanac.materialize.history import RunRecord
-    from almanac.materialize.jobs import MaterializeResult
+    from almanac.materialize.jobs import MaterializeResult, ProgressCallback
     from almanac.ports.handles import StoreHandle
     from almanac.registry.store import CachedRegistry
     from almanac.security.operations import OperationGuard
@@ -39,32 +39,40 @@ class MaterializationVerbs:
         start: datetime | str | None,
         end: datetime | str,
         views: Sequence[str] | None = None,
-        **options: Any,
+        progress: ProgressCallback | None = None,
     ) -> MaterializeResult:
+        """Write each view's latest values with event time in [start, end] to the online
+        store (`almanac.materialize.jobs.materialize`); `progress(view, rows)` is called
+        after each write."""
         from almanac.materialize.jobs import materialize
         from almanac.materialize.scheduler import recorder
         from almanac.repo import guard_writes
 
         guard_writes("materialize")
-        options.setdefault("on_run", recorder(self.registry.state, "manual"))
+        on_run = recorder(self.registry.state, "manual")
         with _materializing(self, "materialize", views) as notes:
-            result = materialize(self, start, end, views, **options)
+            result = materialize(self, start, end, views, progress, on_run)
             notes["rows"] = result.rows
         return result
 
     def materialize_incremental(
-        self: _Store, end: datetime | str, views: Sequence[str] | None = None, **options: Any
+        self: _Store,
+        end: datetime | str,
+        views: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> MaterializeResult:
+        """Materialize each view from its watermark (or from late rows' earliest event
+        time) to `end` (`almanac.materialize.jobs.materialize_incremental`)."""
         from almanac.materialize.jobs import materialize_incremental
         from almanac.materialize.late import LateRows
         from almanac.materialize.scheduler import recorder
         from almanac.repo import guard_writes
 
         guard_writes("materialize_incremental")
-        options.setdefault("on_run", recorder(self.registry.state, "manual"))
-        options.setdefault("late", LateRows(self.config, self.catalog, self.registry.state))
+        on_run = recorder(self.registry.state, "manual")
+        late = LateRows(self.config, self.catalog, self.registry.state)
         with _materializing(self, "materialize_incremental", views) as notes:
-            result = materialize_incremental(self, end, views, **options)
+            result = materialize_incremental(self, end, views, progress, on_run, late)
             notes["rows"] = result.rows
         return result
 
