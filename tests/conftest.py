@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -25,15 +26,58 @@ if TYPE_CHECKING:
 _counter = itertools.count()
 
 
+class _XdistGroups:
+    """`--dist loadgroup` on pytest 9.2: pytest-xdist (3.8) tags each test id with its
+    xdist_group by setting `item._nodeid`, which pytest 9.2 no longer reads (its ids are
+    structured: pytest-dev/pytest-xdist#1386), so every group was silently spread over
+    the workers. Run after xdist's hook, this tags the ids that it could not."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:  # fmt: skip
+        if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
+            return
+        for item in items:
+            names = {str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                     for m in item.iter_markers("xdist_group")}  # fmt: skip
+            suffix = "@" + "_".join(sorted(names))
+            ident = getattr(item, "_id", None)
+            if not names or item.nodeid.endswith(suffix) or not dataclasses.is_dataclass(ident):
+                continue
+            try:  # the same structured id, whose text (what xdist reads) ends in @group
+                tagged = dataclasses.replace(ident)  # type: ignore[type-var]
+                object.__setattr__(tagged, "_str_cache", item.nodeid + suffix)
+            except (TypeError, AttributeError):  # another pytest: leave the id alone
+                continue
+            item._id = tagged
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_XdistGroups(), "almanac-xdist-groups")
+
+
+# Modules whose single tests run longest (the docs' tutorial, 30-40 s): started first, so
+# that no worker is left with one of them at the end while the other has nothing to do.
+LONGEST_FIRST = ("tests/test_docs.py",)
+
+
+# tryfirst: xdist's own hook turns the xdist_group marks into the group of each test id, so
+# the marks must be added before it runs (else each worker starts a JVM of its own).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs the Spark engine is marked `spark` and kept on one xdist
     worker (`make test` runs with --dist loadgroup): one JVM for the whole run, while the
     other worker takes everything else."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("engine_name") == "spark" or "tests/spark/" in item.nodeid.replace("\\", "/"):
+        if (
+            params.get("engine_name") == "spark"
+            or "tests/spark/" in item.nodeid.replace("\\", "/")
+            or item.get_closest_marker("spark") is not None  # a test marked by hand
+        ):
             item.add_marker(pytest.mark.spark)
             item.add_marker(pytest.mark.xdist_group("spark"))
+    # A stable sort: each module's tests stay together and in their order.
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ them afterwards.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -15,8 +16,17 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+
+def temp_folder(prefix: str) -> Path:
+    """A new folder under the system's temp folder, removed when this test process exits
+    (a server's files outlive its process: a restart reads them again)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def free_port() -> int:
@@ -84,9 +94,7 @@ class RedisServer:
 
 
 def start_redis() -> RedisServer:
-    return RedisServer(
-        port=free_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-"))
-    ).start()
+    return RedisServer(port=free_port(), folder=temp_folder("almanac-redis-")).start()
 
 
 @dataclass
@@ -97,6 +105,7 @@ class RedisClusterServer:
     nodes: list[RedisServer]
     masters: int
     tls: TlsFiles | None = None
+    _clients: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def url(self) -> str:
@@ -123,7 +132,9 @@ class RedisClusterServer:
                  "--cluster-enabled", "yes", "--cluster-config-file", str(node.folder / "nodes.conf"),
                  "--cluster-node-timeout", "2000", "--logfile", str(node.folder / "redis.log"),
                  # Always fail over (its data-age check misjudges on clocks that are adjusted).
-                 "--cluster-replica-validity-factor", "0"],
+                 "--cluster-replica-validity-factor", "0",
+                 # Sync a replica at once (not after the default 5 s wait for more replicas).
+                 "--repl-diskless-sync-delay", "0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         for node in self.nodes:
@@ -136,58 +147,72 @@ class RedisClusterServer:
         self.wait_healthy()
         return self
 
+    def _ask(self, node: RedisServer, *command: str) -> Any:
+        """One command to one node over redis-py (no redis-cli process per question, as
+        the fixtures ask before every test); None when the node does not answer."""
+        import redis
+
+        client = self._clients.get(node.port)
+        if client is None:
+            tls = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+            client = redis.Redis(port=node.port, socket_timeout=5, decode_responses=True, **tls)  # type: ignore[arg-type]  # fmt: skip
+            self._clients[node.port] = client
+        try:
+            return client.execute_command(*command)
+        except redis.RedisError:
+            return None
+
+    def _alive(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until every live node says the cluster is ok and all slots are served."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = []
-            for node in self.nodes:
-                if node.process is None or node.process.poll() is not None:
-                    continue
-                info = subprocess.run(self._cli("-p", str(node.port), "cluster", "info"),
-                                      capture_output=True, text=True, check=False).stdout  # fmt: skip
-                states.append("cluster_state:ok" in info and "cluster_slots_ok:16384" in info)
+            for node in self._alive():
+                info = self._ask(node, "CLUSTER INFO") or {}
+                states.append(info.get("cluster_state") == "ok" and str(info.get("cluster_slots_ok")) == "16384")  # fmt: skip
             if states and all(states) and self._replicated():
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise RuntimeError("the Redis Cluster did not become healthy")
 
     def _replicated(self) -> bool:
         """Every live replica is synced with its master (writes wait for one): as many
         replication links online as live nodes that are not masters."""
-        alive = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+        alive = self._alive()
         masters = self.primaries()
         online = 0
         for node in masters:
-            info = subprocess.run(self._cli("-p", str(node.port), "info", "replication"),
-                                  capture_output=True, text=True, check=False).stdout  # fmt: skip
-            online += info.count("state=online")
+            info = self._ask(node, "INFO", "replication") or {}
+            online += sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")  # fmt: skip
         return online >= len(alive) - len(masters)
 
     def primaries(self) -> list[RedisServer]:
         """The nodes that are masters now (after a failover, a former replica)."""
         out = []
-        for node in self.nodes:
-            if node.process is None or node.process.poll() is not None:
-                continue
-            role = subprocess.run(self._cli("-p", str(node.port), "role"),
-                                  capture_output=True, text=True, check=False).stdout  # fmt: skip
-            if role.startswith("master"):
+        for node in self._alive():
+            role = self._ask(node, "ROLE")
+            if role and role[0] == "master":
                 out.append(node)
         return out
 
     def flushall(self) -> None:
         for node in self.primaries():
-            subprocess.run(self._cli("-p", str(node.port), "flushall"), check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            if self._ask(node, "FLUSHALL") is not True:
+                raise RuntimeError(f"FLUSHALL failed on 127.0.0.1:{node.port}")
 
     def stop(self) -> None:
+        for client in self._clients.values():
+            client.close()
         for node in self.nodes:
             node.stop()
 
 
 def start_redis_cluster(masters: int = 3, replicas_per_master: int = 1, tls: TlsFiles | None = None) -> RedisClusterServer:  # fmt: skip
     nodes = [
-        RedisServer(port=free_cluster_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-cluster-")))
+        RedisServer(port=free_cluster_port(), folder=temp_folder("almanac-redis-cluster-"))
         for _ in range(masters * (1 + replicas_per_master))
     ]  # fmt: skip
     return RedisClusterServer(nodes, masters, tls).start()
@@ -231,9 +256,7 @@ def _tls_args(tls: TlsFiles) -> list[str]:
 
 def start_redis_tls(tls: TlsFiles) -> RedisServer:
     """A redis-server that speaks TLS only (`--tls-port`, no plain port)."""
-    server = RedisServer(
-        port=free_port(), folder=Path(tempfile.mkdtemp(prefix="almanac-redis-tls-"))
-    )
+    server = RedisServer(port=free_port(), folder=temp_folder("almanac-redis-tls-"))
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run `make test`, which installs it")

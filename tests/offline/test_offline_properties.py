@@ -20,6 +20,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from offline_reference import expected_features, winner
@@ -169,6 +170,7 @@ def test_engine_matches_reference(data: st.DataObject) -> None:
     check_engine(data, "duckdb")
 
 
+@pytest.mark.spark  # on the worker that runs every Spark test (tests/conftest.py)
 @SPARK_SETTINGS
 @given(data=st.data())
 def test_spark_engine_matches_reference(data: st.DataObject) -> None:

@@ -58,8 +58,9 @@ def test_the_bucket_hash_is_the_same_in_bulk_and_per_key() -> None:
     assert zlib.crc32(b"a") == 0xE8B7BE43  # CRC-32's published value: placement is fixed
 
 
-def test_entities_spread_over_every_master(cluster: RedisClusterServer) -> None:
-    store = RedisClusterOnlineStore(cluster.url)
+def test_entities_spread_over_every_master(redis_cluster_server: RedisClusterServer, redis_cluster_url: str) -> None:  # fmt: skip
+    cluster = redis_cluster_server  # the session's (it kills no node), emptied for this test
+    store = RedisClusterOnlineStore(redis_cluster_url)
     assert store.write_batch("p", "v", ["user_id"], ["version"], rows(9_000, 1)) == 9_000
     sizes = [redis.Redis(port=node.port).dbsize() for node in cluster.primaries()]
     assert len(sizes) == 3 and sum(sizes) >= 9_000
