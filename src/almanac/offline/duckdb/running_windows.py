@@ -123,7 +123,8 @@ def running_values(
     spine_points = f"SELECT DISTINCT {ks}, {TS} FROM {SPINE} WHERE {not_null}"
     if numbered:
         ctes.append(
-            f"__k AS MATERIALIZED (SELECT {ks}, row_number() OVER (ORDER BY {ks}) AS {KID} "
+            f"__k AS MATERIALIZED (SELECT {ks}, "
+            f"CAST(row_number() OVER (ORDER BY {ks}) AS INTEGER) AS {KID} "
             f"FROM (SELECT DISTINCT {ks} FROM {SPINE} WHERE {not_null}))"
         )
         spine_points = f"SELECT * FROM ({spine_points}) JOIN __k USING ({ks})"
@@ -154,8 +155,11 @@ def running_values(
         v = a
         if columns[name].dtype not in _INTEGER:
             v = f"__v_{a}"
+            # INTEGER, not row_number's BIGINT: a narrower sort key (the island sort ran
+            # ~0.3 s faster on 10M events); fewer than 2**31 values, as events are.
             ctes.append(
-                f"__dict{n} AS (SELECT {a} AS __dv, row_number() OVER (ORDER BY {a}) AS {v} "
+                f"__dict{n} AS (SELECT {a} AS __dv, "
+                f"CAST(row_number() OVER (ORDER BY {a}) AS INTEGER) AS {v} "
                 f"FROM (SELECT DISTINCT {a} FROM {events_of_spine} WHERE {a} IS NOT NULL))"
             )
             kept = "" if a in raw else f" EXCLUDE ({a})"
