@@ -61,7 +61,9 @@ from almanac.config import RepoConfig
 from almanac.errors import ConfigError, StoreUnavailableError
 from almanac.online.batch import KeyColumn, PreparedBatch, prepare_batch
 from almanac.online.redis.aio import AsyncRedis
-from almanac.online.redis.store import _UNAVAILABLE, WRITE_SCRIPT, RedisOnlineStore
+from almanac.online.redis.reads import decode_read
+from almanac.online.redis.scripts import WRITE_SCRIPT, load_script_command, script_sha
+from almanac.online.redis.store import _UNAVAILABLE, RedisOnlineStore
 from almanac.online.redis.wire import (
     KEY_PREFIX,
     ROWS_PER_CALL,
@@ -419,9 +421,8 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def _load_script(self, script: str = WRITE_SCRIPT) -> bytes:
         def load() -> bytes:
             names = sorted(set(self._map.node_of_slot.values()))
-            replies = self._exchange_nodes({n: [command(b"SCRIPT", b"LOAD", script.encode())] for n in names})  # fmt: skip
-            sha = replies[names[0]][0]
-            return sha if isinstance(sha, bytes) else sha.encode()
+            replies = self._exchange_nodes({n: [load_script_command(script)] for n in names})
+            return script_sha(replies[names[0]][0])
 
         sha: bytes = self._retrying(load)
         return sha
@@ -487,13 +488,13 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         commands, keys, layout = self._read_commands(project, requests)
         replies = self._each(commands, _slots_of(keys)) if commands else []
-        return _decode(replies, layout, len(requests))
+        return decode_read(replies, layout, len(requests))
 
     async def read_async(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         commands, keys, layout = self._read_commands(project, requests)
         slots = _slots_of(keys)
         if not commands:
-            return _decode([], layout, len(requests))
+            return decode_read([], layout, len(requests))
         loop = asyncio.get_running_loop()
         nodes = self._nodes_of(slots)
         groups: dict[str, list[int]] = {}
@@ -511,7 +512,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         for rows, answer in zip(groups.values(), answers, strict=True):
             for index, reply in zip(rows, answer, strict=True):
                 replies[index] = reply
-        return _decode(replies, layout, len(requests))
+        return decode_read(replies, layout, len(requests))
 
     def _async_to(self, loop: asyncio.AbstractEventLoop, name: str) -> AsyncRedis:
         with self._lock:
@@ -558,9 +559,3 @@ def _meta(project: str) -> str:
 def _slots_of(keys: list[bytes]) -> np.ndarray:
     """Each tagged key's slot (its bucket is between the braces)."""
     return _SLOT_OF_BUCKET[[int(k[k.index(b"{") + 1 : k.index(b"}")]) for k in keys]]
-
-
-def _decode(replies: list[Any], layout: Any, size: int) -> list[ViewRows]:
-    from almanac.online.redis.store import _decode_read
-
-    return _decode_read(replies, layout, size)

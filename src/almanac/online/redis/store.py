@@ -7,34 +7,26 @@ tuples ever written, so `delete_view` knows what to remove, and
 ``alm:<project>#watermarks``: a hash of view → ``<µs or -> <fingerprint>``, which a FLUSHALL
 or a restart without persistence empties with the data.
 
-Writes are monotonic inside Redis: a Lua script takes many rows per call and, per row,
-compares the stored (event time, created time) with the new one before setting the fields (scripts
-run atomically, so concurrent writers cannot interleave). The wire payload, built in
-bulk from Arrow columns by `redis_wire.write_payload`, is streamed on a raw connection
-by a sender thread, so the client encodes the next slice while Redis runs the previous
-one.
-
-`merge_batch` (pushed events into aggregation tiles) is an optimistic read-modify-write:
-read the entities' fields, merge in Python, then a second script writes each entity only
-if a SHA-1 of its fields still equals the one of what was read; entities another writer
-changed meanwhile are read and merged again.
-
-Event times are compared with Lua's `tonumber` (doubles): exact up to 2^53 microseconds,
-that is until the year 2255.
+Writes are monotonic inside Redis: Lua scripts (`almanac.online.redis.scripts`) compare
+each row's (event time, created time) with the stored one before setting its fields.
+`write_batch` streams their calls from a sender thread and `merge_batch` is an optimistic
+read-modify-write (`almanac.online.redis.writes`).
 
 Reads are one round trip: one HMGET per entity row covering every requested view of
 that entity, packed by hand and sent on a per-thread connection (measured: redis-py's
-pipeline object takes 1.9 ms for 100 HMGETs; packing them by hand, 0.4-0.8 ms).
-`read_async` sends the same bytes on an asyncio connection (`redis_async`) shared by
-every request of the event loop, for the HTTP server.
+pipeline object takes 1.9 ms for 100 HMGETs; packing them by hand, 0.4-0.8 ms), and
+decoded by `almanac.online.redis.reads`. `read_async` sends the same bytes on an asyncio
+connection (`almanac.online.redis.aio`) shared by every request of the event loop, for
+the HTTP server.
+
+`RedisClusterOnlineStore` subclasses this store: it overrides the hooks under "where keys
+live" and `_load_script`, `_register`, `_stream_writes` to route by slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -53,18 +45,21 @@ from redis.retry import Retry
 from almanac.config import RepoConfig
 from almanac.errors import ConfigError, StoreUnavailableError
 from almanac.online.batch import KeyColumn, PreparedBatch, prepare_batch
-from almanac.online.codec import (
-    Decoder,
-    redis_decoder,
-    redis_values,
-)
+from almanac.online.codec import redis_decoder, redis_values
 from almanac.online.redis.aio import AsyncRedis
+from almanac.online.redis.reads import ReadLayout, ReadSpec, decode_read
+from almanac.online.redis.scripts import (
+    MERGE_SCRIPT,
+    WATERMARK_SCRIPT,
+    WRITE_SCRIPT,
+    load_script_command,
+    script_sha,
+)
 from almanac.online.redis.wire import (
     KEY_PREFIX,
     ROWS_PER_CALL,
     bulk,
     command,
-    count_written,
     created_field,
     entity_keys,
     feature_field,
@@ -73,7 +68,14 @@ from almanac.online.redis.wire import (
     key_prefix,
     read_replies,
     ts_field,
-    write_payload,
+)
+from almanac.online.redis.writes import (
+    MERGE_ROUNDS,
+    merge_call,
+    merge_script_header,
+    stored_rows,
+    stream_writes,
+    write_script_header,
 )
 from almanac.ports.online import Merge, OnlineStore, ViewRead, ViewRows, Watermark
 from almanac.semantics.times import datetime_to_micros, micros_to_datetime
@@ -81,170 +83,6 @@ from almanac.semantics.times import datetime_to_micros, micros_to_datetime
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # A cluster's client raises its own errors when no master answers.
 _DELETE_ERRORS = (*_UNAVAILABLE, RedisClusterException)
-
-# KEYS: one hash per row. ARGV: feature count, event-time field, created-time field,
-# expiry seconds (0 for none), the feature fields, then per row the event time and the
-# created time (decimal microseconds; empty: none, the oldest) and one value per feature
-# (empty: null, the field is deleted). A row is written when its (event time, created
-# time) is not older than the stored pair: rule 2's order.
-# Redis spends most of a call in `redis.call` and in building tables (measured: 6.6-6.9
-# vs 7.6-8.0 us of server time per row before): a row with a created time reads the
-# stored one only on an event-time tie, and a row without nulls fills prebuilt HSET
-# arguments.
-WRITE_SCRIPT = """
-local call = redis.call
-local nf = tonumber(ARGV[1])
-local ts_field = ARGV[2]
-local created_field = ARGV[3]
-local expire = tonumber(ARGV[4])
-local base = 4 + nf
-local with_created = {ts_field, false, created_field, false}
-local without_created = {ts_field, false}
-for j = 1, nf do
-  with_created[3 + 2 * j] = ARGV[4 + j]
-  without_created[1 + 2 * j] = ARGV[4 + j]
-end
-local written = 0
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local at = base + (i - 1) * (nf + 2) + 1
-  local ts = ARGV[at]
-  local created = ARGV[at + 1]
-  local stored, stored_created
-  if created == '' then  -- a stored created time must then go: read it now
-    local pair = call('HMGET', key, ts_field, created_field)
-    stored, stored_created = pair[1], pair[2]
-  else
-    stored = call('HGET', key, ts_field)
-  end
-  local newer = not stored
-  if not newer then
-    local old, new = tonumber(stored), tonumber(ts)
-    newer = old < new
-    if old == new then
-      if created ~= '' then stored_created = call('HGET', key, created_field) end
-      newer = (not stored_created) or (created ~= '' and tonumber(created) >= tonumber(stored_created))
-    end
-  end
-  if newer then
-    local set, first = with_created, 4
-    if created == '' then set, first = without_created, 2 end
-    local plain = true
-    for j = 1, nf do
-      local value = ARGV[at + 1 + j]
-      if value == '' then plain = false end
-      set[first + 2 * j] = value
-    end
-    if plain then
-      set[2] = ts
-      if first == 4 then set[4] = created end
-      call('HSET', key, unpack(set))
-      if stored_created and created == '' then call('HDEL', key, created_field) end
-    else
-      local cut = {ts_field, ts}
-      local nulls = {}
-      if created == '' then
-        if stored_created then nulls[1] = created_field end
-      else
-        cut[3] = created_field
-        cut[4] = created
-      end
-      for j = 1, nf do
-        local value = set[first + 2 * j]
-        if value == '' then
-          nulls[#nulls + 1] = ARGV[4 + j]
-        else
-          cut[#cut + 1] = ARGV[4 + j]
-          cut[#cut + 1] = value
-        end
-      end
-      call('HSET', key, unpack(cut))
-      if #nulls > 0 then call('HDEL', key, unpack(nulls)) end
-    end
-    if expire > 0 then call('EXPIRE', key, expire) end
-    written = written + 1
-  end
-end
-return written
-"""
-
-# KEYS: one hash per row. ARGV: feature count, event-time field, expiry seconds, the
-# feature fields, then per row the digest of the fields as read (`_digest`), the event
-# time and one value per feature (empty: null). Returns the 0-based rows not written
-# because their fields changed since they were read.
-MERGE_SCRIPT = """
-local nf = tonumber(ARGV[1])
-local ts_field = ARGV[2]
-local expire = tonumber(ARGV[3])
-local fields = {ts_field}
-for j = 1, nf do fields[j + 1] = ARGV[3 + j] end
-local base = 3 + nf
-local conflicts = {}
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local at = base + (i - 1) * (nf + 2)
-  local current = redis.call('HMGET', key, unpack(fields))
-  local parts = {}
-  for j = 1, #current do
-    if current[j] then parts[j] = 'v' .. #current[j] .. ':' .. current[j] else parts[j] = '-' end
-  end
-  if redis.sha1hex(table.concat(parts)) == ARGV[at + 1] then
-    local set = {ts_field, ARGV[at + 2]}
-    local nulls = {}
-    for j = 1, nf do
-      local value = ARGV[at + 2 + j]
-      if value == '' then
-        nulls[#nulls + 1] = fields[j + 1]
-      else
-        set[#set + 1] = fields[j + 1]
-        set[#set + 1] = value
-      end
-    end
-    redis.call('HSET', key, unpack(set))
-    if #nulls > 0 then redis.call('HDEL', key, unpack(nulls)) end
-    if expire > 0 then redis.call('EXPIRE', key, expire) end
-  else
-    conflicts[#conflicts + 1] = i - 1
-  end
-end
-return conflicts
-"""
-# KEYS: the watermarks hash. ARGV: the view, the watermark (decimal µs, or - for none),
-# the layout. Under one layout it never moves back; a new layout replaces it.
-WATERMARK_SCRIPT = """
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-local value = ARGV[2] .. ' ' .. ARGV[3]
-if stored then
-  local micros, layout = string.match(stored, '^(%S+) (.*)$')
-  if layout == ARGV[3] then
-    if ARGV[2] == '-' then return 0 end
-    if micros ~= '-' and tonumber(micros) >= tonumber(ARGV[2]) then return 0 end
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], value)
-return 1
-"""
-
-# Rounds of read, merge, conditional write before giving up on entities that other
-# writers keep changing.
-_MERGE_ROUNDS = 50
-
-
-# ---- the store ----------------------------------------------------------------------------
-
-
-class _ReadSpec:
-    """Per (view, join keys, features, dtypes): fields to ask for and how to decode."""
-
-    __slots__ = ("decoders", "fields", "group_key", "width")
-
-    def __init__(self, request: ViewRead) -> None:
-        self.fields = [ts_field(request.view)] + [
-            feature_field(request.view, f) for f in request.features
-        ]
-        self.decoders: list[Decoder] = [redis_decoder(d) for d in request.dtypes]
-        self.width = len(request.features)
-        self.group_key = tuple(sorted(request.join_keys))
 
 
 class RedisOnlineStore(OnlineStore):
@@ -287,7 +125,7 @@ class RedisOnlineStore(OnlineStore):
         self._local = threading.local()
         self._connections: list[redis.Connection] = []
         self._lock = threading.Lock()
-        self._specs: dict[tuple[Any, ...], _ReadSpec] = {}
+        self._specs: dict[tuple[Any, ...], ReadSpec] = {}
         self._group_fields: dict[tuple[Any, ...], tuple[bytes, int]] = {}
         self._encoders: dict[tuple[str, tuple[str, ...]], Callable[..., list[bytes]]] = {}
         # Async reads: one client per event loop (see `_async_client`).
@@ -360,8 +198,8 @@ class RedisOnlineStore(OnlineStore):
     # ---- writes -----------------------------------------------------------------------
 
     def _load_script(self, script: str = WRITE_SCRIPT) -> bytes:
-        sha = self._checked([command(b"SCRIPT", b"LOAD", script.encode())], 1)[0]
-        return sha if isinstance(sha, bytes) else sha.encode()
+        """Load a script (hook: a cluster loads it on every master); its SHA-1."""
+        return script_sha(self._checked([load_script_command(script)], 1)[0])
 
     def _register(self, project: str, view: str, join_keys: list[str], features: list[str]) -> None:
         """Record the view's features and key names, for `delete_view`."""
@@ -382,17 +220,14 @@ class RedisOnlineStore(OnlineStore):
             return 0
         sha = self._load_script()  # also (re)connects through the retrying path
         self._register(project, view, join_keys, features)
-        header = [str(len(features)).encode(), ts_field(view), created_field(view),
-                  str(self.key_ttl_seconds).encode()]  # fmt: skip
-        header += [feature_field(view, f) for f in features]
-        header_args = b"".join(bulk(a) for a in header)
+        header_args, header_count = write_script_header(view, features, self.key_ttl_seconds)
         try:
-            return self._stream_writes(project, batch, sha, header_args, len(header))
+            return self._stream_writes(project, batch, sha, header_args, header_count)
         except NoScriptError:
             # Redis lost its script cache mid-batch (restart, SCRIPT FLUSH): load it and
             # resend everything; rows already applied are rewritten identically.
             sha = self._load_script()
-            return self._stream_writes(project, batch, sha, header_args, len(header))
+            return self._stream_writes(project, batch, sha, header_args, header_count)
 
     def merge_batch(
         self,
@@ -414,38 +249,28 @@ class RedisOnlineStore(OnlineStore):
         self._register(project, view, join_keys, features)
         fields = [ts_field(view)] + [feature_field(view, f) for f in features]
         decoders = [redis_decoder(f.dtype) for f in batch.features]
-        header = [str(len(features)).encode(), ts_field(view), str(self.key_ttl_seconds).encode()]
-        header_args = b"".join(bulk(a) for a in [*header, *fields[1:]])
+        header_args = merge_script_header(view, features, self.key_ttl_seconds)
         written, pending = 0, self._grouped(project, table, join_keys, features, view)
-        for _ in range(_MERGE_ROUNDS):
+        for _ in range(MERGE_ROUNDS):
             key_array, slots = self._entity_keys(project, prepare_batch(view, pending, join_keys, features).keys)  # fmt: skip
             keys = key_array.to_pylist()
             replies = self._each([command(b"HMGET", key, *fields) for key in keys], slots)
-            stored = ViewRows(
-                [None if reply[0] is None else int(reply[0]) for reply in replies],
-                [
-                    [None if reply[j] is None else decode(reply[j]) for reply in replies]
-                    for j, decode in enumerate(decoders, 1)
-                ],
-            )
+            stored = stored_rows(replies, decoders)
             merged = prepare_batch(view, merge(stored, pending), join_keys, features)
             times = merged.event_times.cast(pa.string()).cast(pa.binary()).to_pylist()
             values = [redis_values(f)[0].to_pylist() for f in merged.features]
             conflicts: list[int] = []
             for start, stop in self._calls(slots, len(keys)):
                 rows = range(start, stop)
-                args = [sha, str(len(rows)).encode(), *(keys[i] for i in rows)]
-                for i in rows:
-                    args += [_digest(replies[i]), times[i], *(column[i] for column in values)]
-                call = b"*%d\r\n$7\r\nEVALSHA\r\n" % (1 + len(args) + 3 + len(features))
-                call += b"".join(bulk(a) for a in args[: 2 + len(rows)]) + header_args
-                call += b"".join(bulk(a) for a in args[2 + len(rows) :])
+                call = merge_call(
+                    sha, header_args, len(features), rows, keys, replies, times, values
+                )
                 where = None if slots is None else slots[start : start + 1]
                 try:
                     reply = self._each([call], where, write=True)[0]
                 except NoScriptError:
-                    sha = self._load_script(MERGE_SCRIPT)
-                    reply = self._each([call.replace(args[0], sha, 1)], where, write=True)[0]
+                    stale, sha = sha, self._load_script(MERGE_SCRIPT)
+                    reply = self._each([call.replace(stale, sha, 1)], where, write=True)[0]
                 conflicts += [start + int(i) for i in reply]
             written += len(keys) - len(conflicts)
             if not conflicts:
@@ -453,7 +278,7 @@ class RedisOnlineStore(OnlineStore):
             pending = pending.take(conflicts)
         raise StoreUnavailableError(
             f"Redis online store at {self.address}: {pending.num_rows} entities of view "
-            f"'{view}' changed under every one of {_MERGE_ROUNDS} merges; try again"
+            f"'{view}' changed under every one of {MERGE_ROUNDS} merges; try again"
         )
 
     # ---- where keys live (one node here; `RedisClusterOnlineStore` routes by slot) -------
@@ -478,49 +303,15 @@ class RedisOnlineStore(OnlineStore):
     def _stream_writes(
         self, project: str, batch: PreparedBatch, sha: bytes, header_args: bytes, header_count: int
     ) -> int:
-        """Send the batch slice by slice and then read every reply. A sender thread
-        writes slice k to the socket while this thread encodes slice k+1 (both release
-        the GIL: socket writes and Arrow kernels), so the client's encoding overlaps
-        with Redis running the script. Replies are tiny and wait in the socket."""
+        """Send the batch's WRITE_SCRIPT calls and count the rows written (hook: a
+        cluster sends each master its calls); see `stream_writes`."""
         connection = self._connection()
-        outbox: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
-        failures: list[BaseException] = []
-
-        def send() -> None:
-            while (pieces := outbox.get()) is not None:
-                if not failures:
-                    try:
-                        connection.send_packed_command(pieces, check_health=False)
-                    except BaseException as error:  # reported by the calling thread
-                        failures.append(error)
-
-        sender = threading.Thread(target=send, name="almanac-redis-writer", daemon=True)
-        sender.start()
-        calls, in_step = 0, False
         try:
-            try:
-                for part in batch.slices(self.batch_size):
-                    if failures:
-                        break
-                    pieces, count = write_payload(project, part, sha, header_args, header_count)
-                    outbox.put(pieces)
-                    calls += count
-            finally:
-                outbox.put(None)
-                sender.join()
-            if failures:
-                raise failures[0]
-            replies = read_replies(connection, calls)
-            in_step = True
+            return stream_writes(
+                connection, project, batch, sha, header_args, header_count, self.batch_size
+            )
         except _UNAVAILABLE as failure:
             raise self._unavailable(failure) from None
-        finally:
-            if not in_step:  # unread replies would answer the next command: drop the socket
-                connection.disconnect()
-        error = first_error(replies)
-        if error is not None:
-            raise error
-        return count_written(replies)
 
     def delete_view(self, project: str, view: str) -> None:
         meta = f"{KEY_PREFIX}:{project}#"
@@ -581,12 +372,12 @@ class RedisOnlineStore(OnlineStore):
 
     # ---- reads ------------------------------------------------------------------------
 
-    def _spec(self, request: ViewRead) -> _ReadSpec:
+    def _spec(self, request: ViewRead) -> ReadSpec:
         cache_key = (request.view, tuple(request.join_keys), tuple(request.features),
                      tuple(request.dtypes))  # fmt: skip
         spec = self._specs.get(cache_key)
         if spec is None:
-            spec = self._specs[cache_key] = _ReadSpec(request)
+            spec = self._specs[cache_key] = ReadSpec(request)
         return spec
 
     def _encoder(self, project: str, join_keys: Sequence[str]) -> Callable[..., list[bytes]]:
@@ -598,18 +389,18 @@ class RedisOnlineStore(OnlineStore):
 
     def _read_payload(
         self, project: str, requests: list[ViewRead]
-    ) -> tuple[bytes, int, list[tuple[list[tuple[int, _ReadSpec]], int]]]:
+    ) -> tuple[bytes, int, ReadLayout]:
         """The packed HMGETs of a read, how many replies they give, and how to decode them."""
         commands, _, layout = self._read_commands(project, requests)
         return b"".join(commands), len(commands), layout
 
     def _read_commands(
         self, project: str, requests: list[ViewRead]
-    ) -> tuple[list[bytes], list[bytes], list[tuple[list[tuple[int, _ReadSpec]], int]]]:
+    ) -> tuple[list[bytes], list[bytes], ReadLayout]:
         """One packed HMGET per entity row, the rows' hash keys, and how to decode the
         replies. Requests for the same entity key (same key names and the same key
         columns) share one HMGET per row."""
-        groups: dict[tuple[Any, ...], list[tuple[int, _ReadSpec]]] = {}
+        groups: dict[tuple[Any, ...], list[tuple[int, ReadSpec]]] = {}
         first_request: dict[tuple[Any, ...], ViewRead] = {}
         for index, request in enumerate(requests):
             spec = self._spec(request)
@@ -619,7 +410,7 @@ class RedisOnlineStore(OnlineStore):
             first_request.setdefault(identity, request)
         commands: list[bytes] = []
         all_keys: list[bytes] = []
-        layout = []
+        layout: ReadLayout = []
         for identity, members in groups.items():
             request = first_request[identity]
             fields_key = tuple(id(spec) for _, spec in members)
@@ -639,13 +430,13 @@ class RedisOnlineStore(OnlineStore):
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         payload, count, layout = self._read_payload(project, requests)
         replies = self._checked([payload], count) if count else []
-        return _decode_read(replies, layout, len(requests))
+        return decode_read(replies, layout, len(requests))
 
     async def read_async(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         """`read` on an asyncio connection of the running loop (pipelined, non-blocking)."""
         payload, count, layout = self._read_payload(project, requests)
         replies = await self._async_client().execute(payload, count) if count else []
-        return _decode_read(replies, layout, len(requests))
+        return decode_read(replies, layout, len(requests))
 
     async def ping_async(self) -> None:
         await self._async_client().execute(command(b"PING"), 1)
@@ -682,45 +473,3 @@ class RedisOnlineStore(OnlineStore):
 
 def _watermarks_key(project: str) -> str:
     return f"{KEY_PREFIX}:{project}#watermarks"
-
-
-def _digest(fields: list[bytes | None]) -> bytes:
-    """What MERGE_SCRIPT computes of the fields it finds: length-prefixed, so no two
-    different field lists give the same text; absent and empty differ."""
-    parts = [b"-" if value is None else b"v%d:%s" % (len(value), value) for value in fields]
-    return hashlib.sha1(b"".join(parts)).hexdigest().encode()
-
-
-def _decode_read(
-    replies: list[Any], layout: list[tuple[list[tuple[int, _ReadSpec]], int]], size: int
-) -> list[ViewRows]:
-    out: list[ViewRows | None] = [None] * size
-    start = 0
-    for members, count in layout:
-        group_replies = replies[start : start + count]
-        start += count
-        offset = 0
-        for index, spec in members:
-            out[index] = _decode_view(group_replies, offset, spec)
-            offset += spec.width + 1
-    return out  # type: ignore[return-value]
-
-
-def _decode_view(replies: list[list[bytes | None]], offset: int, spec: _ReadSpec) -> ViewRows:
-    """One view's slice of the HMGET replies (event time at `offset`, then features)."""
-    if len(replies) == 1:  # the common single-entity request, without per-column loops
-        reply = replies[0]
-        stamp = reply[offset]
-        if stamp is None:
-            return ViewRows([None], [[None] for _ in spec.decoders])
-        raws = reply[offset + 1 : offset + 1 + spec.width]
-        pairs = zip(spec.decoders, raws, strict=True)
-        return ViewRows(
-            [int(stamp)], [[None if raw is None else decode(raw)] for decode, raw in pairs]
-        )
-    times = [None if (raw := reply[offset]) is None else int(raw) for reply in replies]
-    columns = []
-    for index, decode in enumerate(spec.decoders, offset + 1):
-        column = [reply[index] for reply in replies]
-        columns.append([None if raw is None else decode(raw) for raw in column])
-    return ViewRows(times, columns)
