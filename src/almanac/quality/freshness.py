@@ -11,17 +11,25 @@ Per view, two ages:
 Status: `stale` when the event age exceeds the SLO (the data itself is old), `lagging`
 when the materialization lag does (the online store was not refreshed), `ok` otherwise;
 `no data` for a view with no rows, `no slo` for a view without `freshness`.
+
+A write-time on-demand view (`write_to_online=True`) is reported too: it is computed from
+its source view's rows, so its event age and SLO are that view's, and it has a
+materialization lag of its own (its own watermark) when that view is materialized.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.sources import PushSource
 from almanac.ports.handles import StoreHandle
+from almanac.registry.on_demand import stored_as, write_time_views, written_from
+
+if TYPE_CHECKING:
+    from almanac.registry.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -44,18 +52,32 @@ class ViewFreshness:
 def freshness(
     store: StoreHandle, views: list[str] | None = None, now: datetime | None = None
 ) -> list[ViewFreshness]:
-    """Every view's freshness (or those named), at `now` (default: the clock)."""
+    """Every view's freshness (or those named: feature views, aggregation views,
+    write-time on-demand views), at `now` (default: the clock)."""
     now = now or datetime.now(UTC)
     catalog = store.catalog
-    chosen = [catalog.view(name) for name in views] if views else list(catalog.all_views().values())  # fmt: skip
-    marks = store.online.watermarks(store.project) if any(_materialized(store, v) for v in chosen) else {}  # fmt: skip
+    names = views or [*catalog.all_views(), *(w.name for w in write_time_views(catalog))]
+    # Each name with the feature view whose data it is (itself, or a write-time view's source).
+    chosen = [(name, stored_as(catalog, name)) for name in names]
+    materialized = any(_materialized(store, view) for _, view in chosen)
+    marks = store.online.watermarks(store.project) if materialized else {}
+    newest: dict[str, datetime | None] = {}  # per source view: asked once
     out = []
-    for view in chosen:
-        newest = store.offline.newest_event(catalog, view)
-        mark = marks.get(view.name)
+    for name, view in chosen:
+        if view.name not in newest:
+            newest[view.name] = store.offline.newest_event(catalog, view)
+        mark = marks.get(name)
         watermark = mark.time if mark is not None and _materialized(store, view) else None
-        out.append(_status(view, now, newest, watermark, _materialized(store, view)))
+        out.append(_status(name, view, now, newest[view.name], watermark, _materialized(store, view)))  # fmt: skip
     return out
+
+
+def watched_views(catalog: Catalog) -> list[str]:
+    """The names that have an SLO: views that declare `freshness`, and write-time
+    on-demand views whose source view does (what the feature server monitors)."""
+    own = [v.name for v in catalog.all_views().values() if v.freshness is not None]
+    derived = [w.name for w in write_time_views(catalog) if written_from(catalog, w).freshness is not None]  # fmt: skip
+    return own + derived
 
 
 def _materialized(store: StoreHandle, view: FeatureView) -> bool:
@@ -63,6 +85,7 @@ def _materialized(store: StoreHandle, view: FeatureView) -> bool:
 
 
 def _status(
+    name: str,
     view: FeatureView,
     now: datetime,
     newest: datetime | None,
@@ -84,4 +107,4 @@ def _status(
         status = "lagging"  # never materialized counts as lagging
     else:
         status = "ok"
-    return ViewFreshness(view.name, slo, newest, age, watermark, lag, status)
+    return ViewFreshness(name, slo, newest, age, watermark, lag, status)

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from almanac.quality.freshness import ViewFreshness, freshness
+from almanac.quality.freshness import ViewFreshness, freshness, watched_views
 from almanac.serving.metrics import Metrics
 from almanac.store import FeatureStore
 
@@ -61,8 +61,7 @@ class FreshnessMonitor:
 
     def _refresh(self) -> None:
         try:
-            catalog = self._store.registry.catalog(check=False)
-            watched = [v.name for v in catalog.all_views().values() if v.freshness is not None]
+            watched = watched_views(self._store.registry.catalog(check=False))
             result = freshness(self._store, watched) if watched else []
         except Exception as error:  # reported in /health, retried at the next interval
             with self._lock:
