@@ -7,6 +7,7 @@ before the event time of a pushed value. On SQLite and on a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from test_no_skew import BASE, OFFSETS, row, write_events
 
 from almanac.errors import InputError
 from almanac.online.response import FeatureStatus
+from almanac.online.retrieval import get_online_features_async
 from almanac.store import FeatureStore
 from conftest import assert_online_equals_historical, write_mixed_repo, write_push_repo
 
@@ -135,8 +137,12 @@ def test_reads_before_n_are_refused(store: FeatureStore, view: str, before: time
     for keys in (KEYS, {"account_id": [4]}):  # an entity without a row too: N bounds all
         with pytest.raises(InputError, match=_refusal(view)):
             store.get_online_features([feature], keys, now=end - before)
+        with pytest.raises(InputError, match=_refusal(view)):  # the asyncio API alike
+            asyncio.run(get_online_features_async(store, [feature], keys, now=end - before))
     # At N itself the same read is answered, and it is exact.
     response = store.get_online_features([feature], KEYS, now=end)
+    answer = asyncio.run(get_online_features_async(store, [feature], KEYS, now=end))
+    assert answer.values == response.values
     spine = pa.table({"account_id": ACCOUNTS, "event_timestamp": [end] * len(ACCOUNTS)})
     offline = store.get_historical_features(spine, [feature]).to_arrow().to_pydict()
     name = feature.split(":")[1]

@@ -8,6 +8,7 @@ no per-request Arrow.
 
 from __future__ import annotations
 
+import asyncio
 import numbers
 import time
 from collections.abc import Mapping, Sequence
@@ -202,9 +203,11 @@ def get_online_features(
     plan, keys, requests, request = prepare_read(
         store.catalog, features, entity_rows, feature_service, full_feature_names, request_data
     )
-    rows = store.online.read(store.project, requests)
-    if now is not None:
-        _check_watermarks(plan, store.online.watermarks(store.project), now)
+    if now is None:
+        rows = store.online.read(store.project, requests)
+    else:  # an explicit read time is checked against the watermarks, read beside the rows
+        rows, marks = store.online.read_with_watermarks(store.project, requests)
+        _check_watermarks(plan, marks, now)
     return finish_read(plan, keys, rows, now, request, _repo_path(store))
 
 
@@ -224,6 +227,9 @@ async def get_online_features_async(
         store.catalog, features, entity_rows, feature_service, full_feature_names, request_data
     )
     rows = await store.online.read_async(store.project, requests)
+    if now is not None:  # as `get_online_features` does, off the event loop
+        marks = await asyncio.to_thread(store.online.watermarks, store.project)
+        _check_watermarks(plan, marks, now)
     return finish_read(plan, keys, rows, now, request, _repo_path(store))
 
 

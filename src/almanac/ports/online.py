@@ -119,6 +119,13 @@ class OnlineStore(ABC):
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         """Read every request in one round trip; one `ViewRows` per request, in order."""
 
+    def read_with_watermarks(
+        self, project: str, requests: list[ViewRead]
+    ) -> tuple[list[ViewRows], dict[str, Watermark]]:
+        """`read` and `watermarks` together (a read at an explicit time checks the views'
+        watermarks): in one round trip where the backend can, as one Redis node does."""
+        return self.read(project, requests), self.watermarks(project)
+
     async def read_async(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         """`read` for an asyncio caller: must never block the event loop. The default
         runs `read` in a worker thread; backends with a native async path override it."""

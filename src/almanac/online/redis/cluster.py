@@ -485,6 +485,13 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     # ---- reads -------------------------------------------------------------------------
 
+    def read_with_watermarks(
+        self, project: str, requests: list[ViewRead]
+    ) -> tuple[list[ViewRows], dict[str, Any]]:
+        # Entities are spread over the masters and the watermarks live in one slot: the
+        # port's two calls, not the one node's single exchange.
+        return self.read(project, requests), self.watermarks(project)
+
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         commands, keys, layout = self._read_commands(project, requests)
         replies = self._each(commands, _slots_of(keys)) if commands else []

@@ -29,7 +29,7 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -353,12 +353,7 @@ class RedisOnlineStore(OnlineStore):
             stored = cast(dict[bytes, bytes], self._client.hgetall(_watermarks_key(project)))
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from None
-        out = {}
-        for view, value in stored.items():
-            micros, _, layout = value.decode().partition(" ")
-            time = None if micros == "-" else micros_to_datetime(int(micros))
-            out[view.decode()] = Watermark(time, layout)
-        return out
+        return _decode_watermarks(stored.items())
 
     def set_watermark(
         self, project: str, view: str, watermark: datetime | None, layout: str
@@ -432,6 +427,18 @@ class RedisOnlineStore(OnlineStore):
         replies = self._checked([payload], count) if count else []
         return decode_read(replies, layout, len(requests))
 
+    def read_with_watermarks(
+        self, project: str, requests: list[ViewRead]
+    ) -> tuple[list[ViewRows], dict[str, Watermark]]:
+        """The HMGETs and the watermarks' HGETALL in one round trip."""
+        payload, count, layout = self._read_payload(project, requests)
+        watermarks = command(b"HGETALL", _watermarks_key(project).encode())
+        replies = self._checked([payload, watermarks], count + 1)
+        flat = replies[-1]  # HGETALL: field, value, field, value, ... (a map on RESP3)
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+        marks = _decode_watermarks(pairs)
+        return decode_read(replies[:-1], layout, len(requests)), marks
+
     async def read_async(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         """`read` on an asyncio connection of the running loop (pipelined, non-blocking)."""
         payload, count, layout = self._read_payload(project, requests)
@@ -473,3 +480,13 @@ class RedisOnlineStore(OnlineStore):
 
 def _watermarks_key(project: str) -> str:
     return f"{KEY_PREFIX}:{project}#watermarks"
+
+
+def _decode_watermarks(stored: Iterable[tuple[bytes, bytes]]) -> dict[str, Watermark]:
+    """The watermarks hash's (view, "micros layout") pairs; micros "-": none."""
+    out = {}
+    for view, value in stored:
+        micros, _, layout = value.decode().partition(" ")
+        time = None if micros == "-" else micros_to_datetime(int(micros))
+        out[view.decode()] = Watermark(time, layout)
+    return out
