@@ -12,7 +12,7 @@ from online_helpers import PROJECT, T0, write
 
 from almanac.config import RepoConfig
 from almanac.online import OnlineStore, open_online_store
-from almanac.ports.online import Watermark
+from almanac.ports.online import ViewRead, Watermark
 
 L1 = "layout-1"  # a view definition's values fingerprint
 
@@ -63,6 +63,22 @@ def test_deleting_a_view_forgets_its_watermark_and_only_its(online: OnlineStore)
     online.set_watermark(PROJECT, "user_profile", T0, L1)
     online.delete_view(PROJECT, "user_stats")
     assert online.watermarks(PROJECT) == {"user_profile": Watermark(T0, L1)}
+
+
+def test_a_read_with_watermarks_is_the_read_and_the_watermarks(online: OnlineStore) -> None:
+    """One round trip on one Redis node, two calls elsewhere: the same answers."""
+    rows = [{"user_id": i, "event_timestamp": T0 + timedelta(seconds=i), "clicks": i} for i in (1, 2)]  # fmt: skip
+    write(online, "user_stats", {"user_id": pa.int64()}, {"clicks": pa.int64()}, rows)
+    requests = [ViewRead("user_stats", ["user_id"], [[2, 3, 1]], ["clicks"], ["int64"])]
+    assert online.read_with_watermarks(PROJECT, requests) == (online.read(PROJECT, requests), {})
+    online.set_watermark(PROJECT, "user_stats", T0, L1)
+    online.set_watermark(PROJECT, "user_profile", None, L1)
+    read, marks = online.read_with_watermarks(PROJECT, requests)
+    assert read == online.read(PROJECT, requests)
+    assert read[0].event_times[1] is None and read[0].columns[0][0] == 2
+    assert marks == online.watermarks(PROJECT) == {
+        "user_stats": Watermark(T0, L1), "user_profile": Watermark(None, L1),
+    }  # fmt: skip
 
 
 _views = count()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from almanac.definitions.feature_view import FeatureView
 from almanac.definitions.sources import PushSource
 from almanac.ports.handles import StoreHandle
-from almanac.registry.on_demand import stored_as, write_time_views, written_from
+from almanac.registry.on_demand import stored_as, write_time_views
 
 if TYPE_CHECKING:
     from almanac.registry.catalog import Catalog
@@ -56,28 +56,34 @@ def freshness(
     write-time on-demand views), at `now` (default: the clock)."""
     now = now or datetime.now(UTC)
     catalog = store.catalog
-    names = views or [*catalog.all_views(), *(w.name for w in write_time_views(catalog))]
-    # Each name with the feature view whose data it is (itself, or a write-time view's source).
-    chosen = [(name, stored_as(catalog, name)) for name in names]
-    materialized = any(_materialized(store, view) for _, view in chosen)
-    marks = store.online.watermarks(store.project) if materialized else {}
+    # Each name with the feature view whose data it is (itself, or a write-time view's
+    # source) and whether materialization feeds that view's online values.
+    chosen: list[tuple[str, FeatureView, bool]] = []
+    for name in views or reported_views(catalog):
+        view = stored_as(catalog, name)
+        chosen.append((name, view, _materialized(store, view)))
+    marks = store.online.watermarks(store.project) if any(fed for *_, fed in chosen) else {}
     newest: dict[str, datetime | None] = {}  # per source view: asked once
     out = []
-    for name, view in chosen:
+    for name, view, fed in chosen:
         if view.name not in newest:
             newest[view.name] = store.offline.newest_event(catalog, view)
         mark = marks.get(name)
-        watermark = mark.time if mark is not None and _materialized(store, view) else None
-        out.append(_status(name, view, now, newest[view.name], watermark, _materialized(store, view)))  # fmt: skip
+        watermark = mark.time if mark is not None and fed else None
+        out.append(_status(name, view, now, newest[view.name], watermark, fed))
     return out
 
 
+def reported_views(catalog: Catalog) -> list[str]:
+    """What freshness reports by default: the feature and aggregation views, then the
+    write-time on-demand views."""
+    return [*catalog.all_views(), *(w.name for w in write_time_views(catalog))]
+
+
 def watched_views(catalog: Catalog) -> list[str]:
-    """The names that have an SLO: views that declare `freshness`, and write-time
-    on-demand views whose source view does (what the feature server monitors)."""
-    own = [v.name for v in catalog.all_views().values() if v.freshness is not None]
-    derived = [w.name for w in write_time_views(catalog) if written_from(catalog, w).freshness is not None]  # fmt: skip
-    return own + derived
+    """The names that have an SLO (their own, or a write-time view's source view's):
+    what the feature server monitors."""
+    return [name for name in reported_views(catalog) if stored_as(catalog, name).freshness is not None]  # fmt: skip
 
 
 def _materialized(store: StoreHandle, view: FeatureView) -> bool:

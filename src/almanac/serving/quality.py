@@ -15,10 +15,9 @@ from almanac.config import RepoConfig
 from almanac.errors import AccessDeniedError
 from almanac.quality import checks, results
 from almanac.quality.drift import FeatureDrift
-from almanac.quality.freshness import ViewFreshness, freshness
+from almanac.quality.freshness import ViewFreshness, freshness, reported_views
 from almanac.quality.skew import skew
 from almanac.quality.statistics import FeatureStatistics
-from almanac.registry.on_demand import write_time_views
 from almanac.semantics.times import to_utc
 from almanac.serving import access
 from almanac.serving.encode import dumps
@@ -170,7 +169,7 @@ def quality_router(state: ServingState) -> APIRouter:
     ) -> Response:
         """Each view's newest event and online lag against its freshness SLO."""
         if access.policy(state) is not None:  # only views the caller may describe
-            known = [*state.catalog.all_views(), *(w.name for w in write_time_views(state.catalog))]  # fmt: skip
+            known = reported_views(state.catalog)
             for name in view or []:
                 if name not in known or not access.visible(state, "view", name):
                     raise AccessDeniedError(f"may not describe view '{name}'")

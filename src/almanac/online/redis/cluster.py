@@ -77,7 +77,7 @@ from almanac.online.redis.wire import (
     read_replies,
     write_payload,
 )
-from almanac.ports.online import ViewRead, ViewRows
+from almanac.ports.online import OnlineStore, ViewRead, ViewRows
 
 BUCKETS = 1024
 FAILOVER_TIMEOUTS = 5  # how many online timeouts a request keeps retrying through a failover
@@ -485,12 +485,9 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     # ---- reads -------------------------------------------------------------------------
 
-    def read_with_watermarks(
-        self, project: str, requests: list[ViewRead]
-    ) -> tuple[list[ViewRows], dict[str, Any]]:
-        # Entities are spread over the masters and the watermarks live in one slot: the
-        # port's two calls, not the one node's single exchange.
-        return self.read(project, requests), self.watermarks(project)
+    # Entities are spread over the masters and the watermarks live in one slot: the
+    # port's two calls, not the one node's single exchange.
+    read_with_watermarks = OnlineStore.read_with_watermarks
 
     def read(self, project: str, requests: list[ViewRead]) -> list[ViewRows]:
         commands, keys, layout = self._read_commands(project, requests)
