@@ -8,11 +8,13 @@ Windows. The value at T covers events with ``lower_W(T) < t <= T`` where
 ``lower_W(T) = T - W`` (exact) or ``floor_tile(T - W)`` (with a tile; boundaries are
 multiples of the tile since the epoch).
 
-Training sets (`running_windows`): the distinct (keys, T) of the spine become probes at T
-and at each window's far edge, sorted once among their entities' events; count, sum, mean
-and count_distinct are differences of running totals between the probes, the other
-functions RANGE frames of the same order; no join of spine and events (whose size grows
-with events per window).
+Training sets (`running_windows` builds the queries, `running_totals` evaluates them): the
+distinct (keys, T) of the spine become probes at T and at each window's far edge, sorted
+once among their entities' events by DuckDB; NumPy walks the sorted stream once: count,
+sum, mean and count_distinct are differences of running totals between the probes, min
+and max of numbers the extremes of the rows between them; last, stddev, variance (and
+min/max of strings and timestamps) are RANGE frames of the same order, in DuckDB. No
+join of spine and events (whose size grows with events per window).
 
 Tiles (`tiles_query`): per entity and tile (a tile ``(b - tile, b]``; without a tile,
 every distinct event time is its own tile, ``b = t``), the partial aggregates: row
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pyarrow as pa
 
@@ -35,7 +38,8 @@ from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
 from almanac.offline.duckdb.point_in_time import PointPart, cast_column, raw_time_bounds
-from almanac.offline.duckdb.running_windows import Column, running_values
+from almanac.offline.duckdb.running_totals import evaluate
+from almanac.offline.duckdb.running_windows import Column, running_plan
 from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
 from almanac.semantics.tiles import STATES
@@ -262,10 +266,10 @@ def aggregation_part(
     upper = None if high is None else _micros_of(high)
     events = event_rows(scan, view, keys, columns, source.timestamp_field, lower, upper)
     aliases = {c: Column(i.alias, i.dtype) for c, i in columns.items()}
-    sql = running_values(view, keys, events, aliases, list(dict.fromkeys(features)))
+    plan = running_plan(view, keys, events, aliases, list(dict.fromkeys(features)))
     defaults = {f.name: "0" if f.function in _COUNTS else None for f in features}
     outputs = [(ref.field.name, ref.output_name, defaults[ref.field.name]) for ref in refs]
-    return PointPart(sql, list(keys), outputs)
+    return PointPart(plan.answer_sql, list(keys), outputs, partial(evaluate, plan=plan))
 
 
 def tiles_reader(

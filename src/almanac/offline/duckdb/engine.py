@@ -34,6 +34,7 @@ from almanac.offline.duckdb.point_in_time import (
     history_query,
     latest_query,
     newest_query,
+    prepare_parts,
     rows_query,
     view_rows,
 )
@@ -154,6 +155,10 @@ class DuckDBEngine(OfflineEngine):
         cursor.register(SPINE, spine.narrow)
 
         def produce(batch_rows: int) -> pa.RecordBatchReader:
+            try:
+                prepare_parts(cursor, parts)
+            except _DATA_ERRORS as error:
+                raise _input_error("get_historical_features", error) from None
             return _reader(cursor, query, schema, batch_rows, "get_historical_features")
 
         return RetrievalJob(spine.entities, schema, produce)

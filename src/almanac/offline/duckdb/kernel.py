@@ -36,6 +36,7 @@ from almanac.offline.duckdb.point_in_time import (
     history_query,
     latest_query,
     newest_query,
+    prepare_parts,
     rows_query,
     view_rows,
 )
@@ -85,8 +86,15 @@ def _scan(con: duckdb.DuckDBPyConnection, spec: ViewSpec, rows: pa.Table) -> Sou
     return SourceScan(name, columns, spec.file_order, label=spec.label)
 
 
-def _run(con: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema, what: str) -> pa.Table:
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    schema: pa.Schema,
+    what: str,
+    parts: list[JoinPart | PointPart] | None = None,
+) -> pa.Table:
     try:
+        prepare_parts(con, parts or [])
         table = con.sql(query).to_arrow_table()
     except _DATA_ERRORS as error:
         message = str(error).strip().splitlines()[0]
@@ -120,7 +128,7 @@ def point_in_time(
             part = JoinPart(found, view.ttl, [(r.field.name, r.output_name) for r in refs])
         con.register(SPINE, spine)
         query = historical_query([part], [r.output_name for r in refs], with_row_id=True)
-        return _run(con, query, schema, f"feature view '{view.name}'")
+        return _run(con, query, schema, f"feature view '{view.name}'", [part])
     finally:
         con.close()
 

@@ -27,8 +27,10 @@ the spine's row id. `latest_query` and `history_query` use the same sort key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from almanac.definitions.feature_view import FeatureView, Field
 from almanac.definitions.sources import FileSource, PushSource, SqlSource
@@ -185,11 +187,21 @@ class JoinPart:
 class PointPart:
     """Values computed elsewhere per distinct (keys, TS) of the spine (aggregation views):
     `sql` has the keys, TS and one column per feature; spine points it lacks get
-    `default` (count 0) per (column, output name, default)."""
+    `default` (count 0) per (column, output name, default). `prepare`, given the
+    connection the query runs on (the spine registered), registers the tables `sql`
+    reads: it runs before the query."""
 
     sql: str
     keys: list[str]
     outputs: list[tuple[str, str, str | None]]
+    prepare: Callable[[Any], None] | None = None
+
+
+def prepare_parts(connection: Any, parts: list[JoinPart | PointPart]) -> None:
+    """Run the parts' `prepare` steps on `connection`, before their query."""
+    for part in parts:
+        if isinstance(part, PointPart) and part.prepare is not None:
+            part.prepare(connection)
 
 
 def historical_query(

@@ -1,4 +1,4 @@
-"""Training-set windows by running totals over one sort of events and probes.
+"""Training-set windows by running totals over one sort of events and probes: the SQL.
 
 For a spine point T and a window W with far edge ``L = lower_W(T)`` (exact: ``T - W``;
 tiled: ``floor_tile(T - W)``), what the window ``(L, T]`` holds of an additive quantity
@@ -6,42 +6,48 @@ is its running total at T minus its running total at L. So each distinct spine p
 (numbered ``__pid``) becomes *probes*: one at T and one at each window's L. Probes and
 events are sorted together per entity by ``__t2``, twice the time, plus 1 for probes: an
 event at T (``2T``) comes before the probe at T (``2T + 1``), an event at L before the
-probe at L, so the difference is exactly the events with ``L < t <= T``, whatever the
-order among ties (events tie only with events, probes only with probes, which add 0).
+probe at L, so the rows between the probe at L and the probe at T are exactly the events
+with ``L < t <= T``, whatever the order among ties (events tie only with events, probes
+only with probes, which add nothing).
 
-All of it is one window specification, ``PARTITION BY key ORDER BY __t2`` (the key when it
-is one integer, else ``__kid``, the entity's number in the spine), which DuckDB
-sorts once (the running totals must come from an ORDER BY: DuckDB promises no input
-order to ``OVER ()``):
+DuckDB does the sorting (`RunningPlan.stream_sql`: ``ORDER BY`` the entity, then
+``__t2``); `running_totals` walks the sorted stream once with NumPy. A window aggregate
+in DuckDB is evaluated at every row of the sort through a segment tree (about 1 s per
+aggregate over 14M rows here); a cumulative sum over a column costs milliseconds.
 
-* counts (events, non-null values, island starts and ends below) are packed four to a
-  HUGEINT, 31 bits each, and summed once per word; a packed difference has no borrows,
-  each field's difference being in [0, 2**31). The number of events the query reads is
-  checked below 2**31 (an error otherwise), so no field can overflow into the next.
-* sum, mean: running sums in fixed point (a HUGEINT of ``round(x * 2**K)``; K per column,
-  from the data: every value of exponent >= -K is an integer there, and no total can pass
-  2**122), so differences keep small values next to large ones (a running double sum
-  would cancel them away). A value with bits below 2**-K (K >= 122 - log2(max |x|) -
-  log2(events)) loses them: below 2**-69 of the largest value at 10M events.
-  Integer columns sum exactly as they are.
+* counts (events, non-null values, island starts and ends below) are running sums of
+  0/1 increments; sum and mean are running sums in fixed point: ``round(x * 2**K)`` as a
+  HUGEINT (K per column, from the data: every value of exponent >= -K is an integer
+  there, and no total can pass 2**122), split into 31-bit lanes that are summed as
+  64-bit integers and joined again in DuckDB, so differences keep small values next to
+  large ones (a running double sum would cancel them away). A value with bits below
+  2**-K (K >= 122 - log2(max |x|) - log2(events)) loses them: below 2**-69 of the
+  largest value at 10M events. Integer columns sum exactly, in three lanes.
+  The query reads fewer than 2**31 events (checked: an error otherwise), so no lane's
+  running sum can pass 2**63.
 * count_distinct: per (keys, value), events whose coverage ``[t, until_W(t))`` (the T
   whose window holds t) overlap chain into an "island"; a value is in the window at T iff
   an island covers T, so the count is (islands started by T) - (islands whose last event
   is at or before L): a start flag and an end flag per event, from ``lag``/``lead`` over
   a sort by (keys, value, time), counted as running totals.
-* min, max, last, stddev, variance: RANGE frames of the same window specification,
-  read at the probes at T (segment trees).
+* min and max of numbers: the extreme of the rows between the probe at L and the probe
+  at T (`numpy.ufunc.reduceat`; probes and nulls hold a neutral value).
+* last, stddev, variance, and min/max of strings and timestamps: RANGE frames of the
+  same sort, evaluated in DuckDB and read at the probes at T.
 
-The probes' totals are then brought back to one row per point by a GROUP BY on the point
-number (an integer: cheaper than grouping by keys and time).
+The spine's points, and each entity's number when the key is not one integer, are
+computed first (`points_sql`) and registered, so the stream and the answer read them
+without computing them again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from almanac.definitions.aggregation import AggregateFeature, AggregationView
+from almanac.definitions.types import NUMERIC_DTYPES
 from almanac.offline.duckdb.point_in_time import SPINE, TS
 from almanac.offline.duckdb.sources import duckdb_type, quote
 from almanac.semantics.windows import micros
@@ -50,11 +56,12 @@ T = "__t"  # event (or spine) time, epoch microseconds, as `aggregations.event_r
 T2 = "__t2"  # 2 * time, + 1 for probes
 KID = "__kid"  # the entity's number
 PID = "__pj"  # probes: point number * probe kinds + probe kind; events: NULL
-_RUNNING = ("count", "count_distinct", "sum", "mean")
+RUNNING = ("count", "count_distinct", "sum", "mean")
 _INTEGER = ("int32", "int64")
-_BITS = 31  # per packed count field
-_PER_WORD = 4  # fields per HUGEINT word: 4 * 31 < 127
-_MASK = (1 << _BITS) - 1
+LANE_BITS = 31
+_MASK = (1 << LANE_BITS) - 1
+MAX_EVENTS = (1 << 31) - 1
+_names = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,58 @@ class Column:
 
     alias: str
     dtype: str | None
+
+
+@dataclass(frozen=True)
+class Extreme:
+    """A min or max of numbers, evaluated over the stream's rows between two probes."""
+
+    feature: str
+    column: str  # the stream's column of values
+    kind: int  # the probe kind of the window's far edge
+    largest: bool  # max, else min
+    counted: str  # the running field of the column's non-null values
+    dtype: str  # the values' NumPy dtype (the column's: int32, int64, float32, float64)
+
+
+@dataclass
+class RunningPlan:
+    """The queries of one aggregation view's training-set part, and what the NumPy
+    walk over the stream computes (`running_totals.evaluate` runs it)."""
+
+    view: str
+    keys: list[str]  # quoted
+    kinds: int  # probe kind 0 at T, kind j at the far edge of window j
+    points: str  # the registered table of the spine's points
+    result: str  # the registered table of the computed columns, one row per point
+    points_sql: str
+    scales_sql: str  # the events' count, then K per float column summed
+    floats: list[str]  # aliases of the float columns summed, in scales_sql's order
+    fields: list[str] = field(default_factory=list)  # running fields: stream columns
+    lanes: dict[str, int] = field(default_factory=dict)  # alias summed -> its lanes
+    extremes: list[Extreme] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)  # stream columns read at the T probes
+    outputs: list[tuple[str, str]] = field(default_factory=list)  # (result column, SQL)
+    stream_sql: str = ""  # the events and probes, sorted
+    differences: set[tuple[str, int]] = field(default_factory=set)  # (field, kind) read
+
+    def difference(self, name: str, kind: int) -> str:
+        """The result's column of a running field's total at T minus at the far edge of
+        probe kind `kind` (noted as needed)."""
+        self.differences.add((name, kind))
+        return f"__d_{name}_{kind}"
+
+    @property
+    def answer_sql(self) -> str:
+        """One row per point: the keys, TS and the features (by feature name)."""
+        select = [f"__p.{key}" for key in self.keys] + [f"__p.{TS}"]
+        select += [f"{sql} AS {quote(name)}" for name, sql in self.outputs]
+        return f"SELECT {', '.join(select)} FROM {self.result} JOIN {self.points} AS __p USING (__pid)"  # fmt: skip
+
+
+def value_column(alias: str) -> str:
+    """The stream's column of an aggregated column's values (sums, min and max)."""
+    return f"__val_{alias}"
 
 
 def _mod(value: str, g: int) -> str:
@@ -86,71 +145,92 @@ def _until(time: str, window: timedelta, tile: timedelta | None) -> str:
     return f"({time} + ({g} - {_mod(time, g)}) % {g} + {micros(window)})"
 
 
-def running_values(
+def in_numpy(feature: AggregateFeature, columns: dict[str, Column]) -> bool:
+    """Whether the NumPy walk computes `feature` (else a RANGE frame in DuckDB does)."""
+    if feature.function in RUNNING:
+        return True
+    numeric = feature.column is not None and columns[feature.column].dtype in NUMERIC_DTYPES
+    return feature.function in ("min", "max") and numeric
+
+
+def running_plan(
     view: AggregationView,
     keys: dict[str, str],
     events: str,
     columns: dict[str, Column],
     features: list[AggregateFeature],
-) -> str:
-    """One row per distinct (keys, TS) of the spine: the keys (name: dtype), TS and
-    `features` (named by feature name)."""
+) -> RunningPlan:
+    """The plan of `features` at the spine's distinct (keys, TS): the keys (name: dtype),
+    TS and one column per feature, named by feature name."""
     k = [quote(key) for key in keys]
     ks = ", ".join(k)
     tile = view.tile
     windows = list(dict.fromkeys(f.window for f in features))
-    kinds = len(windows) + 1  # probe kind 0: at T; kind j: at the far edge of windows[j-1]
+    kinds = len(windows) + 1
     kind = {w: j + 1 for j, w in enumerate(windows)}
-    slow_windows = list(dict.fromkeys(f.window for f in features if f.function not in _RUNNING))
+    n = next(_names)
+    points, result = f"__almanac_points_{n}", f"__almanac_windows_{n}"
 
+    # The sorts partition by one integer: the key itself when it is one integer, else
+    # the entity's number in the spine (`KID`), which the events and probes carry instead
+    # of the keys (a string key made the hot-keys case's sort ~0.3 GB larger).
+    numbered = len(keys) > 1 or next(iter(keys.values())) not in _INTEGER
+    part = KID if numbered else k[0]
+    not_null = " AND ".join(f"{key} IS NOT NULL" for key in [*k, TS])
+    # Numbered in (keys, TS) order, as the stream sorts them: the probes at T then come
+    # in point order (`running_totals` relies on it for min and max, and checks it).
+    entity = f", CAST(dense_rank() OVER (ORDER BY {ks}) AS INTEGER) AS {KID}" if numbered else ""
+    points_sql = (
+        f"SELECT {ks}, {TS}, epoch_us({TS}) AS {T}, row_number() OVER (ORDER BY {ks}, {TS}) "
+        f"AS __pid{entity} FROM (SELECT DISTINCT {ks}, {TS} FROM {SPINE} WHERE {not_null})"
+    )
     # The events of the spine's entities, written out at each use, not a CTE: DuckDB
     # materializes a CTE read more than once (NOT MATERIALIZED notwithstanding), and
     # holding every event until the query ends cost ~440 MB on 10M events; reading the
     # files again costs less.
     events_of_spine = (
-        f"(SELECT * FROM ({events}) SEMI JOIN (SELECT DISTINCT {ks} FROM {SPINE}) USING ({ks}))"
+        f"(SELECT * FROM ({events}) SEMI JOIN (SELECT DISTINCT {ks} FROM {points}) USING ({ks}))"
     )
-    not_null = " AND ".join(f"{key} IS NOT NULL" for key in [*k, TS])
-    # The sorts below partition by one integer: the key itself when it is one integer,
-    # else the entity's number in the spine (`KID`), which the events and probes carry
-    # instead of the keys (a string key made the hot-keys case's sort ~0.3 GB larger).
-    numbered = len(keys) > 1 or next(iter(keys.values())) not in _INTEGER
-    part = KID if numbered else k[0]
-    stream_events = events_of_spine
-    ctes = []
-    # MATERIALIZED: every reference must see the same numbering; ordered, so that the
-    # numbering does not depend on the order DuckDB reads the rows in.
-    spine_points = f"SELECT DISTINCT {ks}, {TS} FROM {SPINE} WHERE {not_null}"
+    source = events_of_spine
     if numbered:
-        ctes.append(
-            f"__k AS MATERIALIZED (SELECT {ks}, "
-            f"CAST(row_number() OVER (ORDER BY {ks}) AS INTEGER) AS {KID} "
-            f"FROM (SELECT DISTINCT {ks} FROM {SPINE} WHERE {not_null}))"
+        source = (
+            f"(SELECT __k.{KID}, __e.* EXCLUDE ({ks}) FROM ({events}) AS __e "
+            f"JOIN (SELECT DISTINCT {ks}, {KID} FROM {points}) AS __k USING ({ks}))"
         )
-        spine_points = f"SELECT * FROM ({spine_points}) JOIN __k USING ({ks})"
-        stream_events = (
-            f"(SELECT __k.{KID}, __e.* EXCLUDE ({ks}) FROM ({events}) AS __e JOIN __k USING ({ks}))"
-        )
-    ctes.append(
-        f"__p AS MATERIALIZED (SELECT *, epoch_us({TS}) AS {T}, "
-        f"row_number() OVER (ORDER BY {ks}, {TS}) AS __pid FROM ({spine_points}))"
-    )
 
-    # Packed count fields: (name, the event's increment as SQL).
-    fields: list[tuple[str, str]] = [("n", "1")]
-    counted = [f.column for f in features if f.column and f.function in ("count", "sum", "mean")]
-    for column in dict.fromkeys(counted):
-        a = columns[column].alias
-        fields.append((f"nn_{a}", f"({a} IS NOT NULL)"))
+    # Fixed-point scales of the float columns summed: the largest K at which every value
+    # is an integer, unless the events' totals could then pass 2**122.
+    summed = list(dict.fromkeys(f.column for f in features if f.column and f.function in ("sum", "mean")))  # fmt: skip
+    floats = [columns[c].alias for c in summed if columns[c].dtype not in _INTEGER]
+    scales = ["count(*)"]
+    for a in floats:
+        e = f"floor(log2(abs(CAST({a} AS DOUBLE))))"
+        nonzero = f"FILTER (WHERE {a} <> 0)"
+        scales.append(
+            f"CAST(greatest(-1000, least(1000, 53 - coalesce(min({e}) {nonzero}, 0), "
+            f"122 - coalesce(max({e}) {nonzero}, 0) - ceil(log2(count(*) + 1)))) AS INTEGER)"
+        )
+    plan = RunningPlan(
+        view.name, k, kinds, points, result, points_sql,
+        f"SELECT {', '.join(scales)} FROM {events_of_spine}", floats,
+    )  # fmt: skip
+
+    # Running fields: (stream column, the event's increment as SQL; NULL counts 0).
+    increments: list[tuple[str, str]] = [("n", f"CAST({PID} IS NULL AS TINYINT)")]
+    counted = [f.column for f in features if f.column and f.function != "count_distinct" and in_numpy(f, columns)]  # fmt: skip
+    for c in dict.fromkeys(counted):
+        a = columns[c].alias
+        increments.append((f"nn_{a}", f"CAST({a} IS NOT NULL AS TINYINT)"))
 
     # count_distinct: island flags per (keys, value), one sort per column. The sort
     # carries, besides the keys and time, only the columns the stream needs; a value that
     # is not an integer is replaced there by its number in a dictionary of the distinct
     # values (a narrower payload and sort key than, say, strings).
+    ctes: list[str] = []
     raw = list(dict.fromkeys(columns[f.column].alias for f in features if f.column and f.function != "count_distinct"))  # fmt: skip
-    source = stream_events
     distinct = [f for f in features if f.function == "count_distinct"]
-    for n, name in enumerate(dict.fromkeys(f.column for f in distinct if f.column)):
+    flag_names: list[str] = []
+    for i, name in enumerate(dict.fromkeys(f.column for f in distinct if f.column)):
         a = columns[name].alias
         v = a
         if columns[name].dtype not in _INTEGER:
@@ -158,152 +238,112 @@ def running_values(
             # INTEGER, not row_number's BIGINT: a narrower sort key (the island sort ran
             # ~0.3 s faster on 10M events); fewer than 2**31 values, as events are.
             ctes.append(
-                f"__dict{n} AS (SELECT {a} AS __dv, "
+                f"__dict{i} AS (SELECT {a} AS __dv, "
                 f"CAST(row_number() OVER (ORDER BY {a}) AS INTEGER) AS {v} "
                 f"FROM (SELECT DISTINCT {a} FROM {events_of_spine} WHERE {a} IS NOT NULL))"
             )
             kept = "" if a in raw else f" EXCLUDE ({a})"
             ctes.append(
-                f"__g{n} AS (SELECT __x.*{kept}, __dict{n}.{v} FROM {source} AS __x "
-                f"LEFT JOIN __dict{n} ON __x.{a} = __dict{n}.__dv)"
+                f"__g{i} AS (SELECT __x.*{kept}, __dict{i}.{v} FROM {source} AS __x "
+                f"LEFT JOIN __dict{i} ON __x.{a} = __dict{i}.__dv)"
             )
-            source = f"__g{n}"
+            source = f"__g{i}"
         flags = []
         for w in dict.fromkeys(f.window for f in distinct if f.column == name):
             j = kind[w]
             before = f"{T} < {_until(f'lag({T}) OVER __d', w, tile)}"
             after = f"lead({T}) OVER __d < {_until(T, w, tile)}"
-            flags.append(f"({v} IS NOT NULL AND NOT coalesce({before}, false)) AS __ds_{a}_{j}")
-            flags.append(f"({v} IS NOT NULL AND NOT coalesce({after}, false)) AS __de_{a}_{j}")
-            fields += [(f"ds_{a}_{j}", f"__ds_{a}_{j}"), (f"de_{a}_{j}", f"__de_{a}_{j}")]
+            flags.append(f"CAST({v} IS NOT NULL AND NOT coalesce({before}, false) AS TINYINT) AS __ds_{a}_{j}")  # fmt: skip
+            flags.append(f"CAST({v} IS NOT NULL AND NOT coalesce({after}, false) AS TINYINT) AS __de_{a}_{j}")  # fmt: skip
+            flag_names += [f"__ds_{a}_{j}", f"__de_{a}_{j}"]
+            increments += [(f"ds_{a}_{j}", f"__ds_{a}_{j}"), (f"de_{a}_{j}", f"__de_{a}_{j}")]
         ctes.append(
-            f"__f{n} AS (SELECT *, {', '.join(flags)} FROM {source} "
+            f"__f{i} AS (SELECT *, {', '.join(flags)} FROM {source} "
             f"WINDOW __d AS (PARTITION BY {part}, {v} ORDER BY {T}))"
         )
-        source = f"__f{n}"
+        source = f"__f{i}"
 
-    # Fixed-point scales of the float columns summed, and the guard of the packed fields
-    # (an error past 2**31 events, read by the final WHERE, not carried through the sort).
-    summed = list(dict.fromkeys(f.column for f in features if f.column and f.function in ("sum", "mean")))  # fmt: skip
-    floats = [c for c in summed if columns[c].dtype not in _INTEGER]
-    scales = [
-        f"CASE WHEN count(*) < {1 << _BITS} THEN 0 ELSE error('aggregation view "
-        f"{view.name}: more than {(1 << _BITS) - 1} events in one training-set query') END "
-        f"AS __guard"
-    ]
-    for c in floats:
+    # The columns summed: NumPy splits each value (in fixed point for floats) into lanes.
+    for c in summed:
         a = columns[c].alias
-        e = f"floor(log2(abs(CAST({a} AS DOUBLE))))"
-        nonzero = f"FILTER (WHERE {a} <> 0)"
-        scales.append(
-            f"CAST(greatest(-1000, least(1000, 53 - coalesce(min({e}) {nonzero}, 0), "
-            f"122 - coalesce(max({e}) {nonzero}, 0) - ceil(log2(count(*) + 1)))) AS INTEGER) "
-            f"AS __k_{a}"
-        )
-    ctes.append(f"__s AS (SELECT {', '.join(scales)} FROM {events_of_spine})")
+        plan.lanes[a] = 4 if a in floats else 3
+    plan.fields = [name for name, _ in increments]
 
-    # The stream: events carry their raw columns (the increments are computed from them
-    # inside the window's aggregates, so the sort holds no wide HUGEINT columns), probes
-    # their point number and kind.
-    # count_distinct reads its column in the island sort only; the stream carries the rest.
-    flag_names = [expr for _, expr in fields if expr.startswith("__d")]
+    # The stream: events carry their raw columns, probes their point number and kind.
     event_cols = [part, f"2 * {T} AS {T2}", f"NULL::BIGINT AS {PID}", *raw, *flag_names]
-    probe_cols = [part, f"{T2}", PID]
-    probe_cols += [f"NULL AS {a}" for a in raw] + [f"NULL AS {x}" for x in flag_names]
-    probes = [f"SELECT {part}, 2 * {T} + 1 AS {T2}, __pid * {kinds} AS {PID} FROM __p"]
+    probe_cols = [part, T2, PID] + [f"NULL AS {x}" for x in [*raw, *flag_names]]
+    probes = [f"SELECT {part}, 2 * {T} + 1 AS {T2}, __pid * {kinds} AS {PID} FROM {points}"]
     for w, j in kind.items():
-        probes.append(
-            f"SELECT {part}, 2 * {_lower(T, w, tile)} + 1, __pid * {kinds} + {j} FROM __p"
-        )
+        probes.append(f"SELECT {part}, 2 * {_lower(T, w, tile)} + 1, __pid * {kinds} + {j} FROM {points}")  # fmt: skip
     rows = (
         f"SELECT {', '.join(event_cols)} FROM {source} UNION ALL "
         f"SELECT {', '.join(probe_cols)} FROM ({' UNION ALL '.join(probes)})"
     )
-
-    spec = f"PARTITION BY {part} ORDER BY {T2}"
-    running = f"({spec} ROWS UNBOUNDED PRECEDING)"
-    out: list[str] = []
-    words = [fields[i : i + _PER_WORD] for i in range(0, len(fields), _PER_WORD)]
-    for w_index, word in enumerate(words):
-        packed = " + ".join(
-            f"(CAST({expr} AS HUGEINT) << {_BITS * i})" for i, (_, expr) in enumerate(word)
-        )
-        out.append(f"sum(CASE WHEN {PID} IS NULL THEN {packed} END) OVER {running} AS __w{w_index}")  # fmt: skip
-    for c in summed:
-        a = columns[c].alias
-        value = f"CAST({a} AS HUGEINT)"
-        if c in floats:
-            # A scalar subquery, not a join: the sort then holds no scale column.
-            value = (
-                f"CAST(round(CAST({a} AS DOUBLE) * pow(2.0, (SELECT __k_{a} FROM __s))) AS HUGEINT)"
-            )
-        out.append(f"sum({value}) OVER {running} AS __sum_{a}")
+    select = [PID] + [f"coalesce({sql}, 0) AS {name}" for name, sql in increments]
+    select += [f"{a} AS {value_column(a)}" for a in plan.lanes]
     frames: dict[timedelta, str] = {}
-    for w in slow_windows:
-        frames[w] = f"__r{len(frames)}"
     for f in features:
-        if f.function in _RUNNING:
+        if f.function in RUNNING:
             continue
         assert f.column is not None
-        out.append(f"{_frame_aggregate(f, columns[f.column].alias, frames[f.window])} AS __x_{f.name}")  # fmt: skip
-    frame_defs = [
+        a = columns[f.column].alias
+        if in_numpy(f, columns):
+            if a not in plan.lanes and all(e.column != value_column(a) for e in plan.extremes):
+                select.append(f"{a} AS {value_column(a)}")
+            dtype = columns[f.column].dtype
+            assert dtype is not None
+            plan.extremes.append(Extreme(f.name, value_column(a), kind[f.window], f.function == "max", f"nn_{a}", dtype))  # fmt: skip
+            continue
+        frame = frames.setdefault(f.window, f"__r{len(frames)}")
+        select.append(f"{_frame_aggregate(f, a, frame)} AS __x_{len(plan.frames)}")
+        plan.frames.append(f"__x_{len(plan.frames)}")
+    spec = f"PARTITION BY {part} ORDER BY {T2}"
+    window = ", ".join(
         f"{name} AS ({spec} RANGE BETWEEN {_preceding(w, tile)} PRECEDING AND CURRENT ROW)"
         for w, name in frames.items()
-    ]
-    window_clause = f" WINDOW {', '.join(frame_defs)}" if frame_defs else ""
-    ctes.append(f"__r AS (SELECT {PID}, {', '.join(out)} FROM ({rows}){window_clause})")
-
-    # Back to one row per point: the totals at each probe kind.
-    totals = [f"__w{i}" for i in range(len(words))] + [f"__sum_{columns[c].alias}" for c in summed]  # fmt: skip
-    pivot = []
-    for j in range(kinds):
-        pivot += [f"any_value({x}) FILTER (WHERE {PID} % {kinds} = {j}) AS {x}_{j}" for x in totals]
-    pivot += [
-        f"any_value(__x_{f.name}) FILTER (WHERE {PID} % {kinds} = 0) AS __x_{f.name}"
-        for f in features
-        if f.function not in _RUNNING
-    ]
-    ctes.append(
-        f"__v AS (SELECT {PID} // {kinds} AS __pid, {', '.join(pivot)} FROM __r "
-        f"WHERE {PID} IS NOT NULL GROUP BY ALL)"
     )
+    stream = f"SELECT {', '.join(select)} FROM ({rows})"
+    stream += f" WINDOW {window}" if window else ""
+    stream = f"{stream} ORDER BY {part}, {T2}"
+    plan.stream_sql = f"WITH {', '.join(ctes)} {stream}" if ctes else stream
 
-    position = {name: (i // _PER_WORD, i % _PER_WORD) for i, (name, _) in enumerate(fields)}
-
-    def field(name: str, j: int) -> str:
-        word, i = position[name]
-        return f"((coalesce(__w{word}_{j}, 0) >> {_BITS * i}) & {_MASK})"
-
-    def diff(name: str, j: int) -> str:
-        return f"({field(name, 0)} - {field(name, j)})"
-
-    select = [f"__p.{key}" for key in k] + [f"__p.{TS}"]
+    frame_of = {f.name: i for i, f in enumerate(x for x in features if not in_numpy(x, columns))}
     for f in features:
-        j = kind[f.window]
-        if f.function not in _RUNNING:
-            value = f"__x_{f.name}"
-        elif f.column is None:
-            value = diff("n", j)
-        else:
-            a = columns[f.column].alias
-            if f.function == "count":
-                value = diff(f"nn_{a}", j)
-            elif f.function == "count_distinct":
-                value = f"({field(f'ds_{a}_{j}', 0)} - {field(f'de_{a}_{j}', j)})"
-            else:
-                nn = diff(f"nn_{a}", j)
-                total = f"(coalesce(__sum_{a}_0, 0) - coalesce(__sum_{a}_{j}, 0))"
-                if f.column in floats:
-                    total = f"(CAST({total} AS DOUBLE) * pow(2.0, -__k_{a}))"
-                elif f.function == "mean":
-                    total = f"CAST({total} AS DOUBLE)"
-                value = total if f.function == "sum" else f"{total} / {nn}"
-                value = f"CASE WHEN {nn} > 0 THEN {value} END"
-        select.append(f"CAST({value} AS {duckdb_type(f.dtype)}) AS {quote(f.name)}")
-    return (
-        f"WITH {', '.join(ctes)} SELECT {', '.join(select)} "
-        f"FROM __v JOIN __p USING (__pid) CROSS JOIN __s WHERE __guard = 0"
-    )
+        plan.outputs.append((f.name, f"CAST({_answer(f, columns, kind, frame_of, plan)} AS {duckdb_type(f.dtype)})"))  # fmt: skip
+    return plan
+
+
+def _answer(
+    f: AggregateFeature,
+    columns: dict[str, Column],
+    kind: dict[timedelta, int],
+    frame_of: dict[str, int],
+    plan: RunningPlan,
+) -> str:
+    """A feature's value from the result table's columns (`running_totals._Walk.result`)."""
+    j = kind[f.window]
+    if f.name in frame_of:
+        return f"__x_{frame_of[f.name]}"
+    if f.column is None:
+        return plan.difference("n", j)
+    a = columns[f.column].alias
+    if f.function == "count":
+        return plan.difference(f"nn_{a}", j)
+    if f.function == "count_distinct":
+        return f"__cd_{a}_{j}"
+    if f.function in ("min", "max"):
+        plan.difference(f"nn_{a}", j)
+        return f"__e_{[e.feature for e in plan.extremes].index(f.name)}"
+    # Multiplied, not shifted: DuckDB does not shift negative numbers (the top lane's).
+    lanes = " + ".join(f"CAST({plan.difference(f'l{i}_{a}', j)} AS HUGEINT) * (CAST(1 AS HUGEINT) << {LANE_BITS * i})" for i in range(plan.lanes[a]))  # fmt: skip
+    total = f"({lanes})"
+    if a in plan.floats:
+        total = f"(CAST({total} AS DOUBLE) * pow(2.0, -__k_{a}))"
+    elif f.function == "mean":
+        total = f"CAST({total} AS DOUBLE)"
+    nn = plan.difference(f"nn_{a}", j)
+    value = total if f.function == "sum" else f"{total} / {nn}"
+    return f"CASE WHEN {nn} > 0 THEN {value} END"
 
 
 def _preceding(window: timedelta, tile: timedelta | None) -> str:

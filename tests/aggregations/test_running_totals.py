@@ -1,0 +1,142 @@
+"""Training-set windows (running totals walked by NumPy) against DuckDB's own aggregates
+over a range join: the values users get must be the SQL aggregates of the window's
+events, also at the corners NumPy must get right by hand — NaN and infinities in min and
+max (NaN is the greatest float, as in DuckDB), the largest and smallest integers, a
+composite string key (entities numbered), points without events, tiled windows, and
+sums of values far apart in magnitude (exact, then rounded once)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from almanac.store import FeatureStore
+
+BASE = datetime(2024, 5, 1, tzinfo=UTC)
+FEATURES_PY = """
+from almanac import (Aggregation, AggregationView, Entity, Field, FileSource, Float64,
+                     Int32, Int64, String)
+
+shop = Entity(name="shop", join_keys=["region", "shop"], dtype=String)
+events = FileSource(path="data/events.parquet", timestamp_field="ts")
+COLUMNS = [Field("x", Float64), Field("i", Int64), Field("s", Int32), Field("big", Float64)]
+AGGREGATIONS = [
+    Aggregation(column="x", function="max", windows=["1h", "1d"]),
+    Aggregation(column="x", function="min", windows=["1h", "1d"]),
+    Aggregation(column="i", function="max", windows=["1d"]),
+    Aggregation(column="i", function="min", windows=["1d"]),
+    Aggregation(column="s", function="min", windows=["1h"]),
+    Aggregation(column="s", function="sum", windows=["1d"]),
+    Aggregation(column="big", function="sum", windows=["1h", "1d"]),
+    Aggregation(column="big", function="mean", windows=["1d"]),
+    Aggregation(function="count", windows=["1h", "1d"]),
+]
+exact = AggregationView(name="exact", entities=[shop], source=events, columns=COLUMNS,
+                        aggregations=AGGREGATIONS)
+tiled = AggregationView(name="tiled", entities=[shop], source=events, columns=COLUMNS,
+                        aggregations=AGGREGATIONS, tile="1h")
+"""
+NAMES = {
+    "x_max_1h": "max(x)", "x_max_1d": "max(x)", "x_min_1h": "min(x)", "x_min_1d": "min(x)",
+    "i_max_1d": "max(i)", "i_min_1d": "min(i)", "s_min_1h": "min(s)", "s_sum_1d": "sum(s)",
+    "big_sum_1h": "sum(big)", "big_sum_1d": "sum(big)", "big_mean_1d": "avg(big)",
+    "count_1h": "count(*)", "count_1d": "count(*)",
+}  # fmt: skip
+KEYS = [("eu", "a"), ("eu", "b"), ("us", "a")]
+I64 = (-(2**63), 2**63 - 1)
+I32 = (-(2**31), 2**31 - 1)
+
+event = st.fixed_dictionaries(
+    {
+        "key": st.sampled_from(KEYS[:2]),
+        "minutes": st.integers(0, 48 * 60).map(lambda m: m - m % 30 if m % 3 == 0 else m),
+        "x": st.one_of(
+            st.none(), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0]),
+            st.floats(-1e6, 1e6, allow_nan=False),
+        ),
+        "i": st.one_of(st.none(), st.sampled_from(I64), st.integers(-(2**40), 2**40)),
+        "s": st.one_of(st.none(), st.sampled_from(I32), st.integers(-100, 100)),
+        "big": st.one_of(st.none(), st.sampled_from([1e15, -1e15, 3e-9, 0.1, 1.0])),
+    }
+)  # fmt: skip
+
+
+def _lower(at: str, window: int, tile: int | None) -> str:
+    """The window's far edge in epoch µs (floored to the tile), as the definition says."""
+    edge = f"(epoch_us({at}) - {window})"
+    return edge if tile is None else f"({edge} - ((({edge}) % {tile}) + {tile}) % {tile})"
+
+
+def _reference(path: Path, view: str, tile: int | None) -> list[dict[str, Any]]:
+    """DuckDB's aggregates over the events of each spine row's window."""
+    hour, day = 3_600_000_000, 86_400_000_000
+    select = []
+    for name, aggregate in NAMES.items():
+        window = hour if name.endswith("1h") else day
+        inside = f"epoch_us(e.ts) > {_lower('s.event_timestamp', window, tile)}"
+        select.append(f"{aggregate} FILTER (WHERE {inside}) AS {name}")
+    query = f"""
+        SELECT s.r, {", ".join(select)}
+        FROM (SELECT *, row_number() OVER () AS r FROM read_parquet('{path}/spine.parquet')) s
+        LEFT JOIN read_parquet('{path}/data/events.parquet') e
+          ON s.region = e.region AND s.shop = e.shop AND e.ts <= s.event_timestamp
+        GROUP BY s.r ORDER BY s.r"""
+    rows = duckdb.sql(query).to_arrow_table().to_pylist()
+    for row in rows:
+        for name in ("count_1h", "count_1d"):
+            row[name] = row[name] or 0
+    return rows
+
+
+def _same(got: Any, want: Any, name: str) -> bool:
+    if isinstance(got, float) and isinstance(want, float):
+        if math.isnan(got) or math.isnan(want):
+            return math.isnan(got) and math.isnan(want)
+        if name.startswith("big_"):  # DuckDB's reference rounds at every addition
+            return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6)
+        return got == want
+    return bool(got == want)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(drawn=st.lists(event, min_size=0, max_size=30), at=st.lists(st.integers(0, 50 * 60), min_size=1, max_size=6))  # fmt: skip
+def test_windows_equal_duckdbs_aggregates(tmp_path: Path, drawn: list[dict[str, Any]], at: list[int]) -> None:  # fmt: skip
+    path = tmp_path / "repo"
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    (path / "almanac.yaml").write_text("project: running\n")
+    (path / "features.py").write_text(FEATURES_PY)
+    events = {
+        "region": [e["key"][0] for e in drawn],
+        "shop": [e["key"][1] for e in drawn],
+        "ts": [BASE + timedelta(minutes=e["minutes"]) for e in drawn],
+        **{c: [e[c] for e in drawn] for c in ("x", "i", "s", "big")},
+    }
+    types = {"region": pa.string(), "shop": pa.string(), "ts": pa.timestamp("us", "UTC"),
+             "x": pa.float64(), "i": pa.int64(), "s": pa.int32(), "big": pa.float64()}  # fmt: skip
+    pq.write_table(pa.table({c: pa.array(v, types[c]) for c, v in events.items()}), path / "data" / "events.parquet")  # fmt: skip
+    spine = pa.table(
+        {
+            "region": [k[0] for _ in at for k in KEYS],
+            "shop": [k[1] for _ in at for k in KEYS],
+            "event_timestamp": pa.array([BASE + timedelta(minutes=m) for m in at for _ in KEYS], pa.timestamp("us", "UTC")),  # fmt: skip
+        }
+    )
+    pq.write_table(spine, path / "spine.parquet")
+    with FeatureStore(path) as store:
+        store.apply()
+        for view, tile in (("exact", None), ("tiled", 3_600_000_000)):
+            got = store.get_historical_features(spine, [f"{view}:{n}" for n in NAMES]).to_arrow()
+            want = _reference(path, view, tile)
+            for r, (row, expected) in enumerate(zip(got.to_pylist(), want, strict=True)):
+                for name in NAMES:
+                    assert _same(row[name], expected[name], name), (
+                        f"{view} row {r} {name}: {row[name]!r} != {expected[name]!r}"
+                    )
