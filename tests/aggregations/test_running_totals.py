@@ -122,11 +122,12 @@ def test_windows_equal_duckdbs_aggregates(tmp_path: Path, drawn: list[dict[str, 
     types = {"region": pa.string(), "shop": pa.string(), "ts": pa.timestamp("us", "UTC"),
              "x": pa.float64(), "i": pa.int64(), "s": pa.int32(), "big": pa.float64()}  # fmt: skip
     pq.write_table(pa.table({c: pa.array(v, types[c]) for c, v in events.items()}), path / "data" / "events.parquet")  # fmt: skip
+    times = [BASE + timedelta(minutes=m) for m in at for _ in KEYS]
     spine = pa.table(
         {
             "region": [k[0] for _ in at for k in KEYS],
             "shop": [k[1] for _ in at for k in KEYS],
-            "event_timestamp": pa.array([BASE + timedelta(minutes=m) for m in at for _ in KEYS], pa.timestamp("us", "UTC")),  # fmt: skip
+            "event_timestamp": pa.array(times, pa.timestamp("us", "UTC")),
         }
     )
     pq.write_table(spine, path / "spine.parquet")
