@@ -15,9 +15,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from almanac.offline.duckdb import running_totals
 from almanac.store import FeatureStore
 
 BASE = datetime(2024, 5, 1, tzinfo=UTC)
@@ -106,9 +108,15 @@ def _same(got: Any, want: Any, name: str) -> bool:
     return bool(got == want)
 
 
+# The stream in one batch, and in batches of 7 rows: running sums carried across batches
+# walked on different threads, windows spanning batches.
+@pytest.mark.parametrize("batch_rows", [1 << 20, 7])
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(drawn=st.lists(event, min_size=0, max_size=30), at=st.lists(st.integers(0, 50 * 60), min_size=1, max_size=6))  # fmt: skip
-def test_windows_equal_duckdbs_aggregates(tmp_path: Path, drawn: list[dict[str, Any]], at: list[int]) -> None:  # fmt: skip
+def test_windows_equal_duckdbs_aggregates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int, drawn: list[dict[str, Any]], at: list[int]
+) -> None:  # fmt: skip
+    monkeypatch.setattr(running_totals, "_BATCH_ROWS", batch_rows)
     path = tmp_path / "repo"
     (path / "data").mkdir(parents=True, exist_ok=True)
     (path / "almanac.yaml").write_text("project: running\n")

@@ -18,6 +18,8 @@ non-null value is null. NaN is the greatest float, as in DuckDB: max propagates 
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -50,12 +52,22 @@ def evaluate(cursor: duckdb.DuckDBPyConnection, plan: RunningPlan) -> None:
         )
     scales = dict(zip(plan.floats, counts[1:], strict=True))
     walk = _Walk(plan, points.num_rows, counts[0] + points.num_rows * plan.kinds, scales)
-    stream = cursor.sql(plan.stream_sql).to_arrow_reader(_BATCH_ROWS)
+    stream = cursor.sql(plan.stream_sql(points.num_rows)).to_arrow_reader(_BATCH_ROWS)
+    # Batches are walked on two threads (NumPy releases the GIL): each batch's sums start
+    # at 0 and the totals of the batches before it are added at the end (`_Walk.carry`).
+    pending: deque[Future[None]] = deque()
     try:
-        for batch in stream:
-            walk.add(batch)
+        with ThreadPoolExecutor(2, thread_name_prefix="almanac-windows") as pool:
+            for index, batch in enumerate(stream):
+                pending.append(pool.submit(walk.add, index, walk.rows, batch))
+                walk.rows += batch.num_rows
+                while len(pending) > 2:  # bounded: at most a few batches held
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
     finally:
         stream.close()  # DuckDB's sorted rows go before the result is built
+    walk.carry()
     cursor.register(plan.result, walk.result())
 
 
@@ -71,8 +83,9 @@ class _Walk:
         self.totals = {name: np.zeros(slots, np.int32) for name in plan.fields}
         for alias, count in plan.lanes.items():
             self.totals.update((f"l{i}_{alias}", np.zeros(slots, np.int64)) for i in range(count))
-        self.carry = dict.fromkeys(self.totals, 0)
         self.position = np.zeros(slots, np.int64)  # each probe's row in the stream
+        self.batch_of = np.zeros(slots, np.int32)  # each probe's batch
+        self.batch_totals: dict[int, dict[str, int]] = {}
         # Per column and kind of extreme (max or min: their neutral values differ), every
         # row's value.
         self.values: dict[tuple[str, bool], np.ndarray] = {}
@@ -82,30 +95,40 @@ class _Walk:
         self.frames: list[pa.RecordBatch] = []
         self.rows = 0
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, index: int, first: int, batch: pa.RecordBatch) -> None:
+        """Walk batch number `index`, whose first row is the stream's row `first`."""
         plan = self.plan
-        probe = pc.fill_null(batch.column(PID), -1).to_numpy()
+        probe = batch.column(PID).to_numpy()
         rows = np.flatnonzero(probe >= 0)
         slots = probe[rows]
-        increments = {name: batch.column(name).to_numpy() for name in plan.fields}
+        increments = {name: batch.column(name).to_numpy() for name in plan.fields[1:]}
+        increments["n"] = (probe < 0).view(np.int8)
         for alias in plan.lanes:
             lanes = _lanes(batch.column(value_column(alias)), self.scales.get(alias), plan.view)
             increments.update((f"l{i}_{alias}", lane) for i, lane in enumerate(lanes))
+        totals = {}
         for name, increment in increments.items():
             running = np.cumsum(increment, dtype=np.int64)
-            running += self.carry[name]
-            if len(running):
-                self.carry[name] = int(running[-1])
+            totals[name] = int(running[-1]) if len(running) else 0
             self.totals[name][slots] = running[rows]
-        self.position[slots] = rows + self.rows
-        end = self.rows + batch.num_rows
+        self.batch_totals[index] = totals
+        self.position[slots] = rows + first
+        self.batch_of[slots] = index
+        end = first + batch.num_rows
         for (column, largest), kept in self.values.items():
             neutral = _neutral(kept.dtype, largest)
-            kept[self.rows : end] = pc.fill_null(batch.column(column), neutral).to_numpy()
+            kept[first:end] = pc.fill_null(batch.column(column), neutral).to_numpy()
         if plan.frames:
             at_t = rows[slots % plan.kinds == 0]
             self.frames.append(batch.select([PID, *plan.frames]).take(pa.array(at_t)))
-        self.rows = end
+
+    def carry(self) -> None:
+        """Add to each probe's totals those of the batches before its own."""
+        batches = len(self.batch_totals)
+        for name, totals in self.totals.items():
+            before = np.zeros(batches + 1, np.int64)
+            before[1:] = np.cumsum([self.batch_totals[i][name] for i in range(batches)])
+            totals += before[self.batch_of].astype(totals.dtype)
 
     def result(self) -> pa.Table:
         """One row per point, in point order: ``__pid`` and the columns the plan's

@@ -55,12 +55,13 @@ from almanac.semantics.windows import micros
 T = "__t"  # event (or spine) time, epoch microseconds, as `aggregations.event_rows` names it
 T2 = "__t2"  # 2 * time, + 1 for probes
 KID = "__kid"  # the entity's number
-PID = "__pj"  # probes: point number * probe kinds + probe kind; events: NULL
+PID = "__pj"  # probes: point number * probe kinds + probe kind; events: NULL (-1 in the stream)
 RUNNING = ("count", "count_distinct", "sum", "mean")
 _INTEGER = ("int32", "int64")
 LANE_BITS = 31
 _MASK = (1 << LANE_BITS) - 1
 MAX_EVENTS = (1 << 31) - 1
+_PID_TYPE = "__almanac_probe_number_type__"
 _names = itertools.count()
 
 
@@ -97,13 +98,19 @@ class RunningPlan:
     points_sql: str
     scales_sql: str  # the events' count, then K per float column summed
     floats: list[str]  # aliases of the float columns summed, in scales_sql's order
-    fields: list[str] = field(default_factory=list)  # running fields: stream columns
+    fields: list[str] = field(default_factory=list)  # running 0/1 fields: "n", then stream columns
     lanes: dict[str, int] = field(default_factory=dict)  # alias summed -> its lanes
     extremes: list[Extreme] = field(default_factory=list)
     frames: list[str] = field(default_factory=list)  # stream columns read at the T probes
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (result column, SQL)
-    stream_sql: str = ""  # the events and probes, sorted
+    stream_text: str = ""  # the events and probes, sorted; PID's type a placeholder
     differences: set[tuple[str, int]] = field(default_factory=set)  # (field, kind) read
+
+    def stream_sql(self, points: int) -> str:
+        """The sorted stream, for a spine of `points` points: the probes' numbers as
+        INTEGER when they fit (a narrower sort), else BIGINT."""
+        wide = (points + 1) * self.kinds >= 1 << 31
+        return self.stream_text.replace(_PID_TYPE, "BIGINT" if wide else "INTEGER")
 
     def difference(self, name: str, kind: int) -> str:
         """The result's column of a running field's total at T minus at the far edge of
@@ -216,7 +223,8 @@ def running_plan(
     )  # fmt: skip
 
     # Running fields: (stream column, the event's increment as SQL; NULL counts 0).
-    increments: list[tuple[str, str]] = [("n", f"CAST({PID} IS NULL AS TINYINT)")]
+    # The events' count, "n", is not a stream column: NumPy has it from PID.
+    increments: list[tuple[str, str]] = []
     counted = [f.column for f in features if f.column and f.function != "count_distinct" and in_numpy(f, columns)]  # fmt: skip
     for c in dict.fromkeys(counted):
         a = columns[c].alias
@@ -267,7 +275,7 @@ def running_plan(
     for c in summed:
         a = columns[c].alias
         plan.lanes[a] = 4 if a in floats else 3
-    plan.fields = [name for name, _ in increments]
+    plan.fields = ["n"] + [name for name, _ in increments]
 
     # The stream: events carry their raw columns, probes their point number and kind.
     event_cols = [part, f"2 * {T} AS {T2}", f"NULL::BIGINT AS {PID}", *raw, *flag_names]
@@ -279,7 +287,8 @@ def running_plan(
         f"SELECT {', '.join(event_cols)} FROM {source} UNION ALL "
         f"SELECT {', '.join(probe_cols)} FROM ({' UNION ALL '.join(probes)})"
     )
-    select = [PID] + [f"coalesce({sql}, 0) AS {name}" for name, sql in increments]
+    select = [f"CAST(coalesce({PID}, -1) AS {_PID_TYPE}) AS {PID}"]
+    select += [f"coalesce({sql}, 0) AS {name}" for name, sql in increments]
     select += [f"{a} AS {value_column(a)}" for a in plan.lanes]
     frames: dict[timedelta, str] = {}
     for f in features:
@@ -305,7 +314,7 @@ def running_plan(
     stream = f"SELECT {', '.join(select)} FROM ({rows})"
     stream += f" WINDOW {window}" if window else ""
     stream = f"{stream} ORDER BY {part}, {T2}"
-    plan.stream_sql = f"WITH {', '.join(ctes)} {stream}" if ctes else stream
+    plan.stream_text = f"WITH {', '.join(ctes)} {stream}" if ctes else stream
 
     frame_of = {f.name: i for i, f in enumerate(x for x in features if not in_numpy(x, columns))}
     for f in features:
