@@ -44,6 +44,7 @@ def evaluate(cursor: duckdb.DuckDBPyConnection, plan: RunningPlan) -> None:
     the spine's points (`plan.points`) and the computed columns (`plan.result`)."""
     points = cursor.sql(plan.points_sql).to_arrow_table()
     cursor.register(plan.points, points)
+    cursor.register(plan.first, cursor.sql(plan.first_sql).to_arrow_table())
     counts = cursor.sql(plan.scales_sql).fetchall()[0]
     if counts[0] > MAX_EVENTS:
         raise InputError(

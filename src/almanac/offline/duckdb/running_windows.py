@@ -96,8 +96,10 @@ class RunningPlan:
     points: str  # the registered table of the spine's points
     result: str  # the registered table of the computed columns, one row per point
     points_sql: str
-    scales_sql: str  # the events' count, then K per float column summed
+    scales_sql: str  # the events' count, then K per float column summed, from `first`
     floats: list[str]  # aliases of the float columns summed, in scales_sql's order
+    first: str = ""  # the registered table of the events' first pass
+    first_sql: str = ""  # partial counts and scales, per value of a dictionary column
     fields: list[str] = field(default_factory=list)  # running 0/1 fields: "n", then stream columns
     lanes: dict[str, int] = field(default_factory=dict)  # alias summed -> its lanes
     extremes: list[Extreme] = field(default_factory=list)
@@ -205,21 +207,33 @@ def running_plan(
             f"JOIN (SELECT DISTINCT {ks}, {KID} FROM {points}) AS __k USING ({ks}))"
         )
 
-    # Fixed-point scales of the float columns summed: the largest K at which every value
-    # is an integer, unless the events' totals could then pass 2**122.
+    # One pass over the events before the stream: their count, the fixed-point scales of
+    # the float columns summed (the largest K at which every value is an integer, unless
+    # the events' totals could then pass 2**122) and, grouped by it, the distinct values
+    # of the first count_distinct column that needs a dictionary (below). DuckDB keeps
+    # the partials (`plan.first`); `scales_sql` merges them.
     summed = list(dict.fromkeys(f.column for f in features if f.column and f.function in ("sum", "mean")))  # fmt: skip
     floats = [columns[c].alias for c in summed if columns[c].dtype not in _INTEGER]
-    scales = ["count(*)"]
+    distinct = [f for f in features if f.function == "count_distinct"]
+    distinct_columns = list(dict.fromkeys(f.column for f in distinct if f.column))
+    dictionaries = [columns[c].alias for c in distinct_columns if columns[c].dtype not in _INTEGER]
+    grouped = dictionaries[:1]
+    partials, merged = ["count(*) AS __n"], ["coalesce(sum(__n), 0)"]
     for a in floats:
         e = f"floor(log2(abs(CAST({a} AS DOUBLE))))"
         nonzero = f"FILTER (WHERE {a} <> 0)"
-        scales.append(
-            f"CAST(greatest(-1000, least(1000, 53 - coalesce(min({e}) {nonzero}, 0), "
-            f"122 - coalesce(max({e}) {nonzero}, 0) - ceil(log2(count(*) + 1)))) AS INTEGER)"
+        partials += [f"min({e}) {nonzero} AS __lo_{a}", f"max({e}) {nonzero} AS __hi_{a}"]
+        merged.append(
+            f"CAST(greatest(-1000, least(1000, 53 - coalesce(min(__lo_{a}), 0), 122 - "
+            f"coalesce(max(__hi_{a}), 0) - ceil(log2(coalesce(sum(__n), 0) + 1)))) AS INTEGER)"
         )
+    first = f"__almanac_first_{n}"
+    group = f" GROUP BY {grouped[0]}" if grouped else ""
+    select_first = ", ".join([*(f"{a} AS __dv" for a in grouped), *partials])
     plan = RunningPlan(
         view.name, k, kinds, points, result, points_sql,
-        f"SELECT {', '.join(scales)} FROM {events_of_spine}", floats,
+        f"SELECT {', '.join(merged)} FROM {first}", floats,
+        first=first, first_sql=f"SELECT {select_first} FROM {events_of_spine}{group}",
     )  # fmt: skip
 
     # Running fields: (stream column, the event's increment as SQL; NULL counts 0).
@@ -236,19 +250,18 @@ def running_plan(
     # values (a narrower payload and sort key than, say, strings).
     ctes: list[str] = []
     raw = list(dict.fromkeys(columns[f.column].alias for f in features if f.column and f.function != "count_distinct"))  # fmt: skip
-    distinct = [f for f in features if f.function == "count_distinct"]
     flag_names: list[str] = []
-    for i, name in enumerate(dict.fromkeys(f.column for f in distinct if f.column)):
+    for i, name in enumerate(distinct_columns):
         a = columns[name].alias
         v = a
         if columns[name].dtype not in _INTEGER:
             v = f"__v_{a}"
             # INTEGER, not row_number's BIGINT: a narrower sort key (the island sort ran
             # ~0.3 s faster on 10M events); fewer than 2**31 values, as events are.
+            values = first if a in grouped else f"(SELECT DISTINCT {a} AS __dv FROM {events_of_spine})"  # fmt: skip
             ctes.append(
-                f"__dict{i} AS (SELECT {a} AS __dv, "
-                f"CAST(row_number() OVER (ORDER BY {a}) AS INTEGER) AS {v} "
-                f"FROM (SELECT DISTINCT {a} FROM {events_of_spine} WHERE {a} IS NOT NULL))"
+                f"__dict{i} AS (SELECT __dv, CAST(row_number() OVER (ORDER BY __dv) AS INTEGER) "
+                f"AS {v} FROM {values} WHERE __dv IS NOT NULL)"
             )
             kept = "" if a in raw else f" EXCLUDE ({a})"
             ctes.append(
