@@ -169,3 +169,40 @@ def test_windows_equal_duckdbs_aggregates(
                     assert _same(row[name], expected[name], name), (
                         f"{view} row {r} {name}: {row[name]!r} != {expected[name]!r}"
                     )
+
+
+def test_a_sum_over_nan_is_refused_with_the_views_name(tmp_path: Path) -> None:
+    """An exact sum has no value for NaN or infinity: the user is told which view, and
+    nothing is returned half computed."""
+    from almanac.errors import InputError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "almanac.yaml").write_text("project: running\n")
+    (tmp_path / "features.py").write_text(FEATURES_PY)
+    table = pa.table(
+        {
+            "region": ["eu", "eu"],
+            "shop": ["a", "a"],
+            "ts": pa.array([BASE, BASE + timedelta(minutes=1)], pa.timestamp("us", "UTC")),
+            "x": [1.0, 2.0],
+            "i": pa.array([1, 2], pa.int64()),
+            "s": pa.array([1, 2], pa.int32()),
+            "big": [1.0, math.nan],
+            "tag": ["a", "b"],
+        }
+    )
+    pq.write_table(table, tmp_path / "data" / "events.parquet")
+    spine = pa.table(
+        {
+            "region": ["eu"],
+            "shop": ["a"],
+            "event_timestamp": pa.array([BASE + timedelta(hours=1)], pa.timestamp("us", "UTC")),
+        }
+    )
+    with FeatureStore(tmp_path) as store:
+        store.apply()
+        assert store.get_historical_features(spine, ["exact:x_max_1d"]).to_arrow().column(
+            "x_max_1d"
+        ).to_pylist() == [2.0]
+        with pytest.raises(InputError, match=r"'exact'.*NaN or infinite"):
+            store.get_historical_features(spine, ["exact:big_sum_1d"]).to_arrow()

@@ -53,12 +53,14 @@ def evaluate(cursor: duckdb.DuckDBPyConnection, plan: RunningPlan) -> None:
         )
     scales = dict(zip(plan.floats, counts[1:], strict=True))
     walk = _Walk(plan, points.num_rows, counts[0] + points.num_rows * plan.kinds, scales)
+    # As many threads as DuckDB may use, up to 2 (a Spark bucket's connection has one).
+    threads = min(2, int(cursor.sql("SELECT current_setting('threads')").fetchall()[0][0]))
     stream = cursor.sql(plan.stream_sql(points.num_rows)).to_arrow_reader(_BATCH_ROWS)
     # Batches are walked on two threads (NumPy releases the GIL): each batch's sums start
     # at 0 and the totals of the batches before it are added at the end (`_Walk.carry`).
     pending: deque[Future[None]] = deque()
     try:
-        with ThreadPoolExecutor(2, thread_name_prefix="almanac-windows") as pool:
+        with ThreadPoolExecutor(threads, thread_name_prefix="almanac-windows") as pool:
             for index, batch in enumerate(stream):
                 pending.append(pool.submit(walk.add, index, walk.rows, batch))
                 walk.rows += batch.num_rows
