@@ -206,3 +206,38 @@ def test_a_sum_over_nan_is_refused_with_the_views_name(tmp_path: Path) -> None:
         ).to_pylist() == [2.0]
         with pytest.raises(InputError, match=r"'exact'.*NaN or infinite"):
             store.get_historical_features(spine, ["exact:big_sum_1d"]).to_arrow()
+
+
+def test_a_spine_without_keys_gets_empty_windows(tmp_path: Path) -> None:
+    """Spine rows whose key is null have no entity: every feature is empty (counts 0),
+    frames (stddev) included, and the rows keep their order."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "almanac.yaml").write_text("project: running\n")
+    (tmp_path / "features.py").write_text(
+        FEATURES_PY + '\nspread = AggregationView(name="spread", entities=[shop], source=events, '
+        'columns=COLUMNS, aggregations=[Aggregation(column="x", function="stddev", '
+        'windows=["1d"]), Aggregation(function="count", windows=["1d"])])\n'
+    )
+    table = pa.table(
+        {
+            "region": ["eu"], "shop": ["a"],
+            "ts": pa.array([BASE], pa.timestamp("us", "UTC")),
+            "x": [1.0], "i": pa.array([1], pa.int64()), "s": pa.array([1], pa.int32()),
+            "big": [1.0], "tag": ["a"],
+        }
+    )  # fmt: skip
+    pq.write_table(table, tmp_path / "data" / "events.parquet")
+    spine = pa.table(
+        {
+            "region": pa.array([None, None], pa.string()),
+            "shop": ["a", "b"],
+            "event_timestamp": pa.array([BASE, BASE], pa.timestamp("us", "UTC")),
+        }
+    )
+    with FeatureStore(tmp_path) as store:
+        store.apply()
+        got = store.get_historical_features(spine, ["spread:x_stddev_1d", "spread:count_1d"])
+        assert got.to_arrow().select(["shop", "x_stddev_1d", "count_1d"]).to_pylist() == [
+            {"shop": "a", "x_stddev_1d": None, "count_1d": 0},
+            {"shop": "b", "x_stddev_1d": None, "count_1d": 0},
+        ]

@@ -162,7 +162,10 @@ class _Walk:
         for alias, k in self.scales.items():
             columns[f"__k_{alias}"] = pa.array(np.full(self.points, k, np.int32))
         table = pa.table(columns)
-        if plan.frames:
+        if plan.frames and not self.frames:  # no point (every spine row lacks a key)
+            for name in plan.frames:
+                table = table.append_column(name, pa.nulls(self.points))
+        elif plan.frames:
             frames = pa.Table.from_batches(self.frames)
             order = np.empty(self.points, np.int64)
             order[pc.divide(frames.column(PID), kinds).to_numpy() - 1] = np.arange(frames.num_rows)
