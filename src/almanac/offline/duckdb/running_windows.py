@@ -59,7 +59,6 @@ PID = "__pj"  # probes: point number * probe kinds + probe kind; events: NULL (-
 RUNNING = ("count", "count_distinct", "sum", "mean")
 _INTEGER = ("int32", "int64")
 LANE_BITS = 31
-_MASK = (1 << LANE_BITS) - 1
 MAX_EVENTS = (1 << 31) - 1
 _PID_TYPE = "__almanac_probe_number_type__"
 _names = itertools.count()
