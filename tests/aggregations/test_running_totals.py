@@ -119,9 +119,10 @@ def _same(got: Any, want: Any, name: str) -> bool:
     return bool(got == want)
 
 
-# The stream in one batch, and in batches of 7 rows: running sums carried across batches
-# walked on different threads, windows spanning batches.
-@pytest.mark.parametrize("batch_rows", [1 << 20, 7])
+# The stream in one batch, min and max by scanning each window; then in batches of 7
+# rows (running sums carried across batches walked on different threads, windows spanning
+# batches), min and max by blocks of 2 rows and a sparse table.
+@pytest.mark.parametrize(("batch_rows", "blocked"), [(1 << 20, False), (7, True)])
 # A small value between two large ones that cancel: a running double sum returns 0.125.
 @example(
     drawn=[
@@ -133,9 +134,13 @@ def _same(got: Any, want: Any, name: str) -> bool:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(drawn=st.lists(event, min_size=0, max_size=30), at=st.lists(st.integers(0, 50 * 60), min_size=1, max_size=6))  # fmt: skip
 def test_windows_equal_duckdbs_aggregates(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int, drawn: list[dict[str, Any]], at: list[int]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int, blocked: bool,
+    drawn: list[dict[str, Any]], at: list[int],
 ) -> None:  # fmt: skip
     monkeypatch.setattr(running_totals, "_BATCH_ROWS", batch_rows)
+    if blocked:
+        monkeypatch.setattr(running_totals, "_SCAN_FACTOR", -1)
+        monkeypatch.setattr(running_totals, "_BLOCK", 2)
     path = tmp_path / "repo"
     (path / "data").mkdir(parents=True, exist_ok=True)
     (path / "almanac.yaml").write_text("project: running\n")

@@ -1,16 +1,19 @@
 """Training-set windows, evaluated: one pass of NumPy over DuckDB's sorted stream.
 
 `running_windows` builds the queries and says what to compute (`RunningPlan`); here they
-run. The stream arrives in Arrow batches, sorted by entity and ``__t2``. Per running
-field, a cumulative sum over each batch (carried from the previous one) is read at the
+run. The stream arrives in Arrow batches, sorted by entity and ``__t2``, walked on up to
+two threads. Per running field, a cumulative sum over each batch (from 0) is read at the
 batch's probes and kept at the probe's slot (point number * probe kinds + kind); the
+totals of the batches before a probe's own are added at the end (`_Walk.carry`). The
 window's value at a point is then its slot at T minus its slot at the window's far edge.
-The stream is never held whole: what is kept is one 64-bit total per field and probe,
-the rows' positions of the probes and, for min and max, the column's values.
+The stream is never held whole: what is kept is a total per field and probe slot (32-bit
+for the 0/1 fields, 64-bit for the lanes of sums), each probe's row and batch and, for
+each column's min or max, every row's value.
 
 Min and max over ``(L, T]`` are the extremes of the stream's rows strictly between the
-probe at L and the probe at T (`numpy.ufunc.reduceat` over those ranges: the cost is the
-rows the windows span). Probes and nulls hold a neutral value (-inf or the smallest
+probe at L and the probe at T (`numpy.ufunc.reduceat` over those ranges, or blocks with
+a sparse table when the windows span many times the stream's rows: `_range_extremes`).
+Probes and nulls hold a neutral value (-inf or the smallest
 integer for max; NaN for a float min, which `fmin` skips), and a window without a
 non-null value is null. NaN is the greatest float, as in DuckDB: max propagates it
 (`maximum`), min ignores it unless every value is NaN (`fmin`).
@@ -64,12 +67,16 @@ def evaluate(cursor: duckdb.DuckDBPyConnection, plan: RunningPlan) -> None:
             for index, batch in enumerate(stream):
                 pending.append(pool.submit(walk.add, index, walk.rows, batch))
                 walk.rows += batch.num_rows
-                while len(pending) > 2:  # bounded: at most a few batches held
+                while len(pending) > threads:  # bounded: a few batches held at most
                     pending.popleft().result()
             while pending:
                 pending.popleft().result()
+    except BaseException:
+        walk.release()  # an error's traceback would hold the arrays
+        raise
     finally:
         stream.close()  # DuckDB's sorted rows go before the result is built
+        cursor.unregister(plan.first)
     walk.carry()
     cursor.register(plan.result, walk.result())
 
@@ -98,8 +105,8 @@ class _Walk:
         self.frames: list[pa.RecordBatch] = []
         self.rows = 0
 
-    def add(self, index: int, first: int, batch: pa.RecordBatch) -> None:
-        """Walk batch number `index`, whose first row is the stream's row `first`."""
+    def add(self, index: int, offset: int, batch: pa.RecordBatch) -> None:
+        """Walk batch number `index`, whose first row is the stream's row `offset`."""
         plan = self.plan
         probe = batch.column(PID).to_numpy()
         rows = np.flatnonzero(probe >= 0)
@@ -115,15 +122,21 @@ class _Walk:
             totals[name] = int(running[-1]) if len(running) else 0
             self.totals[name][slots] = running[rows]
         self.batch_totals[index] = totals
-        self.position[slots] = rows + first
+        self.position[slots] = rows + offset
         self.batch_of[slots] = index
-        end = first + batch.num_rows
+        end = offset + batch.num_rows
         for (column, largest), kept in self.values.items():
             neutral = _neutral(kept.dtype, largest)
-            kept[first:end] = pc.fill_null(batch.column(column), neutral).to_numpy()
+            kept[offset:end] = pc.fill_null(batch.column(column), neutral).to_numpy()
         if plan.frames:
             at_t = rows[slots % plan.kinds == 0]
             self.frames.append(batch.select([PID, *plan.frames]).take(pa.array(at_t)))
+
+    def release(self) -> None:
+        """Drop the arrays (after an error)."""
+        self.totals.clear()
+        self.values.clear()
+        self.frames.clear()
 
     def carry(self) -> None:
         """Add to each probe's totals those of the batches before its own."""
@@ -187,13 +200,73 @@ class _Walk:
         # sorted), so the gaps reduceat also reduces, between windows, do not overlap.
         if not np.all(at_t[1:] > at_t[:-1]):
             raise AssertionError("the stream's probes at T are not in point order")
-        bounds = np.empty(2 * self.points, np.int64)
-        bounds[0::2], bounds[1::2] = start, at_t
-        # reduceat reduces [bounds[i], bounds[i + 1]); an empty window (start == T) gives
-        # the probe's own neutral value, masked below like any window without a value.
-        reduce = (np.maximum if largest else np.fmin).reduceat
-        extremes = reduce(values, bounds)[0::2]
+        neutral = _neutral(values.dtype, largest)
+        extremes = _range_extremes(values, start, at_t, np.maximum if largest else np.fmin, neutral)  # fmt: skip
         return pa.array(extremes, mask=present == 0)
+
+
+# Scanning every window's rows (`reduceat`) costs the rows the windows span; past this
+# many times the stream's rows (dense spines of busy entities: quadratic), blocks do it.
+_SCAN_FACTOR = 16
+_BLOCK = 64
+
+
+def _range_extremes(
+    values: np.ndarray, start: np.ndarray, stop: np.ndarray, op: np.ufunc, neutral: float | int
+) -> np.ndarray:
+    """`op` (an associative, idempotent extreme) over ``values[start[i]:stop[i]]`` for
+    each i, the ranges ordered by `stop`; an empty range gives any value (the caller
+    masks it)."""
+    if int(np.sum(stop - start)) <= _SCAN_FACTOR * len(values):
+        return _scanned(values, start, stop, op)
+    # Blocks of _BLOCK rows: a range within one block is scanned (at most _BLOCK rows);
+    # a longer one is the extreme of its first block's suffix, its last block's prefix
+    # and, between them, of whole blocks from a sparse table (log2 levels of pairs).
+    blocks = -(-len(values) // _BLOCK)
+    grid = np.full(blocks * _BLOCK, neutral, values.dtype)
+    grid[: len(values)] = values
+    grid = grid.reshape(blocks, _BLOCK)
+    last = np.maximum(stop - 1, start)
+    # One block-sized pass at a time (memory): suffixes, read at the ranges' starts;
+    # then prefixes, read at their ends and at each block's end (its extreme).
+    backwards = op.accumulate(grid[:, ::-1], axis=1)  # row b, column c: from B-1-c on
+    suffix_at_start = backwards[start // _BLOCK, _BLOCK - 1 - start % _BLOCK]
+    del backwards
+    prefix = op.accumulate(grid, axis=1)
+    del grid
+    prefix_at_last = prefix[last // _BLOCK, last % _BLOCK]
+    levels = [prefix[:, -1].copy()]  # level j: the extreme of 2**j blocks from each one
+    del prefix
+    while 2 ** len(levels) <= blocks:
+        half = 2 ** (len(levels) - 1)
+        levels.append(op(levels[-1][:-half], levels[-1][half:]))
+    first_block, last_block = start // _BLOCK, last // _BLOCK
+    out = np.empty(len(start), values.dtype)
+    inside = first_block == last_block
+    out[inside] = _scanned(values, start[inside], stop[inside], op)
+    spans = np.flatnonzero(~inside)
+    result = op(suffix_at_start[spans], prefix_at_last[spans])
+    low, high = first_block[spans] + 1, last_block[spans] - 1  # whole blocks between
+    count = high - low + 1
+    level = np.zeros(len(spans), np.int64)
+    level[count > 0] = np.floor(np.log2(count[count > 0])).astype(np.int64)
+    for j, table in enumerate(levels):
+        at = np.flatnonzero((count > 0) & (level == j))
+        between = op(table[low[at]], table[high[at] - 2**j + 1])
+        result[at] = op(result[at], between)
+    out[spans] = result
+    return out
+
+
+def _scanned(values: np.ndarray, start: np.ndarray, stop: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """`op` over each range by `reduceat`. It also reduces the gaps between ranges,
+    which do not overlap as the ranges are ordered by `stop`; an empty range gives the
+    row at its start."""
+    if len(start) == 0:
+        return np.empty(0, values.dtype)
+    bounds = np.empty(2 * len(start), np.int64)
+    bounds[0::2], bounds[1::2] = start, stop
+    return op.reduceat(values, bounds)[0::2]
 
 
 def _neutral(dtype: np.dtype[Any], largest: bool) -> float | int:

@@ -353,7 +353,6 @@ def _answer(
     if f.function == "count_distinct":
         return f"__cd_{a}_{j}"
     if f.function in ("min", "max"):
-        plan.difference(f"nn_{a}", j)
         return f"__e_{[e.feature for e in plan.extremes].index(f.name)}"
     # Multiplied, not shifted: DuckDB does not shift negative numbers (the top lane's).
     lanes = " + ".join(f"CAST({plan.difference(f'l{i}_{a}', j)} AS HUGEINT) * (CAST(1 AS HUGEINT) << {LANE_BITS * i})" for i in range(plan.lanes[a]))  # fmt: skip
