@@ -38,7 +38,7 @@ from almanac.definitions.aggregation import AggregationView
 from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
 from almanac.offline.duckdb.point_in_time import PointPart, cast_column, raw_time_bounds
-from almanac.offline.duckdb.running_totals import evaluate
+from almanac.offline.duckdb.running_totals import evaluate, release
 from almanac.offline.duckdb.running_windows import Column, running_plan
 from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
@@ -269,7 +269,13 @@ def aggregation_part(
     plan = running_plan(view, keys, events, aliases, list(dict.fromkeys(features)))
     defaults = {f.name: "0" if f.function in _COUNTS else None for f in features}
     outputs = [(ref.field.name, ref.output_name, defaults[ref.field.name]) for ref in refs]
-    return PointPart(plan.answer_sql, list(keys), outputs, partial(evaluate, plan=plan))
+    return PointPart(
+        plan.answer_sql,
+        list(keys),
+        outputs,
+        partial(evaluate, plan=plan),
+        partial(release, plan=plan),
+    )
 
 
 def tiles_reader(

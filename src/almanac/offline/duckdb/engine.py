@@ -9,7 +9,7 @@ spills to `offline.duckdb.temp_directory` beyond it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -35,6 +35,7 @@ from almanac.offline.duckdb.point_in_time import (
     latest_query,
     newest_query,
     prepare_parts,
+    release_parts,
     rows_query,
     view_rows,
 )
@@ -159,7 +160,8 @@ class DuckDBEngine(OfflineEngine):
                 prepare_parts(cursor, parts)
             except _DATA_ERRORS as error:
                 raise _input_error("get_historical_features", error) from None
-            return _reader(cursor, query, schema, batch_rows, "get_historical_features")
+            done = partial(release_parts, cursor, parts)
+            return _reader(cursor, query, schema, batch_rows, "get_historical_features", done)
 
         return RetrievalJob(spine.entities, schema, produce)
 
@@ -273,9 +275,15 @@ class DuckDBEngine(OfflineEngine):
 
 
 def _reader(
-    cursor: duckdb.DuckDBPyConnection, query: str, schema: pa.Schema, batch_rows: int, what: str
+    cursor: duckdb.DuckDBPyConnection,
+    query: str,
+    schema: pa.Schema,
+    batch_rows: int,
+    what: str,
+    done: Callable[[], None] | None = None,
 ) -> pa.RecordBatchReader:
-    """Run `query`, streaming batches cast to `schema`; data errors become InputErrors."""
+    """Run `query`, streaming batches cast to `schema`; data errors become InputErrors.
+    `done` runs once the batches are read (or the reader is dropped)."""
     try:
         source = cursor.sql(query).to_arrow_reader(batch_rows)
     except _DATA_ERRORS as error:
@@ -287,6 +295,10 @@ def _reader(
                 yield batch if batch.schema == schema else batch.cast(schema)
         except _DATA_ERRORS as error:
             raise _input_error(what, error) from None
+        finally:
+            if done is not None:
+                source.close()
+                done()
 
     return pa.RecordBatchReader.from_batches(schema, batches())
 

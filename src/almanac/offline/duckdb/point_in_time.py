@@ -189,12 +189,13 @@ class PointPart:
     `sql` has the keys, TS and one column per feature; spine points it lacks get
     `default` (count 0) per (column, output name, default). `prepare`, given the
     connection the query runs on (the spine registered), registers the tables `sql`
-    reads: it runs before the query."""
+    reads: it runs before the query; `release` drops them once the query is read."""
 
     sql: str
     keys: list[str]
     outputs: list[tuple[str, str, str | None]]
     prepare: Callable[[Any], None] | None = None
+    release: Callable[[Any], None] | None = None
 
 
 def prepare_parts(connection: Any, parts: list[JoinPart | PointPart]) -> None:
@@ -202,6 +203,13 @@ def prepare_parts(connection: Any, parts: list[JoinPart | PointPart]) -> None:
     for part in parts:
         if isinstance(part, PointPart) and part.prepare is not None:
             part.prepare(connection)
+
+
+def release_parts(connection: Any, parts: list[JoinPart | PointPart]) -> None:
+    """Run the parts' `release` steps on `connection`, once their query is read."""
+    for part in parts:
+        if isinstance(part, PointPart) and part.release is not None:
+            part.release(connection)
 
 
 def historical_query(

@@ -81,6 +81,12 @@ def evaluate(cursor: duckdb.DuckDBPyConnection, plan: RunningPlan) -> None:
     cursor.register(plan.result, walk.result())
 
 
+def release(cursor: duckdb.DuckDBPyConnection, plan: RunningPlan) -> None:
+    """Drop the tables `evaluate` registered (once the answer has been read)."""
+    cursor.unregister(plan.points)
+    cursor.unregister(plan.result)
+
+
 class _Walk:
     """The state of one pass over the stream of `rows` rows."""
 
