@@ -39,7 +39,7 @@ from almanac.definitions.types import arrow_type
 from almanac.errors import InputError
 from almanac.offline.duckdb.point_in_time import PointPart, cast_column, raw_time_bounds
 from almanac.offline.duckdb.running_totals import evaluate, release
-from almanac.offline.duckdb.running_windows import Column, running_plan
+from almanac.offline.duckdb.running_windows import Column, ceil_tile, running_plan
 from almanac.offline.duckdb.sources import Source, SourceScan, duckdb_type, quote
 from almanac.registry.catalog import FeatureRef
 from almanac.semantics.tiles import STATES
@@ -129,24 +129,6 @@ def _read_type(item: Input) -> str:
     return duckdb_type(item.dtype) if item.dtype is not None else (item.raw_type or "VARCHAR")
 
 
-def lower_bound(time: str, window: timedelta, tile: timedelta | None) -> str:
-    """SQL for lower_W(time): the exclusive far edge of the window ending at `time`
-    (`almanac.semantics.windows.window_lower`, rendered)."""
-    edge = f"({time} - {micros(window)})"
-    if tile is None:
-        return edge
-    g = micros(tile)
-    return f"({edge} - {_mod(edge, g)})"
-
-
-def _mod(value: str, g: int) -> str:
-    """`value` mod `g` in [0, g), also for times before 1970 (DuckDB's % truncates)."""
-    return f"((({value}) % {g}) + {g}) % {g}"
-
-
-# ---- training sets ------------------------------------------------------------------------
-
-
 # ---- tiles for the online store -------------------------------------------------------------
 
 
@@ -160,11 +142,7 @@ def tiles_query(
     """Per entity (with an event after `changed_since_us`, when given): the keys,
     ``event_timestamp`` (its latest event time, epoch microseconds) and ``tiles`` (JSON)."""
     k = [quote(key) for key in keys]
-    if view.tile is None:
-        end = T
-    else:
-        g = micros(view.tile)
-        end = f"({T} + ({g} - {_mod(T, g)}) % {g})"
+    end = T if view.tile is None else ceil_tile(T, micros(view.tile))
     states = ["count(*) AS n", f"max({T}) AS mt"]
     for item in columns.values():
         states += _tile_states(item)

@@ -132,25 +132,30 @@ def value_column(alias: str) -> str:
     return f"__val_{alias}"
 
 
-def _mod(value: str, g: int) -> str:
+def sql_mod(value: str, g: int) -> str:
     """`value` mod `g` in [0, g), also for times before 1970 (DuckDB's % truncates)."""
     return f"((({value}) % {g}) + {g}) % {g}"
 
 
-def _lower(time: str, window: timedelta, tile: timedelta | None) -> str:
-    """lower_W(time), as `aggregations.lower_bound` renders it."""
+def ceil_tile(time: str, g: int) -> str:
+    """SQL for `time` rounded up to a multiple of `g` (a tile's end)."""
+    return f"({time} + ({g} - {sql_mod(time, g)}) % {g})"
+
+
+def lower_bound(time: str, window: timedelta, tile: timedelta | None) -> str:
+    """SQL for lower_W(time): the exclusive far edge of the window ending at `time`
+    (`almanac.semantics.windows.window_lower`, rendered)."""
     edge = f"({time} - {micros(window)})"
     if tile is None:
         return edge
-    return f"({edge} - {_mod(edge, micros(tile))})"
+    return f"({edge} - {sql_mod(edge, micros(tile))})"
 
 
 def _until(time: str, window: timedelta, tile: timedelta | None) -> str:
     """The first T whose window no longer holds an event at `time`: ceil_tile(t) + W."""
     if tile is None:
         return f"({time} + {micros(window)})"
-    g = micros(tile)
-    return f"({time} + ({g} - {_mod(time, g)}) % {g} + {micros(window)})"
+    return f"({ceil_tile(time, micros(tile))} + {micros(window)})"
 
 
 def in_numpy(feature: AggregateFeature, columns: dict[str, Column]) -> bool:
@@ -294,7 +299,7 @@ def running_plan(
     probe_cols = [part, T2, PID] + [f"NULL AS {x}" for x in [*raw, *flag_names]]
     probes = [f"SELECT {part}, 2 * {T} + 1 AS {T2}, __pid * {kinds} AS {PID} FROM {points}"]
     for w, j in kind.items():
-        probes.append(f"SELECT {part}, 2 * {_lower(T, w, tile)} + 1, __pid * {kinds} + {j} FROM {points}")  # fmt: skip
+        probes.append(f"SELECT {part}, 2 * {lower_bound(T, w, tile)} + 1, __pid * {kinds} + {j} FROM {points}")  # fmt: skip
     rows = (
         f"SELECT {', '.join(event_cols)} FROM {source} UNION ALL "
         f"SELECT {', '.join(probe_cols)} FROM ({' UNION ALL '.join(probes)})"
@@ -372,7 +377,7 @@ def _preceding(window: timedelta, tile: timedelta | None) -> str:
     if tile is None:
         return str(2 * micros(window) - 1)
     time = f"(({T2} - 1) // 2)"
-    return f"({T2} - 2 * {_lower(time, window, tile)} - 2)"
+    return f"({T2} - 2 * {lower_bound(time, window, tile)} - 2)"
 
 
 def _frame_aggregate(feature: AggregateFeature, alias: str, frame: str) -> str:
