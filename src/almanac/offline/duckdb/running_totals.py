@@ -21,6 +21,7 @@ non-null value is null. NaN is the greatest float, as in DuckDB: max propagates 
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -167,16 +168,14 @@ class _Walk:
             present = at(extreme.counted, 0) - at(extreme.counted, extreme.kind)
             columns[f"__e_{i}"] = self._extreme(extreme.column, extreme.kind, extreme.largest, present)  # fmt: skip
         self.values.clear()
-        for name in list(self.totals):
-            if name.startswith("ds_"):
-                alias, edge = name[3:].rsplit("_", 1)
-                distinct = at(name, 0) - at(f"de_{alias}_{edge}", int(edge))
-                columns[f"__cd_{alias}_{edge}"] = pa.array(distinct)
-            for field, kind in sorted(plan.differences):
-                if field == name:
-                    columns[f"__d_{name}_{kind}"] = pa.array(at(name, 0) - at(name, kind))
-            if not name.startswith(("ds_", "de_")):
-                del self.totals[name]
+        # Distinct counts: islands started by T minus islands ended by the far edge.
+        for alias, kind in plan.distincts:
+            started, ended = self.totals.pop(f"ds_{alias}_{kind}"), self.totals.pop(f"de_{alias}_{kind}")  # fmt: skip
+            columns[f"__cd_{alias}_{kind}"] = pa.array(started[kinds::kinds] - ended[kinds + kind :: kinds])  # fmt: skip
+        for name, wanted in itertools.groupby(sorted(plan.differences), key=lambda d: d[0]):
+            for _, kind in wanted:
+                columns[f"__d_{name}_{kind}"] = pa.array(at(name, 0) - at(name, kind))
+            del self.totals[name]
         self.totals.clear()
         for alias, k in self.scales.items():
             columns[f"__k_{alias}"] = pa.array(np.full(self.points, k, np.int32))

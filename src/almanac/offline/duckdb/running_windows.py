@@ -106,6 +106,7 @@ class RunningPlan:
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (result column, SQL)
     stream_text: str = ""  # the events and probes, sorted; PID's type a placeholder
     differences: set[tuple[str, int]] = field(default_factory=set)  # (field, kind) read
+    distincts: list[tuple[str, int]] = field(default_factory=list)  # (alias, kind) counted
 
     def stream_sql(self, points: int) -> str:
         """The sorted stream, for a spine of `points` points: the probes' numbers as
@@ -282,6 +283,7 @@ def running_plan(
             flags.append(f"CAST({v} IS NOT NULL AND NOT coalesce({after}, false) AS TINYINT) AS __de_{a}_{j}")  # fmt: skip
             flag_names += [f"__ds_{a}_{j}", f"__de_{a}_{j}"]
             increments += [(f"ds_{a}_{j}", f"__ds_{a}_{j}"), (f"de_{a}_{j}", f"__de_{a}_{j}")]
+            plan.distincts.append((a, j))
         ctes.append(
             f"__f{i} AS (SELECT *, {', '.join(flags)} FROM {source} "
             f"WINDOW __d AS (PARTITION BY {part}, {v} ORDER BY {T}))"
